@@ -1,0 +1,220 @@
+//! [`Config`]: the by-value builder handed to [`Engine::open`](crate::Engine::open).
+//!
+//! Every default is stated on its setter. Nothing is validated while building;
+//! [`Config::validate`] runs inside `open`, so a bad value is an
+//! [`Error::Config`] from `open`, never a panic.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// How an engine is opened. Build it with [`Config::new`] and the setters, then
+/// pass it to [`Engine::open`](crate::Engine::open).
+///
+/// ```
+/// use std::time::Duration;
+/// let config = millpond::Config::new("/tmp/my-store")
+///     .write_delay(Duration::from_millis(200))
+///     .max_dirty_bytes(16 << 20);
+/// # let _ = config;
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) dir: PathBuf,
+    pub(crate) write_delay: Duration,
+    pub(crate) max_dirty_bytes: usize,
+    pub(crate) flush_threads: usize,
+    pub(crate) cache_capacity: u64,
+    pub(crate) max_key_len: usize,
+    pub(crate) max_value_len: usize,
+    pub(crate) inline_threshold: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// A configuration for the store in `dir` with every default. The
+    /// directory is created by `open` if it does not exist; an existing
+    /// directory must be empty or hold a millpond store.
+    pub fn new(dir: impl AsRef<Path>) -> Config {
+        Config {
+            dir: dir.as_ref().to_path_buf(),
+            write_delay: Duration::from_millis(500),
+            max_dirty_bytes: 64 * MIB,
+            flush_threads: 2,
+            cache_capacity: 1024 * 1024 * 1024,
+            max_key_len: 16 * KIB,
+            max_value_len: 16 * MIB,
+            inline_threshold: KIB,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The longest an acknowledged write may live only in memory before a
+    /// flush cycle starts writing it to disk. Default: 500 ms. Zero means a
+    /// cycle starts as soon as anything is dirty (writes still return before
+    /// they are flushed). At most one hour.
+    pub fn write_delay(mut self, delay: Duration) -> Config {
+        self.write_delay = delay;
+        self
+    }
+
+    /// Bound on buffered (not yet persisted) data, counting keys, values and a
+    /// fixed per-entry overhead. A flush starts early when half of it is used;
+    /// writers wait when all of it is used. Default: 64 MiB. At least 64 KiB.
+    pub fn max_dirty_bytes(mut self, bytes: usize) -> Config {
+        self.max_dirty_bytes = bytes;
+        self
+    }
+
+    /// Number of flusher threads that write a flush cycle's values in
+    /// parallel. Default: 2. Between 1 and 64.
+    pub fn flush_threads(mut self, threads: usize) -> Config {
+        self.flush_threads = threads;
+        self
+    }
+
+    /// Size of the storage layer's page cache, in bytes (handed to sled).
+    /// Default: 1 GiB (sled's own default). At least 1 MiB.
+    pub fn cache_capacity(mut self, bytes: u64) -> Config {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Longest key accepted; longer keys are [`Error::TooLarge`]. Default:
+    /// 16 KiB. Between 1 byte and 1 MiB.
+    pub fn max_key_len(mut self, bytes: usize) -> Config {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// Longest value accepted; longer values are [`Error::TooLarge`].
+    /// Default: 16 MiB. At most `max_dirty_bytes / 2`, so that any accepted
+    /// value fits in the buffer.
+    pub fn max_value_len(mut self, bytes: usize) -> Config {
+        self.max_value_len = bytes;
+        self
+    }
+
+    /// Values up to this length are stored inside their metadata record (one
+    /// lookup per read); longer ones are written once to the blob tree.
+    /// Default: 1 KiB. At most 64 KiB.
+    pub fn inline_threshold(mut self, bytes: usize) -> Config {
+        self.inline_threshold = bytes;
+        self
+    }
+
+    /// The clock that expiry deadlines are measured with. Default: the system
+    /// clock. Tests pass a [`MockClock`](crate::MockClock) to move time
+    /// without sleeping.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Config {
+        self.clock = clock;
+        self
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checks every value; called by `open`.
+    pub(crate) fn validate(&self) -> Result<()> {
+        fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Config(msg()))
+            }
+        }
+        check(!self.dir.as_os_str().is_empty(), || {
+            "the store directory is an empty path".into()
+        })?;
+        check(self.write_delay <= Duration::from_secs(3600), || {
+            format!("write_delay is {:?}, more than one hour", self.write_delay)
+        })?;
+        check(self.max_dirty_bytes >= 64 * KIB, || {
+            format!(
+                "max_dirty_bytes is {}, less than 64 KiB",
+                self.max_dirty_bytes
+            )
+        })?;
+        check((1..=64).contains(&self.flush_threads), || {
+            format!(
+                "flush_threads is {}, not between 1 and 64",
+                self.flush_threads
+            )
+        })?;
+        check(self.cache_capacity >= MIB as u64, || {
+            format!("cache_capacity is {}, less than 1 MiB", self.cache_capacity)
+        })?;
+        check((1..=MIB).contains(&self.max_key_len), || {
+            format!(
+                "max_key_len is {}, not between 1 and 1 MiB",
+                self.max_key_len
+            )
+        })?;
+        check(self.max_value_len <= self.max_dirty_bytes / 2, || {
+            format!(
+                "max_value_len ({}) is more than half of max_dirty_bytes ({})",
+                self.max_value_len, self.max_dirty_bytes
+            )
+        })?;
+        check(self.inline_threshold <= 64 * KIB, || {
+            format!(
+                "inline_threshold is {}, more than 64 KiB",
+                self.inline_threshold
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("dir", &self.dir)
+            .field("write_delay", &self.write_delay)
+            .field("max_dirty_bytes", &self.max_dirty_bytes)
+            .field("flush_threads", &self.flush_threads)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("max_key_len", &self.max_key_len)
+            .field("max_value_len", &self.max_value_len)
+            .field("inline_threshold", &self.inline_threshold)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::new("x").validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_config_errors() {
+        let bad = [
+            Config::new(""),
+            Config::new("x").flush_threads(0),
+            Config::new("x").flush_threads(65),
+            Config::new("x").max_dirty_bytes(10),
+            Config::new("x").write_delay(Duration::from_secs(7200)),
+            Config::new("x").cache_capacity(0),
+            Config::new("x").max_key_len(0),
+            Config::new("x").max_dirty_bytes(MIB).max_value_len(MIB),
+            Config::new("x").inline_threshold(MIB),
+        ];
+        for c in bad {
+            assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The flush coordinator thread: decides when a cycle runs, runs it, retries
+//! failures, and answers the callers waiting on it.
+//!
+//! A cycle starts when any of these holds (and no retry backoff is running):
+//! - the oldest write not yet frozen has waited `write_delay`;
+//! - the buffer passed half of `max_dirty_bytes` (a writer set `urgent`);
+//! - a checkpoint is waiting (the cycle then ends with a sync);
+//! - a cycle failed earlier and its backoff has passed;
+//! - shutdown was asked (final durable cycle, then exit).
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::flush::cycle::Cycles;
+use crate::flush::worker::Pool;
+use crate::flush::SyncOutcome;
+use crate::shared::Shared;
+use crate::stats::Counters;
+
+/// Longest sleep when nothing is dirty (a safety net; writers wake the
+/// coordinator when the buffer becomes dirty).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Retry backoff after a failed cycle: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Attempts at the final cycle before shutdown gives up and reports.
+const SHUTDOWN_ATTEMPTS: u32 = 3;
+
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+/// The coordinator's main loop. Returns after shutdown was asked and the
+/// final cycle ran (it is retried up to `SHUTDOWN_ATTEMPTS` times).
+pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let backoff_over = retry_at.is_none_or(|t| now >= t);
+        let (shutdown, waiting) = {
+            let r = shared.flush.requests();
+            (r.shutdown, !r.syncs.is_empty())
+        };
+        let dirty_for = shared.buffer.dirty_for();
+        let due = cycles.has_pending()
+            || shared.flush.is_urgent()
+            || dirty_for.is_some_and(|d| d >= shared.config.write_delay);
+
+        if shared.health.is_poisoned() {
+            // Nothing more may be reported durable: answer every waiter with
+            // the poison and stop flushing once shutdown is asked.
+            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+            for tx in syncs {
+                let _ = tx.send(Err(shared.health.poison_error()));
+            }
+            if shutdown {
+                return;
+            }
+            wait(shared, Some(IDLE_WAIT));
+            continue;
+        }
+
+        if shutdown {
+            final_cycle(shared, pool, &mut cycles);
+            return;
+        }
+
+        if backoff_over && (waiting || due) {
+            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+            let outcome: SyncOutcome = cycles
+                .run(shared, pool, !syncs.is_empty())
+                .map(|r| (r.committed, r.entries));
+            match &outcome {
+                Ok(_) => {
+                    shared.health.flush_succeeded();
+                    retry_at = None;
+                }
+                Err(e) => {
+                    Counters::add(&shared.counters.flush_errors, 1);
+                    let failures = shared.health.flush_failed(e);
+                    log::warn!("millpond: flush failed (attempt {failures}): {e}");
+                    retry_at = Some(Instant::now() + backoff(failures));
+                    // Writers blocked on a full buffer must see the failure.
+                    shared.buffer.wake_waiters();
+                }
+            }
+            answer(syncs, &outcome);
+            continue;
+        }
+
+        // Sleep until something is due.
+        let mut timeout = IDLE_WAIT;
+        if let Some(d) = dirty_for {
+            timeout = timeout.min(shared.config.write_delay.saturating_sub(d));
+        }
+        if let Some(t) = retry_at {
+            timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        wait(shared, Some(timeout));
+    }
+}
+
+fn wait(shared: &Shared, timeout: Option<Duration>) {
+    let rx = shared.flush.wake_receiver();
+    match timeout {
+        Some(t) => match rx.recv_timeout(t) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        },
+        None => {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// The last durable cycle, retried a few times; its outcome goes to every
+/// waiter, shutdown included.
+fn final_cycle(shared: &Shared, pool: &Pool, cycles: &mut Cycles) {
+    let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+    let mut attempt = 0;
+    let outcome: SyncOutcome = loop {
+        attempt += 1;
+        match cycles.run(shared, pool, true) {
+            Ok(r) => break Ok((r.committed, r.entries)),
+            Err(e) => {
+                Counters::add(&shared.counters.flush_errors, 1);
+                shared.health.flush_failed(&e);
+                log::warn!("millpond: final flush failed (attempt {attempt}): {e}");
+                if attempt >= SHUTDOWN_ATTEMPTS || shared.health.is_poisoned() {
+                    log::error!("millpond: shutdown could not persist every buffered write: {e}");
+                    break Err(e);
+                }
+                std::thread::sleep(backoff(attempt));
+            }
+        }
+    };
+    answer(syncs, &outcome);
+}
+
+fn answer(syncs: Vec<crossbeam_channel::Sender<SyncOutcome>>, outcome: &SyncOutcome) {
+    for tx in syncs {
+        let _ = tx.send(match outcome {
+            Ok(v) => Ok(*v),
+            Err(e) => Err(e.duplicate()),
+        });
+    }
+}

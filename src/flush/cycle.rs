@@ -1,0 +1,231 @@
+//! One flush cycle, step by step. This order is what makes a crash at any
+//! instant recover to one point in the write history (see DESIGN.md, "Crash
+//! cases"):
+//!
+//! 1. **Freeze** the dirty map at a cut (all shard locks held at once).
+//! 2. **Prepare** in parallel (workers): write large values to the blob tree
+//!    under fresh ids, encode every metadata record.
+//! 3. **Barrier**: if any blob was written, flush storage, so the blobs reach
+//!    the operating system before any record that points at them.
+//! 4. **Commit**: one atomic batch of every record of the cycle, the state
+//!    record (cut, next blob id) and a gc record listing the blobs this
+//!    cycle made unreachable. This is the commit point.
+//! 5. **Flush** storage (the cycle now survives a process crash); on a
+//!    durable cycle (checkpoint, shutdown) also **sync** (survives a power cut).
+//! 6. **Release** the frozen maps: reads of those keys go to storage.
+//! 7. **Collect** the unreachable blobs, then remove the gc record.
+//!
+//! A failure in steps 2 to 5 keeps the frozen maps (nothing acknowledged is
+//! dropped) and the cycle is retried as a whole; blobs written by the failed
+//! attempt are listed in the gc record of the attempt that commits. A failed
+//! sync poisons the engine instead (see `Health`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::buffer::{Frozen, Seq};
+use crate::codec::{self, GcRecord, StateRecord};
+use crate::error::Result;
+use crate::flush::worker::{Pool, Prepared};
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::storage::{BlobId, Commit, SysKey};
+
+/// A frozen cycle that has not committed yet (kept across failed attempts).
+struct Pending {
+    frozen: Arc<Frozen>,
+    /// Blobs written by failed attempts at this cycle.
+    orphans: Vec<BlobId>,
+}
+
+/// The coordinator's record of cycles: the one in flight, what is
+/// committed, what is durable.
+pub(crate) struct Cycles {
+    pending: Option<Pending>,
+    next_gc_id: u64,
+    /// Cut of the last committed cycle (or the recovered state).
+    committed: Seq,
+    /// Cut of the last state made durable by a sync.
+    synced: Seq,
+    /// A commit happened since the last sync.
+    unsynced: bool,
+}
+
+/// What a run of [`Cycles::run`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Report {
+    /// Everything up to this seq is committed (and durable if synced).
+    pub committed: Seq,
+    /// Entries committed by this run.
+    pub entries: u64,
+}
+
+impl Cycles {
+    /// `recovered` is the cut of the state found at open (durable: recovery
+    /// syncs before the engine serves).
+    pub(crate) fn new(recovered: Seq, next_gc_id: u64) -> Cycles {
+        Cycles {
+            pending: None,
+            next_gc_id,
+            committed: recovered,
+            synced: recovered,
+            unsynced: false,
+        }
+    }
+
+    /// Whether a frozen cycle is waiting to be retried.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Persists everything acknowledged before the call: first a cycle left
+    /// over from a failed attempt, then a fresh freeze of the dirty map. With
+    /// `sync`, ends with a sync, and on success every write up to
+    /// `Report::committed` is durable.
+    pub(crate) fn run(&mut self, shared: &Shared, pool: &Pool, sync: bool) -> Result<Report> {
+        let mut entries = 0;
+        loop {
+            let fresh = self.pending.is_none();
+            if fresh {
+                shared.flush.take_urgent();
+                match shared.buffer.freeze() {
+                    Some(frozen) => {
+                        self.pending = Some(Pending {
+                            frozen: Arc::new(frozen),
+                            orphans: Vec::new(),
+                        })
+                    }
+                    None => break,
+                }
+            }
+            entries += self.commit_pending(shared, pool)?;
+            if fresh {
+                break;
+            }
+        }
+        if sync && self.unsynced {
+            let started = Instant::now();
+            let storage = shared.storage()?;
+            if let Err(e) = storage.sync() {
+                let reason = format!("fsync failed: {e}");
+                shared.health.poison(reason);
+                return Err(shared.health.poison_error());
+            }
+            self.unsynced = false;
+            self.synced = self.committed;
+            Counters::add(&shared.counters.syncs, 1);
+            Counters::set_max(&shared.counters.durable_seq, self.synced.0);
+            log::debug!("millpond: synced in {:?}", started.elapsed());
+        }
+        Ok(Report {
+            committed: if sync { self.synced } else { self.committed },
+            entries,
+        })
+    }
+
+    /// Steps 2 to 7 for the pending cycle. Returns the entries committed.
+    fn commit_pending(&mut self, shared: &Shared, pool: &Pool) -> Result<u64> {
+        let Some(pending) = self.pending.as_ref() else {
+            return Ok(0);
+        };
+        let frozen = Arc::clone(&pending.frozen);
+        let orphans = pending.orphans.clone();
+        let started = Instant::now();
+
+        // 2. Prepare.
+        let mut prepared = Prepared::default();
+        for part in pool.prepare(&frozen) {
+            prepared.ops.extend(part.ops);
+            prepared.written.extend(part.written);
+            prepared.superseded.extend(part.superseded);
+            if prepared.error.is_none() {
+                prepared.error = part.error;
+            }
+        }
+        let written = prepared.written.clone();
+        match self.commit_prepared(shared, &frozen, prepared, orphans, started) {
+            Ok(n) => {
+                self.pending = None;
+                Ok(n)
+            }
+            Err(e) => {
+                // Whatever this attempt wrote is unreachable unless it
+                // committed; the attempt that commits lists it for removal.
+                if let Some(p) = self.pending.as_mut() {
+                    p.orphans.extend(written);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Steps 3 to 7.
+    fn commit_prepared(
+        &mut self,
+        shared: &Shared,
+        frozen: &Frozen,
+        prepared: Prepared,
+        orphans: Vec<BlobId>,
+        started: Instant,
+    ) -> Result<u64> {
+        if let Some(e) = prepared.error {
+            return Err(e);
+        }
+        let storage = shared.storage()?;
+        // 3. Barrier.
+        if !prepared.written.is_empty() {
+            storage.flush()?;
+        }
+        // 4. Commit.
+        let mut gc_blobs = prepared.superseded;
+        gc_blobs.extend(orphans);
+        let mut commit = Commit {
+            ops: prepared.ops,
+            sys: Vec::with_capacity(2),
+        };
+        commit.sys.push((
+            SysKey::State,
+            Some(codec::encode_state(&StateRecord {
+                last_seq: frozen.cut.0,
+                next_blob: shared.blobs.next(),
+            })?),
+        ));
+        let gc_id = if gc_blobs.is_empty() {
+            None
+        } else {
+            let id = self.next_gc_id;
+            self.next_gc_id += 1;
+            commit.sys.push((
+                SysKey::Gc(id),
+                Some(codec::encode_gc(&GcRecord {
+                    blobs: gc_blobs.clone(),
+                })?),
+            ));
+            Some(id)
+        };
+        storage.commit(commit)?;
+        self.unsynced = true;
+        self.committed = frozen.cut;
+        // 5. Flush.
+        storage.flush()?;
+        // 6. Release.
+        shared.buffer.release(frozen);
+        let c = &shared.counters;
+        Counters::add(&c.flushes, 1);
+        Counters::add(&c.flushed_entries, frozen.entries as u64);
+        Counters::set_max(&c.flushed_seq, frozen.cut.0);
+        c.record_flush(started.elapsed());
+        // 7. Collect. A failure leaves the gc record for the next open.
+        if let Some(id) = gc_id {
+            let collected = storage
+                .remove_blobs(&gc_blobs)
+                .and_then(|()| storage.put_sys(SysKey::Gc(id), None));
+            if let Err(e) = collected {
+                log::warn!(
+                    "millpond: removing unreachable blobs failed, left for the next open: {e}"
+                );
+            }
+        }
+        Ok(frozen.entries as u64)
+    }
+}

@@ -1,0 +1,185 @@
+//! Flush workers: the parallel part of a flush cycle.
+//!
+//! Each worker takes every `parts`-th frozen shard and, for each entry:
+//! 1. writes the value to the blob tree under a new blob id if it is longer
+//!    than the inline threshold (nothing points at it yet);
+//! 2. finds the blob the key's current record points at, if any, which the
+//!    new record will supersede;
+//! 3. encodes the new metadata record (or a removal, for a tombstone).
+//!
+//! Nothing a worker does is visible to readers: the records it encodes are
+//! applied later, atomically, by the coordinator.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::buffer::{Entry, Frozen, Slot};
+use crate::codec::{self, BlobRef, MetaRecord, ValueRef};
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::storage::{BlobId, MetaOp, Storage};
+
+/// What one worker produced for its share of a cycle.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    pub ops: Vec<MetaOp>,
+    /// Blobs written (or attempted): orphans unless the cycle commits.
+    pub written: Vec<BlobId>,
+    /// Blobs the new records make unreachable.
+    pub superseded: Vec<BlobId>,
+    /// The first error met; the share is then incomplete.
+    pub error: Option<Error>,
+}
+
+struct Job {
+    frozen: Arc<Frozen>,
+    part: usize,
+    parts: usize,
+    reply: Sender<Prepared>,
+}
+
+/// Hands the shares of a cycle to the worker threads.
+pub(crate) struct Pool {
+    jobs: Sender<Job>,
+    parts: usize,
+}
+
+impl Pool {
+    pub(crate) fn start(shared: &Arc<Shared>) -> Result<(Pool, Vec<JoinHandle<()>>)> {
+        let parts = shared.config.flush_threads;
+        let (jobs, rx) = unbounded::<Job>();
+        let mut handles = Vec::with_capacity(parts);
+        for i in 0..parts {
+            let rx: Receiver<Job> = rx.clone();
+            let s = Arc::clone(shared);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("millpond-flush-worker-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            let out = prepare(&s, &job.frozen, job.part, job.parts);
+                            let _ = job.reply.send(out);
+                        }
+                    })?,
+            );
+        }
+        Ok((Pool { jobs, parts }, handles))
+    }
+
+    /// Prepares every share of `frozen` in parallel and returns the results.
+    pub(crate) fn prepare(&self, frozen: &Arc<Frozen>) -> Vec<Prepared> {
+        let (reply, results) = bounded(self.parts);
+        let mut sent = 0;
+        for part in 0..self.parts {
+            let job = Job {
+                frozen: Arc::clone(frozen),
+                part,
+                parts: self.parts,
+                reply: reply.clone(),
+            };
+            if self.jobs.send(job).is_ok() {
+                sent += 1;
+            }
+        }
+        drop(reply);
+        let mut out: Vec<Prepared> = results.iter().take(sent).collect();
+        if out.len() < self.parts {
+            out.push(Prepared {
+                error: Some(Error::Storage("a flush worker stopped".into())),
+                ..Prepared::default()
+            });
+        }
+        out
+    }
+}
+
+/// Prepares shard `part`, `part + parts`, ... of `frozen`.
+pub(crate) fn prepare(shared: &Shared, frozen: &Frozen, part: usize, parts: usize) -> Prepared {
+    let mut out = Prepared::default();
+    let storage = match shared.storage() {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let shards = frozen.shards.iter().skip(part).step_by(parts).flatten();
+    for shard in shards {
+        for (key, entry) in &shard.entries {
+            if let Err(e) = prepare_entry(shared, &*storage, key, entry, &mut out) {
+                out.error = Some(e);
+                return out;
+            }
+        }
+    }
+    out
+}
+
+fn prepare_entry(
+    shared: &Shared,
+    storage: &dyn Storage,
+    key: &[u8],
+    entry: &Entry,
+    out: &mut Prepared,
+) -> Result<()> {
+    let old_blob = if shared.blobs.may_exist() {
+        current_blob(storage, key)?
+    } else {
+        None
+    };
+    let new_blob = match &entry.slot {
+        Slot::Value(v) => {
+            let value = if v.len() <= shared.config.inline_threshold {
+                ValueRef::Inline(v)
+            } else {
+                let id = shared.blobs.allocate();
+                out.written.push(id);
+                storage.put_blob(id, v)?;
+                Counters::add(&shared.counters.blobs_written, 1);
+                ValueRef::Blob(BlobRef::for_value(id, v))
+            };
+            let record = codec::encode_meta(&MetaRecord {
+                seq: entry.seq.0,
+                deadline: entry.deadline.map(|d| d.0),
+                value,
+            })?;
+            out.ops.push(MetaOp::Put(Box::from(key), record));
+            match value {
+                ValueRef::Blob(b) => Some(b.id),
+                ValueRef::Inline(_) => None,
+            }
+        }
+        Slot::Tombstone => {
+            out.ops.push(MetaOp::Remove(Box::from(key)));
+            None
+        }
+    };
+    if let Some(old) = old_blob {
+        if Some(old) != new_blob {
+            out.superseded.push(old);
+        }
+    }
+    Ok(())
+}
+
+/// The blob the committed record of `key` points at. A record that does not
+/// decode is left alone (its blob, if any, stays until `verify` finds it).
+fn current_blob(storage: &dyn Storage, key: &[u8]) -> Result<Option<BlobId>> {
+    let Some(raw) = storage.get_meta(key)? else {
+        return Ok(None);
+    };
+    match codec::decode_meta(key, &raw) {
+        Ok(MetaRecord {
+            value: ValueRef::Blob(b),
+            ..
+        }) => Ok(Some(b.id)),
+        Ok(_) => Ok(None),
+        Err(e) => {
+            log::warn!("millpond: replacing an unreadable record: {e}");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! millpond: an embedded key-value storage engine with a write-behind buffer.
+//!
+//! Writes land in an in-memory dirty map and return at memory speed; reads see
+//! them at once, from any thread. Flusher threads persist the dirty map into
+//! [sled](https://docs.rs/sled/0.34.7) in the background, coalescing repeated
+//! writes to a key into one, with metadata records and values kept in
+//! separate trees. [`Engine::checkpoint`] returns once everything
+//! acknowledged before it is durable; [`Engine::shutdown`] (or dropping the
+//! last handle) persists everything and closes the store.
+//!
+//! ```
+//! # fn main() -> millpond::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use millpond::{Config, Engine};
+//!
+//! let engine = Engine::open(Config::new(dir.path().join("store")))?;
+//! engine.set(b"session:42", b"{\"user\":\"ada\"}")?;
+//! assert_eq!(engine.get(b"session:42")?.unwrap(), b"{\"user\":\"ada\"}");
+//!
+//! // An atomic read-modify-write.
+//! engine.modify(b"visits", |v| {
+//!     let n = v.as_deref().map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+//!     *v = Some((n + 1).to_le_bytes().to_vec());
+//! })?;
+//!
+//! // Durable on return.
+//! engine.checkpoint()?;
+//! engine.shutdown()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Durability contract
+//!
+//! - A write acknowledged by `set`, `delete` or `modify` is visible to every
+//!   later read at once.
+//! - It reaches the store's files (surviving a crash of this process) within
+//!   `write_delay` plus one flush cycle.
+//! - It survives a power cut once a [`Engine::checkpoint`] started after it
+//!   has returned `Ok`, or once [`Engine::shutdown`] has returned `Ok`.
+//! - After a crash, the store reopens at one point of the write history, no
+//!   older than the last successful checkpoint: never a mix of two flushes,
+//!   never a value that was not written.
+//!
+//! DESIGN.md in the repository states the invariants behind these promises.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod buffer;
+mod clock;
+mod codec;
+mod config;
+mod engine;
+mod error;
+mod flush;
+mod recovery;
+mod shared;
+mod stats;
+mod storage;
+mod value;
+
+pub use clock::{Clock, MockClock, SystemClock};
+pub use config::Config;
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use stats::{Checkpoint, Stats};
+pub use value::Value;

@@ -1,0 +1,110 @@
+//! The on-disk side, behind one narrow trait: [`Storage`].
+//!
+//! The engine never names sled: it reads and writes metadata records and
+//! blobs through this trait, and `storage::sled` is the only file that turns
+//! those calls into sled operations (and sled errors into [`Error`]s). A test
+//! can wrap a `Storage` to fail chosen calls, and a second backend is one new
+//! module implementing it.
+//!
+//! What an implementation must provide:
+//! - **Two keyspaces**: the metadata tree (one small record per user key, plus
+//!   a few system records named by [`SysKey`]) and the blob tree (values by
+//!   [`BlobId`], written once, removed when unreachable).
+//! - **An atomic commit**: [`Storage::commit`] applies a whole [`Commit`] to
+//!   the metadata tree or none of it, even across a crash. It is the commit
+//!   point of a flush cycle.
+//! - **Ordering**: after [`Storage::flush`] returns, everything written before
+//!   it survives the death of this process, and a crash never keeps a later
+//!   write while losing an earlier one that was flushed before it.
+//! - **Durability**: after [`Storage::sync`] returns, everything written before
+//!   it survives a power cut.
+
+pub(crate) mod sled;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// Key of a value in the blob tree. Allocated by the flusher, increasing,
+/// never reused.
+pub(crate) type BlobId = u64;
+
+/// A system record in the metadata tree (outside the user keyspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SysKey {
+    /// The format record ([`crate::codec::FormatRecord`]).
+    Format,
+    /// The engine state committed with every cycle ([`crate::codec::StateRecord`]).
+    State,
+    /// Blobs made unreachable by a committed cycle, still to remove
+    /// ([`crate::codec::GcRecord`]), by gc record id.
+    Gc(u64),
+}
+
+/// One change to the user keyspace of the metadata tree.
+#[derive(Debug)]
+pub(crate) enum MetaOp {
+    /// Store an encoded metadata record under a user key.
+    Put(Box<[u8]>, Vec<u8>),
+    /// Remove a user key.
+    Remove(Box<[u8]>),
+}
+
+/// Everything one flush cycle changes in the metadata tree, applied atomically.
+#[derive(Debug, Default)]
+pub(crate) struct Commit {
+    /// User key changes, at most one per key.
+    pub ops: Vec<MetaOp>,
+    /// System records to write (`Some`) or remove (`None`).
+    pub sys: Vec<(SysKey, Option<Vec<u8>>)>,
+}
+
+/// The storage seam. Every method may be called from several threads at once.
+pub(crate) trait Storage: Send + Sync + 'static {
+    /// The metadata record stored under a user key.
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// Up to `limit` metadata records with user keys `>= from`, in key order.
+    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
+
+    /// A value in the blob tree.
+    fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>>;
+
+    /// Writes a value to the blob tree. Not visible through any metadata
+    /// record until a later [`Storage::commit`] points at it.
+    fn put_blob(&self, id: BlobId, value: &[u8]) -> Result<()>;
+
+    /// Removes blobs (missing ones are ignored).
+    fn remove_blobs(&self, ids: &[BlobId]) -> Result<()>;
+
+    /// Removes every blob with an id `>= first`; returns how many there were.
+    fn remove_blobs_from(&self, first: BlobId) -> Result<usize>;
+
+    /// Whether the store holds no data at all, not even outside millpond's
+    /// keyspaces (a new database, or one whose creation never completed).
+    fn is_blank(&self) -> Result<bool>;
+
+    /// Whether the blob tree holds no blob at all.
+    fn blobs_empty(&self) -> Result<bool>;
+
+    /// Applies a commit atomically.
+    fn commit(&self, commit: Commit) -> Result<()>;
+
+    /// A system record.
+    fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>>;
+
+    /// Writes (`Some`) or removes (`None`) one system record outside any
+    /// commit: the format record of a new store, a processed gc record.
+    fn put_sys(&self, key: SysKey, value: Option<&[u8]>) -> Result<()>;
+
+    /// Ids of every gc record present.
+    fn gc_ids(&self) -> Result<Vec<u64>>;
+
+    /// Hands every write made so far to the operating system (survives the
+    /// death of this process, not a power cut).
+    fn flush(&self) -> Result<()>;
+
+    /// [`Storage::flush`], then makes every write made so far durable
+    /// (survives a power cut).
+    fn sync(&self) -> Result<()>;
+}

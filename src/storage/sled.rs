@@ -1,0 +1,431 @@
+//! [`SledStorage`]: the [`Storage`] seam over sled 0.34.7. The only file in
+//! millpond that names sled.
+//!
+//! Layout inside the sled database:
+//! - tree `meta`: user key `k` is stored under `[0x01] ++ k`; system records
+//!   under `[0x00] ++ name` (`format`, `state`, `gc` ++ id as 8 big-endian
+//!   bytes). One tree, so that a cycle's user records and its state record are
+//!   one atomic `apply_batch`.
+//! - tree `blob`: value bytes under the blob id as 8 big-endian bytes.
+//!
+//! Durability: sled's `flush` writes its log with `sync_file_range`, which
+//! neither flushes the device cache nor file metadata, and sled never fsyncs
+//! the files it keeps under `blobs/`. [`Storage::sync`] therefore follows
+//! `flush` with `fdatasync` of every file of the store and `fsync` of its
+//! directories (blob files once each: sled never changes them after writing).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::{BlobId, Commit, MetaOp, Storage, SysKey};
+use crate::error::{Error, Result};
+
+const USER: u8 = 0x01;
+const SYS: u8 = 0x00;
+
+/// How long `open` keeps retrying while another handle holds the file lock
+/// (sled 0.34 may release it a moment after the previous `Db` is dropped).
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
+
+/// The files sled keeps in a store directory; a non-empty directory without
+/// them is not a store.
+const SLED_FILES: [&str; 2] = ["conf", "db"];
+
+pub(crate) struct SledStorage {
+    db: ::sled::Db,
+    meta: ::sled::Tree,
+    blob: ::sled::Tree,
+    dir: PathBuf,
+    /// Blob files (under `blobs/`) already fsynced; sled writes each once.
+    synced_blob_files: Mutex<HashSet<OsString>>,
+}
+
+fn storage_error(e: ::sled::Error) -> Error {
+    match e {
+        ::sled::Error::Io(io) => Error::Io(io),
+        ::sled::Error::Corruption { .. } => Error::corrupt(None, format!("storage: {e}")),
+        other => Error::Storage(other.to_string()),
+    }
+}
+
+fn user_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(USER);
+    k.extend_from_slice(key);
+    k
+}
+
+fn sys_key(key: SysKey) -> Vec<u8> {
+    let mut k = vec![SYS];
+    match key {
+        SysKey::Format => k.extend_from_slice(b"format"),
+        SysKey::State => k.extend_from_slice(b"state"),
+        SysKey::Gc(id) => {
+            k.extend_from_slice(b"gc");
+            k.extend_from_slice(&id.to_be_bytes());
+        }
+    }
+    k
+}
+
+fn gc_prefix() -> Vec<u8> {
+    let mut k = vec![SYS];
+    k.extend_from_slice(b"gc");
+    k
+}
+
+fn bytes(v: ::sled::IVec) -> Bytes {
+    Bytes::from_owner(v)
+}
+
+/// Checks that `dir` is empty, missing, or looks like a sled store, before
+/// sled creates anything in it.
+fn check_dir(dir: &Path) -> Result<()> {
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Io(e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "it is not a directory".into(),
+        });
+    }
+    let mut names = HashSet::new();
+    for entry in fs::read_dir(dir)? {
+        names.insert(entry?.file_name());
+    }
+    if names.is_empty()
+        || SLED_FILES
+            .iter()
+            .all(|f| names.contains(&OsString::from(f)))
+    {
+        Ok(())
+    } else {
+        Err(Error::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "the directory is not empty and holds no store".into(),
+        })
+    }
+}
+
+fn is_lock_error(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+impl SledStorage {
+    /// Opens (or creates) the sled database in `dir`.
+    pub(crate) fn open(dir: &Path, cache_capacity: u64) -> Result<SledStorage> {
+        check_dir(dir)?;
+        let existed = dir.exists();
+        let config = ::sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity);
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        let db = loop {
+            // sled 0.34 panics on some malformed files instead of returning an
+            // error; a damaged store must be an error, not a crash.
+            let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+            match opened {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) if is_lock_error(&e) => {
+                    if started.elapsed() >= LOCK_RETRY_FOR {
+                        return Err(Error::Locked {
+                            path: dir.to_path_buf(),
+                        });
+                    }
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Ok(Err(e)) => return Err(storage_error(e)),
+                Err(panic) => {
+                    return Err(Error::corrupt(
+                        None,
+                        format!(
+                            "the storage layer failed while opening {}: {}",
+                            dir.display(),
+                            panic_message(&*panic)
+                        ),
+                    ))
+                }
+            }
+        };
+        let meta = db.open_tree("meta").map_err(storage_error)?;
+        let blob = db.open_tree("blob").map_err(storage_error)?;
+        let storage = SledStorage {
+            db,
+            meta,
+            blob,
+            dir: dir.to_path_buf(),
+            synced_blob_files: Mutex::new(HashSet::new()),
+        };
+        if !existed {
+            // The store directory is new: make its entry in the parent durable.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(storage)
+    }
+
+    fn sync_files(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                File::open(entry.path())?.sync_data()?;
+            }
+        }
+        let blob_dir = self.dir.join("blobs");
+        if blob_dir.is_dir() {
+            let mut synced = self.synced_blob_files.lock();
+            let mut present = HashSet::new();
+            for entry in fs::read_dir(&blob_dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if !synced.contains(&name) && entry.file_type()?.is_file() {
+                    File::open(entry.path())?.sync_data()?;
+                }
+                present.insert(name);
+            }
+            *synced = present;
+            sync_dir(&blob_dir)?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage for SledStorage {
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self
+            .meta
+            .get(user_key(key))
+            .map_err(storage_error)?
+            .map(bytes))
+    }
+
+    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.meta.range(user_key(from)..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            if k.first() != Some(&USER) {
+                break;
+            }
+            out.push((bytes(k).slice(1..), bytes(v)));
+        }
+        Ok(out)
+    }
+
+    fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
+        Ok(self
+            .blob
+            .get(id.to_be_bytes())
+            .map_err(storage_error)?
+            .map(bytes))
+    }
+
+    fn put_blob(&self, id: BlobId, value: &[u8]) -> Result<()> {
+        self.blob
+            .insert(id.to_be_bytes(), value)
+            .map(drop)
+            .map_err(storage_error)
+    }
+
+    fn remove_blobs(&self, ids: &[BlobId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = ::sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
+        self.blob.apply_batch(batch).map_err(storage_error)
+    }
+
+    fn remove_blobs_from(&self, first: BlobId) -> Result<usize> {
+        let mut batch = ::sled::Batch::default();
+        let mut n = 0;
+        for item in self.blob.range(first.to_be_bytes()..) {
+            let (k, _) = item.map_err(storage_error)?;
+            batch.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.blob.apply_batch(batch).map_err(storage_error)?;
+        }
+        Ok(n)
+    }
+
+    fn is_blank(&self) -> Result<bool> {
+        let known: [&[u8]; 3] = [b"__sled__default", b"meta", b"blob"];
+        let only_known = self
+            .db
+            .tree_names()
+            .iter()
+            .all(|name| known.contains(&name.as_ref()));
+        Ok(only_known && self.db.is_empty() && self.meta.is_empty() && self.blob.is_empty())
+    }
+
+    fn blobs_empty(&self) -> Result<bool> {
+        Ok(self.blob.is_empty())
+    }
+
+    fn commit(&self, commit: Commit) -> Result<()> {
+        let mut batch = ::sled::Batch::default();
+        for op in commit.ops {
+            match op {
+                MetaOp::Put(k, v) => batch.insert(user_key(&k), v),
+                MetaOp::Remove(k) => batch.remove(user_key(&k)),
+            }
+        }
+        for (k, v) in commit.sys {
+            match v {
+                Some(v) => batch.insert(sys_key(k), v),
+                None => batch.remove(sys_key(k)),
+            }
+        }
+        self.meta.apply_batch(batch).map_err(storage_error)
+    }
+
+    fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
+        Ok(self
+            .meta
+            .get(sys_key(key))
+            .map_err(storage_error)?
+            .map(bytes))
+    }
+
+    fn put_sys(&self, key: SysKey, value: Option<&[u8]>) -> Result<()> {
+        let k = sys_key(key);
+        match value {
+            Some(v) => self.meta.insert(k, v).map(drop),
+            None => self.meta.remove(k).map(drop),
+        }
+        .map_err(storage_error)
+    }
+
+    fn gc_ids(&self) -> Result<Vec<u64>> {
+        let prefix = gc_prefix();
+        let mut ids = Vec::new();
+        for item in self.meta.scan_prefix(&prefix) {
+            let (k, _) = item.map_err(storage_error)?;
+            let mut id = [0u8; 8];
+            match k.get(prefix.len()..) {
+                Some(rest) if rest.len() == 8 => {
+                    id.copy_from_slice(rest);
+                    ids.push(u64::from_be_bytes(id));
+                }
+                _ => {
+                    return Err(Error::corrupt(
+                        None,
+                        format!("malformed gc record key of {} bytes", k.len()),
+                    ))
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(drop).map_err(storage_error)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.sync_files().map_err(Error::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_directory_that_is_not_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        assert!(matches!(
+            SledStorage::open(dir.path(), 1 << 20),
+            Err(Error::NotAStore { .. })
+        ));
+        let file = dir.path().join("notes.txt");
+        assert!(matches!(
+            SledStorage::open(&file, 1 << 20),
+            Err(Error::NotAStore { .. })
+        ));
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let _first = SledStorage::open(&path, 1 << 20).unwrap();
+        assert!(matches!(
+            SledStorage::open(&path, 1 << 20),
+            Err(Error::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn user_and_system_keys_do_not_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(&dir.path().join("s"), 1 << 20).unwrap();
+        s.commit(Commit {
+            ops: vec![
+                MetaOp::Put(Box::from(&b""[..]), b"empty".to_vec()),
+                MetaOp::Put(Box::from(&b"\x00state"[..]), b"user".to_vec()),
+            ],
+            sys: vec![(SysKey::State, Some(b"sys".to_vec()))],
+        })
+        .unwrap();
+        assert_eq!(s.get_meta(b"").unwrap().unwrap(), &b"empty"[..]);
+        assert_eq!(s.get_meta(b"\x00state").unwrap().unwrap(), &b"user"[..]);
+        assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"sys"[..]);
+        let scanned = s.scan_meta(b"", 10).unwrap();
+        assert_eq!(scanned.len(), 2);
+        assert_eq!(scanned[0].0, &b""[..]);
+        s.put_sys(SysKey::Gc(3), Some(b"x")).unwrap();
+        s.put_sys(SysKey::Gc(9), Some(b"y")).unwrap();
+        assert_eq!(s.gc_ids().unwrap(), vec![3, 9]);
+        assert_eq!(s.scan_meta(b"", 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn blobs_from_an_id_up_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(&dir.path().join("s"), 1 << 20).unwrap();
+        for id in [1u64, 2, 300, 70_000] {
+            s.put_blob(id, b"v").unwrap();
+        }
+        assert_eq!(s.remove_blobs_from(300).unwrap(), 2);
+        assert!(s.get_blob(2).unwrap().is_some());
+        assert!(s.get_blob(300).unwrap().is_none());
+        s.remove_blobs(&[1, 2, 5]).unwrap();
+        assert!(s.blobs_empty().unwrap());
+        s.sync().unwrap();
+    }
+}
