@@ -33,7 +33,8 @@ pub struct Config {
     pub(crate) flush_threads: usize,
     pub(crate) cache_capacity: u64,
     pub(crate) max_key_len: usize,
-    pub(crate) max_value_len: usize,
+    /// `None`: the default, which depends on `max_dirty_bytes`.
+    max_value_len: Option<usize>,
     pub(crate) inline_threshold: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -50,7 +51,7 @@ impl Config {
             flush_threads: 2,
             cache_capacity: 1024 * 1024 * 1024,
             max_key_len: 16 * KIB,
-            max_value_len: 16 * MIB,
+            max_value_len: None,
             inline_threshold: KIB,
             clock: Arc::new(SystemClock),
         }
@@ -95,11 +96,18 @@ impl Config {
     }
 
     /// Longest value accepted; longer values are [`Error::TooLarge`].
-    /// Default: 16 MiB. At most `max_dirty_bytes / 2`, so that any accepted
-    /// value fits in the buffer.
+    /// Default: 16 MiB or `max_dirty_bytes / 2`, whichever is smaller. At
+    /// most `max_dirty_bytes / 2`, so that any accepted value fits in the
+    /// buffer.
     pub fn max_value_len(mut self, bytes: usize) -> Config {
-        self.max_value_len = bytes;
+        self.max_value_len = Some(bytes);
         self
+    }
+
+    /// The longest value accepted, default applied.
+    pub(crate) fn value_limit(&self) -> usize {
+        self.max_value_len
+            .unwrap_or_else(|| (16 * MIB).min(self.max_dirty_bytes / 2))
     }
 
     /// Values up to this length are stored inside their metadata record (one
@@ -159,10 +167,11 @@ impl Config {
                 self.max_key_len
             )
         })?;
-        check(self.max_value_len <= self.max_dirty_bytes / 2, || {
+        check(self.value_limit() <= self.max_dirty_bytes / 2, || {
             format!(
                 "max_value_len ({}) is more than half of max_dirty_bytes ({})",
-                self.max_value_len, self.max_dirty_bytes
+                self.value_limit(),
+                self.max_dirty_bytes
             )
         })?;
         check(self.inline_threshold <= 64 * KIB, || {
@@ -184,7 +193,7 @@ impl fmt::Debug for Config {
             .field("flush_threads", &self.flush_threads)
             .field("cache_capacity", &self.cache_capacity)
             .field("max_key_len", &self.max_key_len)
-            .field("max_value_len", &self.max_value_len)
+            .field("max_value_len", &self.value_limit())
             .field("inline_threshold", &self.inline_threshold)
             .field("clock", &self.clock)
             .finish()
@@ -198,6 +207,14 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::new("x").validate().unwrap();
+    }
+
+    #[test]
+    fn the_value_limit_follows_a_small_buffer() {
+        let c = Config::new("x").max_dirty_bytes(256 * KIB);
+        c.validate().unwrap();
+        assert_eq!(c.value_limit(), 128 * KIB);
+        assert_eq!(Config::new("x").value_limit(), 16 * MIB);
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Engine {
     /// [`Error::Reentrant`]). If `f` panics, nothing is written.
     pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
         not_reentrant()?;
-        let max_value = self.shared().config.max_value_len;
+        let max_value = self.shared().config.value_limit();
         self.shared().update(key, |current| {
             let mut value = current.as_ref().map(|c| c.value.to_vec());
             let r = {
@@ -438,11 +438,12 @@ impl Shared {
     }
 
     fn check_value(&self, len: usize) -> Result<()> {
-        if len > self.config.max_value_len {
+        let max = self.config.value_limit();
+        if len > max {
             return Err(Error::TooLarge {
                 what: "value",
                 len,
-                max: self.config.max_value_len,
+                max,
             });
         }
         Ok(())

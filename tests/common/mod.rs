@@ -1,0 +1,106 @@
+//! Helpers shared by the behaviour tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use millpond::{Config, Engine};
+
+/// A store directory that is removed when dropped.
+pub struct Store {
+    _tmp: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("store");
+        Store { _tmp: tmp, path }
+    }
+
+    /// A configuration with a write delay long enough that nothing is
+    /// flushed unless the test asks for it.
+    pub fn quiet(&self) -> Config {
+        Config::new(&self.path).write_delay(Duration::from_secs(3600))
+    }
+
+    /// A configuration that flushes almost continuously.
+    pub fn busy(&self) -> Config {
+        Config::new(&self.path).write_delay(Duration::from_millis(1))
+    }
+
+    pub fn open(&self, config: Config) -> Engine {
+        Engine::open(config).expect("open")
+    }
+}
+
+/// Polls `cond` until it holds; panics after a generous limit (a hang
+/// guard, not a timing assertion).
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "gave up waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A seed from the environment (`MILLPOND_SEED`) or the clock; printed so a
+/// failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("MILLPOND_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: MILLPOND_SEED={seed}");
+    seed
+}
+
+pub fn u64_value(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v.try_into().expect("an 8-byte counter"))
+}
+
+pub fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += dir_size(&p);
+            } else if let Ok(m) = e.metadata() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
