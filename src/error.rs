@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn duplicate_keeps_kind_and_message() {
-        let e = Error::Io(std::io::Error::new(std::io::ErrorKind::Other, "disk gone"));
+        let e = Error::Io(std::io::Error::other("disk gone"));
         let d = e.duplicate();
         assert_eq!(e.to_string(), d.to_string());
         assert!(matches!(d, Error::Io(ref io) if io.kind() == std::io::ErrorKind::Other));

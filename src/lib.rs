@@ -64,3 +64,8 @@ pub use engine::Engine;
 pub use error::{Error, Result};
 pub use stats::{Checkpoint, Stats};
 pub use value::Value;
+
+/// The README's code samples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

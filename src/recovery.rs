@@ -29,8 +29,6 @@ pub(crate) struct Recovered {
     pub next_gc_id: u64,
     /// Whether the blob tree holds any blob.
     pub blobs_exist: bool,
-    /// Whether this open created the store.
-    pub created: bool,
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &std::path::Path) -> Result<Recovered> {
@@ -65,7 +63,6 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &std::path::Path) -> Result<Re
         next_blob: state.next_blob,
         next_gc_id: gc_ids.last().map_or(0, |id| id + 1),
         blobs_exist: !storage.blobs_empty()?,
-        created,
     })
 }
 

@@ -132,8 +132,4 @@ impl Health {
     pub(crate) fn flush_succeeded(&self) {
         self.failures.store(0, Ordering::Release);
     }
-
-    pub(crate) fn consecutive_failures(&self) -> u32 {
-        self.failures.load(Ordering::Acquire)
-    }
 }

@@ -151,7 +151,6 @@ pub(crate) struct DirtyMap {
 
 /// What [`DirtyMap::insert`] did.
 pub(crate) struct Inserted {
-    pub seq: Seq,
     /// The active maps were clean before this write.
     pub first_dirty: bool,
 }
@@ -222,7 +221,7 @@ impl DirtyMap {
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         }
-        Inserted { seq, first_dirty }
+        Inserted { first_dirty }
     }
 
     /// Moves every shard's active map to frozen, at one cut. Returns `None`
@@ -356,8 +355,8 @@ mod tests {
             key,
             Slot::Value(Bytes::copy_from_slice(value)),
             None,
-        )
-        .seq
+        );
+        map.last_seq()
     }
 
     fn read(map: &DirtyMap, key: &[u8]) -> Option<Vec<u8>> {

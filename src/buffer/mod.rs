@@ -3,4 +3,4 @@
 
 pub(crate) mod dirty;
 
-pub(crate) use dirty::{DirtyMap, Entry, Frozen, Seq, Shard, Slot};
+pub(crate) use dirty::{DirtyMap, Entry, Frozen, Seq, Slot};

@@ -64,9 +64,6 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// The metadata record stored under a user key.
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>>;
 
-    /// Up to `limit` metadata records with user keys `>= from`, in key order.
-    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
-
     /// A value in the blob tree.
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>>;
 

@@ -228,18 +228,6 @@ impl Storage for SledStorage {
             .map(bytes))
     }
 
-    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.meta.range(user_key(from)..).take(limit) {
-            let (k, v) = item.map_err(storage_error)?;
-            if k.first() != Some(&USER) {
-                break;
-            }
-            out.push((bytes(k).slice(1..), bytes(v)));
-        }
-        Ok(out)
-    }
-
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
         Ok(self
             .blob
@@ -405,13 +393,9 @@ mod tests {
         assert_eq!(s.get_meta(b"").unwrap().unwrap(), &b"empty"[..]);
         assert_eq!(s.get_meta(b"\x00state").unwrap().unwrap(), &b"user"[..]);
         assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"sys"[..]);
-        let scanned = s.scan_meta(b"", 10).unwrap();
-        assert_eq!(scanned.len(), 2);
-        assert_eq!(scanned[0].0, &b""[..]);
         s.put_sys(SysKey::Gc(3), Some(b"x")).unwrap();
         s.put_sys(SysKey::Gc(9), Some(b"y")).unwrap();
         assert_eq!(s.gc_ids().unwrap(), vec![3, 9]);
-        assert_eq!(s.scan_meta(b"", 10).unwrap().len(), 2);
     }
 
     #[test]
