@@ -27,6 +27,7 @@ const TAG_META_V1: u8 = 0x01;
 const TAG_FORMAT: u8 = 0x10;
 const TAG_STATE_V1: u8 = 0x11;
 const TAG_GC_V1: u8 = 0x12;
+const TAG_DEADLINE_V1: u8 = 0x13;
 
 const CRC_LEN: usize = 4;
 
@@ -206,6 +207,18 @@ pub(crate) fn decode_state(raw: &[u8]) -> Result<StateRecord> {
     body(None, "state record", bytes)
 }
 
+/// The deadline index entry of a key: its deadline, in milliseconds since
+/// the Unix epoch (the same as in its metadata record).
+pub(crate) fn encode_deadline(deadline: u64) -> Result<Vec<u8>> {
+    frame(TAG_DEADLINE_V1, &deadline)
+}
+
+pub(crate) fn decode_deadline(key: &[u8], raw: &[u8]) -> Result<u64> {
+    let (tag, bytes) = unframe(Some(key), raw)?;
+    expect_tag(Some(key), "deadline record", tag, TAG_DEADLINE_V1)?;
+    body(Some(key), "deadline record", bytes)
+}
+
 pub(crate) fn encode_gc(gc: &GcRecord) -> Result<Vec<u8>> {
     frame(TAG_GC_V1, gc)
 }
@@ -288,6 +301,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(decode_gc(&gc).unwrap().blobs, vec![1, 2, 3]);
+        let d = encode_deadline(1_700_000_000_123).unwrap();
+        assert_eq!(decode_deadline(b"k", &d).unwrap(), 1_700_000_000_123);
+        assert!(decode_gc(&d).is_err());
         let f = decode_format(&encode_format().unwrap()).unwrap();
         assert_eq!((f.magic, f.version), (MAGIC, FORMAT_VERSION));
     }

@@ -36,6 +36,7 @@ pub struct Config {
     /// `None`: the default, which depends on `max_dirty_bytes`.
     max_value_len: Option<usize>,
     pub(crate) inline_threshold: usize,
+    pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -53,6 +54,7 @@ impl Config {
             max_key_len: 16 * KIB,
             max_value_len: None,
             inline_threshold: KIB,
+            default_ttl: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -115,6 +117,14 @@ impl Config {
     /// Default: 1 KiB. At most 64 KiB.
     pub fn inline_threshold(mut self, bytes: usize) -> Config {
         self.inline_threshold = bytes;
+        self
+    }
+
+    /// The time to live given to values written without one (by `set`,
+    /// `set_as`, a transaction's `set`, and a `modify` that creates a key).
+    /// Default: `None` (such values never expire).
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Config {
+        self.default_ttl = ttl;
         self
     }
 
@@ -195,6 +205,7 @@ impl fmt::Debug for Config {
             .field("max_key_len", &self.max_key_len)
             .field("max_value_len", &self.value_limit())
             .field("inline_threshold", &self.inline_threshold)
+            .field("default_ttl", &self.default_ttl)
             .field("clock", &self.clock)
             .finish()
     }

@@ -5,14 +5,8 @@
 //! the same path as [`Engine::shutdown`]. The threads hold only `Arc<Shared>`,
 //! so they never keep the handle alive.
 //!
-//! Read path: the key's shard (active, then frozen), then storage.
-//! Write path: admission (health, closed, room in the buffer), then the
-//! key's shard lock, then [`DirtyMap::insert`](crate::buffer::DirtyMap::insert).
-//! Read-modify-write (`modify`, `delete`): the current value is found as in
-//! the read path, and the change is made under the same shard lock that
-//! showed it; if the value had to come from storage, the lock is released
-//! for the read, and the read is trusted only if the shard's generation has
-//! not moved meanwhile (otherwise it is read again).
+//! The verbs check their arguments and call the read path, the write path or
+//! read-modify-write in `access.rs`.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -25,14 +19,13 @@ use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::buffer::dirty::ENTRY_OVERHEAD;
+use crate::access::{deadline_after, Change};
 use crate::buffer::{DirtyMap, Slot};
-use crate::clock::UnixMillis;
-use crate::codec::{self, ValueRef};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
+use crate::purger::Purger;
 use crate::recovery;
 use crate::shared::{BlobIds, Health, Shared};
 use crate::stats::{Checkpoint, Counters, Stats};
@@ -91,32 +84,9 @@ struct Handle {
 }
 
 enum Lifecycle {
-    Running(Flusher),
+    Running(Flusher, Purger),
     /// Shut down, with the outcome of the final flush.
     Stopped(Result<()>),
-}
-
-/// A value as found in storage.
-#[derive(Clone)]
-struct Stored {
-    value: Bytes,
-    deadline: Option<UnixMillis>,
-}
-
-/// The live value of a key as a read-modify-write sees it.
-struct Current {
-    value: Bytes,
-    deadline: Option<UnixMillis>,
-}
-
-/// What a read-modify-write decided to write.
-struct Change {
-    slot: Slot,
-    deadline: Option<UnixMillis>,
-}
-
-fn live(deadline: Option<UnixMillis>, now: impl FnOnce() -> UnixMillis) -> bool {
-    deadline.is_none_or(|d| d > now())
 }
 
 impl Engine {
@@ -139,10 +109,12 @@ impl Engine {
 
     fn open_with(config: Config, dir: &Path, storage: Arc<dyn Storage>) -> Result<Engine> {
         let recovered = recovery::recover(&*storage, dir)?;
+        let buffer = DirtyMap::new(recovered.last_seq);
+        recovery::load_deadlines(&*storage, &buffer)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             storage: RwLock::new(Some(storage)),
-            buffer: DirtyMap::new(recovered.last_seq),
+            buffer,
             counters: Counters::default(),
             flush: FlushControl::new(),
             health: Health::default(),
@@ -154,10 +126,11 @@ impl Engine {
         Counters::set_max(&shared.counters.durable_seq, recovered.last_seq.0);
         let cycles = Cycles::new(recovered.last_seq, recovered.next_gc_id);
         let flusher = Flusher::start(&shared, cycles)?;
+        let purger = Purger::start(&shared)?;
         Ok(Engine {
             handle: Arc::new(Handle {
                 shared,
-                lifecycle: Mutex::new(Lifecycle::Running(flusher)),
+                lifecycle: Mutex::new(Lifecycle::Running(flusher, purger)),
             }),
         })
     }
@@ -174,23 +147,13 @@ impl Engine {
         let s = self.shared();
         s.check_key(key)?;
         s.check_open()?;
-        let found = {
-            let shard = s.buffer.lock(s.buffer.shard_of(key));
-            shard.get(key).map(|e| (e.slot.clone(), e.deadline))
-        };
-        match found {
-            Some((Slot::Value(v), deadline)) if live(deadline, || s.now()) => Ok(Some(Value(v))),
-            Some(_) => Ok(None),
-            None => Ok(s
-                .read_stored(key)?
-                .filter(|st| live(st.deadline, || s.now()))
-                .map(|st| Value(st.value))),
-        }
+        Ok(s.read(key)?.map(|(v, _)| Value(v)))
     }
 
-    /// Sets `key` to `value`, replacing any deadline. Returns once the write
-    /// is visible to every reader; it reaches disk within `write_delay` plus
-    /// one flush cycle, or at the next [`Engine::checkpoint`].
+    /// Sets `key` to `value`. Any deadline the key had is cleared (it gets
+    /// `Config::default_ttl` if one is set). Returns once the write is
+    /// visible to every reader; it reaches disk within `write_delay` plus one
+    /// flush cycle, or at the next [`Engine::checkpoint`].
     ///
     /// Waits while the buffer is full (`max_dirty_bytes`). Errors:
     /// [`Error::TooLarge`], [`Error::Closed`], and [`Error::FlushFailing`] or
@@ -200,14 +163,85 @@ impl Engine {
         let s = self.shared();
         s.check_key(key)?;
         s.check_value(value.len())?;
-        s.write(key, Slot::Value(Bytes::copy_from_slice(value)), None)
+        s.write(
+            key,
+            Slot::Value(Bytes::copy_from_slice(value)),
+            s.default_deadline(),
+        )
+    }
+
+    /// Sets `key` to `value`, to expire `ttl` from now (by the engine's
+    /// clock). Once the deadline passes the key is absent to every read, and
+    /// the purger deletes it from memory and disk. A zero `ttl` expires the
+    /// key at once.
+    pub fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_key(key)?;
+        s.check_value(value.len())?;
+        s.write(
+            key,
+            Slot::Value(Bytes::copy_from_slice(value)),
+            Some(deadline_after(s.now(), ttl)),
+        )
+    }
+
+    /// Gives an existing key a new deadline, `ttl` from now, without
+    /// rewriting its value (only its metadata record is written). Returns
+    /// `false` if the key has no live value.
+    pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.update(key, false, |found| {
+            Ok(match found {
+                Some(f) => (
+                    Some(Change {
+                        slot: f.slot(),
+                        deadline: Some(deadline_after(s.now(), ttl)),
+                    }),
+                    true,
+                ),
+                None => (None, false),
+            })
+        })
+    }
+
+    /// Removes a key's deadline (it will not expire). Returns `true` if the
+    /// key had a live value with a deadline.
+    pub fn persist(&self, key: &[u8]) -> Result<bool> {
+        not_reentrant()?;
+        self.shared().update(key, false, |found| {
+            Ok(match found {
+                Some(f) if f.deadline.is_some() => (
+                    Some(Change {
+                        slot: f.slot(),
+                        deadline: None,
+                    }),
+                    true,
+                ),
+                _ => (None, false),
+            })
+        })
+    }
+
+    /// The time `key` has left before it expires (whole milliseconds).
+    /// `None` both when the key has no deadline and when it has no live
+    /// value; use [`Engine::get`] to tell the two apart.
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_key(key)?;
+        s.check_open()?;
+        let now = s.now();
+        Ok(s.deadline_of(key)?
+            .map(|d| Duration::from_millis(d.0.saturating_sub(now.0))))
     }
 
     /// Removes `key`. Returns `true` if it had a live value.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         not_reentrant()?;
-        self.shared().update(key, |current| {
-            Ok(match current {
+        self.shared().update(key, false, |found| {
+            Ok(match found {
                 Some(_) => (
                     Some(Change {
                         slot: Slot::Tombstone,
@@ -226,28 +260,30 @@ impl Engine {
     /// it; setting it to `None` deletes the key. No other write to `key`
     /// happens between the read and the write, so concurrent `modify` calls
     /// never lose an update. If `f` leaves the value as it was, nothing is
-    /// written. An expiry deadline on the key is kept.
+    /// written. A key's deadline is kept; a key that `f` creates gets
+    /// `Config::default_ttl`, if set. An expired key is `None` to `f`.
     ///
     /// `f` runs while the engine holds a lock covering `key` and other keys:
     /// keep it short, and do not call the engine from it (such calls return
     /// [`Error::Reentrant`]). If `f` panics, nothing is written.
     pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
         not_reentrant()?;
-        let max_value = self.shared().config.value_limit();
-        self.shared().update(key, |current| {
-            let mut value = current.as_ref().map(|c| c.value.to_vec());
+        let s = self.shared();
+        let max_value = s.config.value_limit();
+        s.update(key, true, |found| {
+            let mut value = found.as_ref().map(|c| c.bytes().to_vec());
             let r = {
                 let _guard = ClosureGuard::enter();
                 f(&mut value)
             };
-            let change = match (value, current) {
+            let change = match (value, found) {
                 (None, None) => None,
                 (None, Some(_)) => Some(Change {
                     slot: Slot::Tombstone,
                     deadline: None,
                 }),
-                (Some(v), Some(c)) if c.value[..] == v[..] => None,
-                (Some(v), current) => {
+                (Some(v), Some(c)) if c.bytes() == &v[..] => None,
+                (Some(v), found) => {
                     if v.len() > max_value {
                         return Err(Error::TooLarge {
                             what: "value",
@@ -255,9 +291,13 @@ impl Engine {
                             max: max_value,
                         });
                     }
+                    let deadline = match found {
+                        Some(c) => c.deadline,
+                        None => s.default_deadline(),
+                    };
                     Some(Change {
                         slot: Slot::Value(Bytes::from(v)),
-                        deadline: current.and_then(|c| c.deadline),
+                        deadline,
                     })
                 }
             };
@@ -283,6 +323,18 @@ impl Engine {
     pub fn set_as<T: Serialize + ?Sized>(&self, key: &[u8], value: &T) -> Result<()> {
         let bytes = postcard::to_stdvec(value).map_err(|e| Error::Encode(e.to_string()))?;
         self.set(key, &bytes)
+    }
+
+    /// Runs the expiry purger now, over every key: each key whose deadline
+    /// has passed is deleted (from memory now, from disk at the next flush).
+    /// Returns the number of keys purged. The background purger does the
+    /// same every 100 ms in bounded slices; this is for callers that want it
+    /// done at a known time (and for tests that move a mock clock).
+    pub fn purge_expired(&self) -> Result<u64> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_open()?;
+        Ok(s.purge(None))
     }
 
     /// Returns once every write acknowledged before the call is durable on
@@ -344,6 +396,12 @@ impl Engine {
             flush_errors: Counters::get(&c.flush_errors),
             last_flush_duration: c.last_flush(),
             syncs: Counters::get(&c.syncs),
+            expired: Counters::get(&c.expired),
+            ttl_keys: if in_closure() {
+                0
+            } else {
+                s.buffer.deadlines()
+            },
             blobs_written: Counters::get(&c.blobs_written),
             last_seq: s.buffer.last_seq().0,
             flushed_seq: Counters::get(&c.flushed_seq),
@@ -391,7 +449,14 @@ impl Handle {
         };
         let previous = std::mem::replace(&mut *life, Lifecycle::Stopped(Ok(())));
         let joined = match previous {
-            Lifecycle::Running(flusher) => flusher.join(),
+            Lifecycle::Running(flusher, purger) => {
+                let purger_ok = purger.stop();
+                flusher.join().and(if purger_ok {
+                    Ok(())
+                } else {
+                    Err(Error::Storage("the expiry purger thread panicked".into()))
+                })
+            }
             Lifecycle::Stopped(_) => Ok(()),
         };
         // Closing storage releases the store's lock.
@@ -409,174 +474,6 @@ impl Drop for Handle {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             log::error!("millpond: shutdown on drop of the last handle failed: {e}");
-        }
-    }
-}
-
-impl Shared {
-    pub(crate) fn now(&self) -> UnixMillis {
-        UnixMillis::now(&*self.config.clock)
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_key(&self, key: &[u8]) -> Result<()> {
-        if key.len() > self.config.max_key_len {
-            return Err(Error::TooLarge {
-                what: "key",
-                len: key.len(),
-                max: self.config.max_key_len,
-            });
-        }
-        Ok(())
-    }
-
-    fn check_value(&self, len: usize) -> Result<()> {
-        let max = self.config.value_limit();
-        if len > max {
-            return Err(Error::TooLarge {
-                what: "value",
-                len,
-                max,
-            });
-        }
-        Ok(())
-    }
-
-    /// Admission of a write of about `incoming` bytes: refuses it when the
-    /// engine is closed or cannot persist, and waits while the buffer is full.
-    fn admit(&self, incoming: usize) -> Result<()> {
-        let max = self.config.max_dirty_bytes;
-        loop {
-            self.check_open()?;
-            self.health.check_writable()?;
-            let bytes = self.buffer.bytes();
-            if bytes == 0 || bytes + incoming <= max {
-                return Ok(());
-            }
-            self.flush.request_urgent();
-            self.buffer
-                .wait_for_room(incoming, max, Duration::from_millis(100));
-        }
-    }
-
-    /// Wakes the coordinator if this write made the buffer dirty or pushed
-    /// it past its high watermark.
-    fn after_write(&self, first_dirty: bool) {
-        if first_dirty {
-            self.flush.wake();
-        }
-        if self.buffer.bytes() > self.config.max_dirty_bytes / 2 {
-            self.flush.request_urgent();
-        }
-    }
-
-    /// A blind write (no read of the current value).
-    fn write(&self, key: &[u8], slot: Slot, deadline: Option<UnixMillis>) -> Result<()> {
-        let len = match &slot {
-            Slot::Value(v) => v.len(),
-            Slot::Tombstone => 0,
-        };
-        self.admit(key.len() + len + ENTRY_OVERHEAD)?;
-        let inserted = {
-            let mut shard = self.buffer.lock(self.buffer.shard_of(key));
-            self.check_open()?;
-            self.buffer.insert(&mut shard, key, slot, deadline)
-        };
-        self.after_write(inserted.first_dirty);
-        Ok(())
-    }
-
-    /// A read-modify-write of one key: `f` sees the live value and decides
-    /// the change, while the key's shard lock is held.
-    fn update<R>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(Option<Current>) -> Result<(Option<Change>, R)>,
-    ) -> Result<R> {
-        self.check_key(key)?;
-        self.admit(key.len() + ENTRY_OVERHEAD)?;
-        let index = self.buffer.shard_of(key);
-        // A storage read made without the lock, and the generation it is
-        // valid for.
-        let mut from_storage: Option<(u64, Option<Stored>)> = None;
-        loop {
-            let mut shard = self.buffer.lock(index);
-            self.check_open()?;
-            let current = match shard.get(key) {
-                Some(e) => match &e.slot {
-                    Slot::Value(v) if live(e.deadline, || self.now()) => Some(Current {
-                        value: v.clone(),
-                        deadline: e.deadline,
-                    }),
-                    _ => None,
-                },
-                None => match &from_storage {
-                    Some((generation, stored)) if *generation == shard.generation() => stored
-                        .as_ref()
-                        .filter(|st| live(st.deadline, || self.now()))
-                        .map(|st| Current {
-                            value: st.value.clone(),
-                            deadline: st.deadline,
-                        }),
-                    _ => {
-                        let generation = shard.generation();
-                        drop(shard);
-                        from_storage = Some((generation, self.read_stored(key)?));
-                        continue;
-                    }
-                },
-            };
-            let (change, r) = f(current)?;
-            let inserted = change.map(|c| self.buffer.insert(&mut shard, key, c.slot, c.deadline));
-            drop(shard);
-            if let Some(ins) = inserted {
-                self.after_write(ins.first_dirty);
-            }
-            return Ok(r);
-        }
-    }
-
-    /// Reads `key` from storage (ignoring deadlines).
-    fn read_stored(&self, key: &[u8]) -> Result<Option<Stored>> {
-        let storage = self.storage()?;
-        loop {
-            let Some(raw) = storage.get_meta(key)? else {
-                return Ok(None);
-            };
-            let rec = codec::decode_meta(key, &raw)?;
-            let deadline = rec.deadline.map(UnixMillis);
-            match rec.value {
-                ValueRef::Inline(v) => {
-                    return Ok(Some(Stored {
-                        value: raw.slice_ref(v),
-                        deadline,
-                    }))
-                }
-                ValueRef::Blob(b) => match storage.get_blob(b.id)? {
-                    Some(value) => {
-                        b.check(key, &value)?;
-                        return Ok(Some(Stored { value, deadline }));
-                    }
-                    None => {
-                        // A flush may have replaced the record and removed
-                        // its blob since it was read: read it again. If it
-                        // is unchanged, the blob is really missing.
-                        if storage.get_meta(key)?.as_deref() == Some(&raw[..]) {
-                            return Err(Error::corrupt(
-                                Some(key),
-                                format!("the record points at blob {}, which is missing", b.id),
-                            ));
-                        }
-                    }
-                },
-            }
         }
     }
 }

@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod buffer;
 mod clock;
 mod codec;
@@ -52,6 +53,7 @@ mod config;
 mod engine;
 mod error;
 mod flush;
+mod purger;
 mod recovery;
 mod shared;
 mod stats;

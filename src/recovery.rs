@@ -9,11 +9,15 @@
 //! 4. Gc records left by cycles that committed but did not finish removing
 //!    the blobs they made unreachable: the blobs are removed, then the record.
 //!
+//! 5. The expiry index is rebuilt from the stored deadline index
+//!    ([`load_deadlines`]).
+//!
 //! None of this reads user records or values, so open does not scan the
-//! store. Steps 3 and 4 end with a sync, so their effects do not have to be
+//! store (step 5 reads one small entry per key that has a deadline). Steps 3 and 4 end with a sync, so their effects do not have to be
 //! redone after another crash (they are idempotent in any case).
 
-use crate::buffer::Seq;
+use crate::buffer::{DirtyMap, Seq};
+use crate::clock::UnixMillis;
 use crate::codec::{self, StateRecord, FORMAT_VERSION, MAGIC};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, SysKey};
@@ -94,5 +98,43 @@ fn check_format(storage: &dyn Storage, dir: &std::path::Path) -> Result<bool> {
             path: dir.to_path_buf(),
             reason: "it holds a database without a millpond format record".into(),
         }),
+    }
+}
+
+/// Rebuilds the expiry index from the stored deadline index: one entry per
+/// key with a deadline, nothing marked dirty. Reads only keys with a
+/// deadline, never values. An unreadable deadline entry falls back to the
+/// deadline in the key's metadata record.
+pub(crate) fn load_deadlines(storage: &dyn Storage, buffer: &DirtyMap) -> Result<usize> {
+    const PAGE: usize = 10_000;
+    let mut from: Vec<u8> = Vec::new();
+    let mut loaded = 0;
+    loop {
+        let page = storage.scan_deadlines(&from, PAGE)?;
+        let full = page.len() == PAGE;
+        for (key, raw) in &page {
+            let deadline = match codec::decode_deadline(key, raw) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    log::warn!("millpond: {e}; using the deadline in its record");
+                    match storage.get_meta(key)? {
+                        Some(rec) => codec::decode_meta(key, &rec).ok().and_then(|r| r.deadline),
+                        None => None,
+                    }
+                }
+            };
+            if let Some(d) = deadline {
+                buffer.index_stored_deadline(key, UnixMillis(d));
+                loaded += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if full => {
+                // The next key after `last`.
+                from = last.to_vec();
+                from.push(0);
+            }
+            _ => return Ok(loaded),
+        }
     }
 }

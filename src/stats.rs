@@ -31,6 +31,11 @@ pub struct Stats {
     /// Values written to the blob tree (values longer than the inline
     /// threshold).
     pub blobs_written: u64,
+    /// Keys deleted because their deadline passed (by the purger), since
+    /// open.
+    pub expired: u64,
+    /// Keys that currently have an expiry deadline (in memory or on disk).
+    pub ttl_keys: usize,
     /// Sequence number of the newest accepted write.
     pub last_seq: u64,
     /// Sequence number of the newest write known to be on disk (flushed,
@@ -62,6 +67,7 @@ pub(crate) struct Counters {
     /// Microseconds, plus one; 0 = no flush yet.
     pub last_flush_micros: AtomicU64,
     pub syncs: AtomicU64,
+    pub expired: AtomicU64,
     pub blobs_written: AtomicU64,
     pub flushed_seq: AtomicU64,
     pub durable_seq: AtomicU64,

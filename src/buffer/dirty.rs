@@ -9,6 +9,9 @@
 //!
 //! Reads look in `active`, then `frozen`, then storage.
 //!
+//! Each shard also owns the [`ExpiryIndex`] of its keys, kept exact by
+//! [`DirtyMap::insert`] under the same lock.
+//!
 //! Invariants (each guarded by the shard's mutex):
 //! - Every write takes its sequence number ([`Seq`]) while holding its shard's
 //!   lock, so within a key, a higher seq is a later write.
@@ -37,7 +40,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::buffer::expiry::ExpiryIndex;
 use crate::clock::UnixMillis;
+use crate::codec::BlobRef;
 
 /// Number of shards. A power of two.
 pub(crate) const SHARDS: usize = 64;
@@ -57,6 +62,10 @@ pub(crate) type Key = Box<[u8]>;
 pub(crate) enum Slot {
     /// The key holds this value.
     Value(Bytes),
+    /// The key holds the value already stored in the blob tree under this
+    /// pointer (a metadata-only change, such as a new deadline, of a value
+    /// that was not in memory).
+    Blob(BlobRef),
     /// The key was deleted.
     Tombstone,
 }
@@ -68,13 +77,16 @@ pub(crate) struct Entry {
     pub seq: Seq,
     /// Expiry deadline of the value, if any.
     pub deadline: Option<UnixMillis>,
+    /// The stored deadline index may hold an entry for this key that this
+    /// write changes: its flush must set or clear it.
+    pub rewrite_deadline: bool,
 }
 
 impl Entry {
     fn cost(&self, key_len: usize) -> usize {
         let value_len = match &self.slot {
             Slot::Value(v) => v.len(),
-            Slot::Tombstone => 0,
+            Slot::Blob(_) | Slot::Tombstone => 0,
         };
         key_len + value_len + ENTRY_OVERHEAD
     }
@@ -94,6 +106,8 @@ pub(crate) struct Shard {
     active: HashMap<Key, Entry>,
     active_bytes: usize,
     frozen: Option<Arc<FrozenShard>>,
+    /// Deadlines of this shard's keys (dirty or stored).
+    expiry: ExpiryIndex,
     /// Moves on each time a frozen map of this shard is released, that is,
     /// each time storage may have changed for keys of this shard.
     generation: u64,
@@ -113,6 +127,10 @@ impl Shard {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    pub(crate) fn expiry(&self) -> &ExpiryIndex {
+        &self.expiry
     }
 }
 
@@ -179,25 +197,31 @@ impl DirtyMap {
         self.shards[shard].0.lock()
     }
 
-    /// Records a write of `key` in its (locked) shard and returns its seq.
+    /// Records a write of `key` in its (locked) shard and keeps the shard's
+    /// expiry index exact. `user` is false for the purger's deletes, which
+    /// are not counted as writes.
     pub(crate) fn insert(
         &self,
         shard: &mut Shard,
         key: &[u8],
         slot: Slot,
         deadline: Option<UnixMillis>,
+        user: bool,
     ) -> Inserted {
         let seq = Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let had_deadline = shard.expiry.set(key, deadline);
+        let old_rewrite = shard.active.get(key).is_some_and(|e| e.rewrite_deadline);
         let entry = Entry {
             slot,
             seq,
             deadline,
+            rewrite_deadline: deadline.is_some() || had_deadline || old_rewrite,
         };
         let new_cost = entry.cost(key.len());
-        shard.writes += 1;
+        shard.writes += u64::from(user);
         let old_cost = match shard.active.get_mut(key) {
             Some(old) => {
-                shard.coalesced += 1;
+                shard.coalesced += u64::from(user);
                 let old_cost = old.cost(key.len());
                 *old = entry;
                 old_cost
@@ -222,6 +246,20 @@ impl DirtyMap {
                 .is_ok();
         }
         Inserted { first_dirty }
+    }
+
+    /// Records the stored deadline of a key that is not dirty (rebuilding the
+    /// index at open). Marks nothing dirty.
+    pub(crate) fn index_stored_deadline(&self, key: &[u8], deadline: UnixMillis) {
+        let mut g = self.lock(self.shard_of(key));
+        if g.get(key).is_none() {
+            g.expiry.set(key, Some(deadline));
+        }
+    }
+
+    /// Keys with a deadline, summed over the shards.
+    pub(crate) fn deadlines(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().expiry.len()).sum()
     }
 
     /// Moves every shard's active map to frozen, at one cut. Returns `None`
@@ -355,6 +393,7 @@ mod tests {
             key,
             Slot::Value(Bytes::copy_from_slice(value)),
             None,
+            true,
         );
         map.last_seq()
     }
@@ -363,6 +402,7 @@ mod tests {
         let g = map.lock(map.shard_of(key));
         g.get(key).map(|e| match &e.slot {
             Slot::Value(v) => v.to_vec(),
+            Slot::Blob(_) => b"<blob>".to_vec(),
             Slot::Tombstone => b"<deleted>".to_vec(),
         })
     }

@@ -1,6 +1,8 @@
 //! The in-memory side of the engine: the [`DirtyMap`] of acknowledged writes
-//! not yet persisted.
+//! not yet persisted, and the [`expiry::ExpiryIndex`] of deadlines each of its
+//! shards keeps.
 
 pub(crate) mod dirty;
+pub(crate) mod expiry;
 
 pub(crate) use dirty::{DirtyMap, Entry, Frozen, Seq, Slot};

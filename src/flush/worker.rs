@@ -20,7 +20,7 @@ use crate::codec::{self, BlobRef, MetaRecord, ValueRef};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::stats::Counters;
-use crate::storage::{BlobId, MetaOp, Storage};
+use crate::storage::{BlobId, DeadlineOp, MetaOp, Storage};
 
 /// What one worker produced for its share of a cycle.
 #[derive(Debug, Default)]
@@ -130,32 +130,46 @@ fn prepare_entry(
     } else {
         None
     };
-    let new_blob = match &entry.slot {
+    let deadline = match (entry.deadline, entry.rewrite_deadline) {
+        (Some(d), _) => DeadlineOp::Set(codec::encode_deadline(d.0)?),
+        (None, true) => DeadlineOp::Clear,
+        (None, false) => DeadlineOp::Keep,
+    };
+    let value = match &entry.slot {
+        Slot::Value(v) if v.len() <= shared.config.inline_threshold => ValueRef::Inline(v),
         Slot::Value(v) => {
-            let value = if v.len() <= shared.config.inline_threshold {
-                ValueRef::Inline(v)
-            } else {
-                let id = shared.blobs.allocate();
-                out.written.push(id);
-                storage.put_blob(id, v)?;
-                Counters::add(&shared.counters.blobs_written, 1);
-                ValueRef::Blob(BlobRef::for_value(id, v))
-            };
-            let record = codec::encode_meta(&MetaRecord {
-                seq: entry.seq.0,
-                deadline: entry.deadline.map(|d| d.0),
-                value,
-            })?;
-            out.ops.push(MetaOp::Put(Box::from(key), record));
-            match value {
-                ValueRef::Blob(b) => Some(b.id),
-                ValueRef::Inline(_) => None,
-            }
+            let id = shared.blobs.allocate();
+            out.written.push(id);
+            storage.put_blob(id, v)?;
+            Counters::add(&shared.counters.blobs_written, 1);
+            ValueRef::Blob(BlobRef::for_value(id, v))
         }
+        // A metadata-only change: the record points at the stored blob.
+        Slot::Blob(b) => ValueRef::Blob(*b),
         Slot::Tombstone => {
-            out.ops.push(MetaOp::Remove(Box::from(key)));
-            None
+            out.ops.push(MetaOp::Remove {
+                key: Box::from(key),
+                deadline,
+            });
+            if let Some(old) = old_blob {
+                out.superseded.push(old);
+            }
+            return Ok(());
         }
+    };
+    let record = codec::encode_meta(&MetaRecord {
+        seq: entry.seq.0,
+        deadline: entry.deadline.map(|d| d.0),
+        value,
+    })?;
+    out.ops.push(MetaOp::Put {
+        key: Box::from(key),
+        record,
+        deadline,
+    });
+    let new_blob = match value {
+        ValueRef::Blob(b) => Some(b.id),
+        ValueRef::Inline(_) => None,
     };
     if let Some(old) = old_blob {
         if Some(old) != new_blob {

@@ -7,9 +7,10 @@
 //! module implementing it.
 //!
 //! What an implementation must provide:
-//! - **Two keyspaces**: the metadata tree (one small record per user key, plus
-//!   a few system records named by [`SysKey`]) and the blob tree (values by
-//!   [`BlobId`], written once, removed when unreachable).
+//! - **Two keyspaces**: the metadata tree (one small record per user key, the
+//!   deadline index of keys with an expiry deadline, and a few system records
+//!   named by [`SysKey`]) and the blob tree (values by [`BlobId`], written
+//!   once, removed when unreachable).
 //! - **An atomic commit**: [`Storage::commit`] applies a whole [`Commit`] to
 //!   the metadata tree or none of it, even across a crash. It is the commit
 //!   point of a flush cycle.
@@ -41,13 +42,31 @@ pub(crate) enum SysKey {
     Gc(u64),
 }
 
+/// What a change does to a key's entry in the deadline index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeadlineOp {
+    /// Leave it as it is (the key had no deadline and has none).
+    Keep,
+    /// Store this encoded deadline record.
+    Set(Vec<u8>),
+    /// Remove it.
+    Clear,
+}
+
 /// One change to the user keyspace of the metadata tree.
 #[derive(Debug)]
 pub(crate) enum MetaOp {
     /// Store an encoded metadata record under a user key.
-    Put(Box<[u8]>, Vec<u8>),
+    Put {
+        key: Box<[u8]>,
+        record: Vec<u8>,
+        deadline: DeadlineOp,
+    },
     /// Remove a user key.
-    Remove(Box<[u8]>),
+    Remove {
+        key: Box<[u8]>,
+        deadline: DeadlineOp,
+    },
 }
 
 /// Everything one flush cycle changes in the metadata tree, applied atomically.
@@ -63,6 +82,10 @@ pub(crate) struct Commit {
 pub(crate) trait Storage: Send + Sync + 'static {
     /// The metadata record stored under a user key.
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// Up to `limit` deadline index entries with user keys `>= from`, in key
+    /// order: `(key, encoded deadline record)`.
+    fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
 
     /// A value in the blob tree.
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>>;

@@ -2,10 +2,11 @@
 //! millpond that names sled.
 //!
 //! Layout inside the sled database:
-//! - tree `meta`: user key `k` is stored under `[0x01] ++ k`; system records
-//!   under `[0x00] ++ name` (`format`, `state`, `gc` ++ id as 8 big-endian
-//!   bytes). One tree, so that a cycle's user records and its state record are
-//!   one atomic `apply_batch`.
+//! - tree `meta`: user key `k` is stored under `[0x01] ++ k`; its entry in
+//!   the deadline index under `[0x00] "ttl" ++ k`; system records under
+//!   `[0x00] ++ name` (`format`, `state`, `gc` ++ id as 8 big-endian bytes).
+//!   One tree, so that a cycle's user records, deadline entries and state
+//!   record are one atomic `apply_batch`.
 //! - tree `blob`: value bytes under the blob id as 8 big-endian bytes.
 //!
 //! Durability: sled's `flush` writes its log with `sync_file_range`, which
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{BlobId, Commit, MetaOp, Storage, SysKey};
+use super::{BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
 use crate::error::{Error, Result};
 
 const USER: u8 = 0x01;
@@ -74,6 +75,15 @@ fn sys_key(key: SysKey) -> Vec<u8> {
             k.extend_from_slice(&id.to_be_bytes());
         }
     }
+    k
+}
+
+const TTL_PREFIX: &[u8] = b"\x00ttl";
+
+fn ttl_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TTL_PREFIX.len() + key.len());
+    k.extend_from_slice(TTL_PREFIX);
+    k.extend_from_slice(key);
     k
 }
 
@@ -228,6 +238,18 @@ impl Storage for SledStorage {
             .map(bytes))
     }
 
+    fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::new();
+        for item in self.meta.range(ttl_key(from)..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            if !k.starts_with(TTL_PREFIX) {
+                break;
+            }
+            out.push((bytes(k).slice(TTL_PREFIX.len()..), bytes(v)));
+        }
+        Ok(out)
+    }
+
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
         Ok(self
             .blob
@@ -285,9 +307,24 @@ impl Storage for SledStorage {
     fn commit(&self, commit: Commit) -> Result<()> {
         let mut batch = ::sled::Batch::default();
         for op in commit.ops {
-            match op {
-                MetaOp::Put(k, v) => batch.insert(user_key(&k), v),
-                MetaOp::Remove(k) => batch.remove(user_key(&k)),
+            let (key, deadline) = match op {
+                MetaOp::Put {
+                    key,
+                    record,
+                    deadline,
+                } => {
+                    batch.insert(user_key(&key), record);
+                    (key, deadline)
+                }
+                MetaOp::Remove { key, deadline } => {
+                    batch.remove(user_key(&key));
+                    (key, deadline)
+                }
+            };
+            match deadline {
+                DeadlineOp::Keep => {}
+                DeadlineOp::Set(d) => batch.insert(ttl_key(&key), d),
+                DeadlineOp::Clear => batch.remove(ttl_key(&key)),
             }
         }
         for (k, v) in commit.sys {
@@ -384,8 +421,16 @@ mod tests {
         let s = SledStorage::open(&dir.path().join("s"), 1 << 20).unwrap();
         s.commit(Commit {
             ops: vec![
-                MetaOp::Put(Box::from(&b""[..]), b"empty".to_vec()),
-                MetaOp::Put(Box::from(&b"\x00state"[..]), b"user".to_vec()),
+                MetaOp::Put {
+                    key: Box::from(&b""[..]),
+                    record: b"empty".to_vec(),
+                    deadline: DeadlineOp::Set(b"d1".to_vec()),
+                },
+                MetaOp::Put {
+                    key: Box::from(&b"\x00state"[..]),
+                    record: b"user".to_vec(),
+                    deadline: DeadlineOp::Keep,
+                },
             ],
             sys: vec![(SysKey::State, Some(b"sys".to_vec()))],
         })
@@ -396,6 +441,22 @@ mod tests {
         s.put_sys(SysKey::Gc(3), Some(b"x")).unwrap();
         s.put_sys(SysKey::Gc(9), Some(b"y")).unwrap();
         assert_eq!(s.gc_ids().unwrap(), vec![3, 9]);
+        let deadlines = s.scan_deadlines(b"", 10).unwrap();
+        assert_eq!(deadlines.len(), 1);
+        assert_eq!(
+            (&deadlines[0].0[..], &deadlines[0].1[..]),
+            (&b""[..], &b"d1"[..])
+        );
+        s.commit(Commit {
+            ops: vec![MetaOp::Remove {
+                key: Box::from(&b""[..]),
+                deadline: DeadlineOp::Clear,
+            }],
+            sys: vec![],
+        })
+        .unwrap();
+        assert!(s.scan_deadlines(b"", 10).unwrap().is_empty());
+        assert!(s.get_meta(b"").unwrap().is_none());
     }
 
     #[test]
