@@ -48,6 +48,8 @@ impl Held {
 pub(crate) struct Found {
     pub held: Held,
     pub deadline: Option<UnixMillis>,
+    /// Seq of the write that produced this value (its version).
+    pub seq: Seq,
 }
 
 impl Found {
@@ -251,10 +253,12 @@ impl Shared {
                     Slot::Value(v) => Some(Found {
                         held: Held::Bytes(v.clone()),
                         deadline: e.deadline,
+                        seq: e.seq,
                     }),
                     Slot::Blob(b) => Some(Found {
                         held: Held::Blob(*b),
                         deadline: e.deadline,
+                        seq: e.seq,
                     }),
                 },
                 None => match &from_storage {
@@ -274,6 +278,7 @@ impl Shared {
                 Some(Found {
                     held: Held::Blob(b),
                     deadline,
+                    seq,
                 }),
             ) = (need_bytes, &found)
             {
@@ -282,6 +287,7 @@ impl Shared {
                         found = Some(Found {
                             held: Held::Bytes(v.clone()),
                             deadline: *deadline,
+                            seq: *seq,
                         })
                     }
                     _ => {
@@ -335,11 +341,19 @@ impl Shared {
                     }
                 },
             };
-            return Ok(Some(Found { held, deadline }));
+            return Ok(Some(Found {
+                held,
+                deadline,
+                seq: Seq(rec.seq),
+            }));
         }
     }
 
     /// A blob, checked against its pointer; `None` if it is not there.
+    pub(crate) fn read_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
+        self.load_blob(key, b)
+    }
+
     fn load_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
         match self.storage()?.get_blob(b.id)? {
             Some(v) => {

@@ -31,6 +31,7 @@ use crate::shared::{BlobIds, Health, Shared};
 use crate::stats::{Checkpoint, Counters, Stats};
 use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
+use crate::txn::{self, Transaction};
 use crate::value::Value;
 
 thread_local! {
@@ -119,6 +120,7 @@ impl Engine {
             flush: FlushControl::new(),
             health: Health::default(),
             blobs: BlobIds::new(recovered.next_blob, recovered.blobs_exist),
+            txn_lane: Mutex::new(()),
             closed: Default::default(),
             config,
         });
@@ -305,6 +307,31 @@ impl Engine {
         })
     }
 
+    /// Runs `f` as a serializable transaction over any number of keys, and
+    /// returns what it returns.
+    ///
+    /// Inside `f`, [`Transaction::get`] sees the transaction's own writes and
+    /// otherwise one consistent state of the engine; [`Transaction::set`],
+    /// [`Transaction::set_with_ttl`] and [`Transaction::delete`] take effect,
+    /// all together, only if `f` returns `Ok` and the commit succeeds. The
+    /// result is as if all committed transactions (and all other writes) had
+    /// run one at a time. A flush cycle persists all of a transaction's writes
+    /// or none of them.
+    ///
+    /// **`f` may run more than once**: when another writer changed something
+    /// it read, the attempt is discarded and `f` runs again (after a short
+    /// backoff). So `f` must have no effects outside the transaction. After
+    /// 1000 failed attempts the call returns [`Error::Conflict`]; transactions
+    /// that keep conflicting take an exclusive lane, one at a time, before
+    /// that.
+    ///
+    /// If `f` returns `Err`, nothing is written and the error is returned.
+    /// Starting a transaction inside `f` returns [`Error::Reentrant`].
+    pub fn transaction<R>(&self, f: impl FnMut(&mut Transaction<'_>) -> Result<R>) -> Result<R> {
+        not_reentrant()?;
+        txn::run(self.shared(), f)
+    }
+
     /// [`Engine::get`], decoding the value with postcard. A value that does
     /// not decode as `T` is an [`Error::Decode`].
     pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
@@ -397,6 +424,8 @@ impl Engine {
             last_flush_duration: c.last_flush(),
             syncs: Counters::get(&c.syncs),
             expired: Counters::get(&c.expired),
+            transactions: Counters::get(&c.transactions),
+            transaction_retries: Counters::get(&c.transaction_retries),
             ttl_keys: if in_closure() {
                 0
             } else {

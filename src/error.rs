@@ -123,10 +123,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A transaction could not commit: other writers kept changing what it
+    /// read, through `attempts` attempts. Also returned by
+    /// [`Transaction::get`](crate::Transaction::get) inside an attempt that
+    /// must be retried (pass it on with `?`).
+    #[error("the transaction conflicted with other writers {attempts} times and gave up")]
+    Conflict {
+        /// Attempts made (0 inside an attempt).
+        attempts: u32,
+    },
+
     /// The engine was called from inside a closure that holds one of its
-    /// locks (the closure of [`Engine::modify`](crate::Engine::modify)).
-    /// Such a call would deadlock, so it is refused.
-    #[error("the engine was called from inside a modify closure")]
+    /// locks (the closure of [`Engine::modify`](crate::Engine::modify)), or a
+    /// transaction was started inside a transaction. Such a call would
+    /// deadlock, so it is refused.
+    #[error("the engine was called from inside a modify closure or a transaction was nested")]
     Reentrant,
 }
 
@@ -168,6 +179,9 @@ impl Error {
             },
             Error::Poisoned { reason } => Error::Poisoned {
                 reason: reason.clone(),
+            },
+            Error::Conflict { attempts } => Error::Conflict {
+                attempts: *attempts,
             },
             Error::Reentrant => Error::Reentrant,
         }

@@ -58,6 +58,7 @@ mod recovery;
 mod shared;
 mod stats;
 mod storage;
+mod txn;
 mod value;
 
 pub use clock::{Clock, MockClock, SystemClock};
@@ -65,6 +66,7 @@ pub use config::Config;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use stats::{Checkpoint, Stats};
+pub use txn::Transaction;
 pub use value::Value;
 
 /// The README's code samples, compiled and run as doc tests.

@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     pub flush: FlushControl,
     pub health: Health,
     pub blobs: BlobIds,
+    /// The exclusive lane: held for a whole attempt by transactions that
+    /// failed `txn::EXCLUSIVE_AFTER` times. Taken before any shard lock.
+    pub txn_lane: Mutex<()>,
     /// Set once by shutdown, before its final flush; read under a shard lock
     /// by every write (see `Engine::shutdown` for why that is enough).
     pub closed: AtomicBool,

@@ -34,6 +34,10 @@ pub struct Stats {
     /// Keys deleted because their deadline passed (by the purger), since
     /// open.
     pub expired: u64,
+    /// Transactions committed, since open.
+    pub transactions: u64,
+    /// Transaction attempts that conflicted and were retried, since open.
+    pub transaction_retries: u64,
     /// Keys that currently have an expiry deadline (in memory or on disk).
     pub ttl_keys: usize,
     /// Sequence number of the newest accepted write.
@@ -68,6 +72,8 @@ pub(crate) struct Counters {
     pub last_flush_micros: AtomicU64,
     pub syncs: AtomicU64,
     pub expired: AtomicU64,
+    pub transactions: AtomicU64,
+    pub transaction_retries: AtomicU64,
     pub blobs_written: AtomicU64,
     pub flushed_seq: AtomicU64,
     pub durable_seq: AtomicU64,

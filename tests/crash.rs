@@ -103,6 +103,10 @@ fn crash_child() {
     .unwrap();
     // The test harness has printed "test crash_child ... " without a newline.
     println!("\nready");
+    if mode == "bank" {
+        bank_child(&e, seed);
+        return;
+    }
     if mode == "flushed" {
         let n = 1 + rng.below(200);
         for i in 0..n {
@@ -139,6 +143,72 @@ fn crash_child() {
     e.checkpoint().unwrap();
     println!("checkpoint {OPS}");
     std::thread::sleep(Duration::from_secs(600));
+}
+
+const ACCOUNTS: u64 = 12;
+const INITIAL: u64 = 1000;
+
+fn account(i: u64) -> Vec<u8> {
+    format!("account-{i:02}").into_bytes()
+}
+
+/// A 2 KiB record (a blob) kept beside each balance, holding the same
+/// number: a transaction half applied would show them disagreeing.
+fn history(i: u64) -> Vec<u8> {
+    format!("history-{i:02}").into_bytes()
+}
+
+fn history_value(balance: u64) -> Vec<u8> {
+    balance.to_le_bytes().repeat(256)
+}
+
+/// The bank child: two threads move money between accounts in
+/// transactions, each also counting itself in `transfers`; the main thread
+/// checkpoints and reports `checkpoint <transfers counted before it>`.
+fn bank_child(e: &Engine, seed: u64) {
+    e.transaction(|tx| {
+        for i in 0..ACCOUNTS {
+            tx.set(&account(i), &INITIAL.to_le_bytes())?;
+            tx.set(&history(i), &history_value(INITIAL))?;
+        }
+        tx.set(b"transfers", &0u64.to_le_bytes())
+    })
+    .unwrap();
+    e.checkpoint().unwrap();
+    for t in 0..2 {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(seed ^ (t + 7));
+            loop {
+                let from = rng.below(ACCOUNTS);
+                let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + rng.below(30);
+                e.transaction(|tx| {
+                    let get = |tx: &mut millpond::Transaction<'_>, k: &[u8]| {
+                        tx.get(k).map(|v| common::u64_value(&v.unwrap()))
+                    };
+                    let (a, b) = (get(tx, &account(from))?, get(tx, &account(to))?);
+                    if a < amount {
+                        return Ok(());
+                    }
+                    tx.set(&account(from), &(a - amount).to_le_bytes())?;
+                    tx.set(&account(to), &(b + amount).to_le_bytes())?;
+                    tx.set(&history(from), &history_value(a - amount))?;
+                    tx.set(&history(to), &history_value(b + amount))?;
+                    let n = get(tx, b"transfers")?;
+                    tx.set(b"transfers", &(n + 1).to_le_bytes())
+                })
+                .unwrap();
+            }
+        });
+    }
+    let mut rng = Rng::new(seed);
+    loop {
+        std::thread::sleep(Duration::from_millis(rng.below(20)));
+        let counted = common::u64_value(&e.get(b"transfers").unwrap().unwrap());
+        e.checkpoint().unwrap();
+        println!("checkpoint {counted}");
+    }
 }
 
 struct Trial {
@@ -293,5 +363,53 @@ fn a_flushed_write_survives_sigkill() {
             let got = e.get(format!("f-{i}").as_bytes()).unwrap();
             assert_eq!(got.unwrap(), value_for(i, i), "write {i} of {n}");
         }
+    }
+}
+
+#[test]
+fn killed_during_transactions_never_splits_one() {
+    let seed = common::seed("crash-bank");
+    let mut rng = Rng::new(seed);
+    for trial in 0..trials() {
+        let store = Store::new();
+        let child_seed = rng.next();
+        let t = spawn_child(&store.path, child_seed, "bank");
+        let mut checkpoint = 0;
+        t.wait_for("checkpoint", &mut checkpoint);
+        std::thread::sleep(Duration::from_millis(5 + rng.below(300)));
+        t.kill(&mut checkpoint);
+
+        let e = Engine::open(Config::new(&store.path)).unwrap_or_else(|err| {
+            panic!("trial {trial} (child seed {child_seed}): reopen failed: {err}")
+        });
+        let (sum, transfers) = e
+            .transaction(|tx| {
+                let mut sum = 0;
+                for i in 0..ACCOUNTS {
+                    let balance = common::u64_value(&tx.get(&account(i))?.unwrap());
+                    let history = tx.get(&history(i))?.unwrap();
+                    assert_eq!(
+                        history.to_vec(),
+                        history_value(balance),
+                        "trial {trial} (child seed {child_seed}): account {i} and its history disagree"
+                    );
+                    sum += balance;
+                }
+                Ok((sum, common::u64_value(&tx.get(b"transfers")?.unwrap())))
+            })
+            .unwrap();
+        eprintln!(
+            "trial {trial}: child seed {child_seed}, last checkpoint {checkpoint}, recovered {transfers} transfers"
+        );
+        assert_eq!(
+            sum,
+            ACCOUNTS * INITIAL,
+            "trial {trial} (child seed {child_seed})"
+        );
+        assert!(
+            transfers >= checkpoint,
+            "trial {trial} (child seed {child_seed}): lost transfers behind a checkpoint"
+        );
+        e.shutdown().unwrap();
     }
 }

@@ -1,0 +1,427 @@
+//! [`Transaction`]: what a multi-key transaction sees and commits.
+//!
+//! Concurrency control is optimistic:
+//! - **Reads** are recorded with the version they saw (the seq of the write
+//!   that produced a live value; for an absent key, the tombstone's seq if
+//!   one was in memory, and the shard's generation). Every read that follows
+//!   a write anywhere in the engine re-validates the reads made before it,
+//!   so an attempt always sees one consistent state (it never observes half
+//!   of another transaction, even in an attempt that will be retried).
+//! - **Writes** are buffered in the transaction.
+//! - **Commit** locks the shards of every key read or written, in increasing
+//!   shard index (the global lock order: no deadlock), validates every read
+//!   again, and inserts every write, then unlocks. A flush cycle freezes under
+//!   all shard locks, so it sees all of a transaction's writes or none.
+//! - **Retry**: a failed validation retries the closure, with backoff; after
+//!   [`EXCLUSIVE_AFTER`] failed attempts the transaction takes the exclusive
+//!   lane (one such transaction at a time, so they cannot keep invalidating
+//!   each other); after [`MAX_ATTEMPTS`] it fails with [`Error::Conflict`].
+//!
+//! Validation is exact for live values (seqs are unique) and conservative for
+//! absent ones: an absent key whose shard was flushed since the read counts
+//! as changed.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::access::{deadline_after, live, Held};
+use crate::buffer::dirty::Shard;
+use crate::buffer::{Seq, Slot};
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::value::Value;
+
+/// Failed attempts after which a transaction takes the exclusive lane.
+pub(crate) const EXCLUSIVE_AFTER: u32 = 8;
+/// Attempts after which a transaction gives up with [`Error::Conflict`].
+pub(crate) const MAX_ATTEMPTS: u32 = 1000;
+
+thread_local! {
+    static IN_TRANSACTION: Cell<bool> = const { Cell::new(false) };
+    static JITTER: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+}
+
+/// What a read saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Version {
+    /// A live value written by this seq.
+    Live(Seq),
+    /// No live value: `seq` of the dirty entry that said so (tombstone or
+    /// expired value), if one was in memory; `generation` of the shard then.
+    Absent { seq: Option<Seq>, generation: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Read {
+    value: Option<Bytes>,
+    version: Version,
+    deadline: Option<UnixMillis>,
+    /// Read from storage, with the shard at this generation.
+    stored: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Write {
+    slot: Slot,
+    deadline: Option<UnixMillis>,
+}
+
+/// A transaction in progress, handed to the closure of
+/// [`Engine::transaction`](crate::Engine::transaction).
+///
+/// Reads see the transaction's own writes, then a consistent state of the
+/// engine. Nothing is visible to others until the closure returns `Ok` and the
+/// commit succeeds.
+pub struct Transaction<'a> {
+    shared: &'a Shared,
+    reads: HashMap<Box<[u8]>, Read>,
+    writes: HashMap<Box<[u8]>, Write>,
+    /// The engine's last seq when the reads were last validated.
+    validated_at: Seq,
+    /// A read found an earlier read out of date: this attempt cannot commit.
+    conflicted: bool,
+}
+
+impl<'a> Transaction<'a> {
+    fn new(shared: &'a Shared) -> Transaction<'a> {
+        Transaction {
+            shared,
+            reads: HashMap::new(),
+            writes: HashMap::new(),
+            validated_at: shared.buffer.last_seq(),
+            conflicted: false,
+        }
+    }
+
+    /// The value of `key` as this transaction sees it: its own write if it
+    /// made one, else the engine's (expired values are absent). Reading the
+    /// same key again returns the same value.
+    ///
+    /// Returns [`Error::Conflict`] if another writer changed something this
+    /// transaction read earlier; pass it on with `?` (the attempt is retried).
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.shared.check_key(key)?;
+        if self.conflicted {
+            return Err(conflict(0));
+        }
+        if let Some(w) = self.writes.get(key) {
+            return Ok(match &w.slot {
+                Slot::Value(v) if live(w.deadline, || self.shared.now()) => Some(Value(v.clone())),
+                _ => None,
+            });
+        }
+        if let Some(r) = self.reads.get(key) {
+            return Ok(r.value.clone().map(Value));
+        }
+        let read = self.read(key)?;
+        let value = read.value.clone().map(Value);
+        self.reads.insert(Box::from(key), read);
+        self.revalidate()?;
+        Ok(value)
+    }
+
+    /// Sets `key` to `value` when the transaction commits (clearing any
+    /// deadline, or giving `Config::default_ttl`, like [`Engine::set`](crate::Engine::set)).
+    pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let deadline = self.shared.default_deadline();
+        self.put(key, value, deadline)
+    }
+
+    /// Sets `key` to `value`, to expire `ttl` from now, when the transaction
+    /// commits.
+    pub fn set_with_ttl(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        let deadline = Some(deadline_after(self.shared.now(), ttl));
+        self.put(key, value, deadline)
+    }
+
+    /// Deletes `key` when the transaction commits. Returns `true` if it has a
+    /// live value (as this transaction sees it).
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let live = self.get(key)?.is_some();
+        if live {
+            self.writes.insert(
+                Box::from(key),
+                Write {
+                    slot: Slot::Tombstone,
+                    deadline: None,
+                },
+            );
+        }
+        Ok(live)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], deadline: Option<UnixMillis>) -> Result<()> {
+        self.shared.check_key(key)?;
+        self.shared.check_value(value.len())?;
+        self.writes.insert(
+            Box::from(key),
+            Write {
+                slot: Slot::Value(Bytes::copy_from_slice(value)),
+                deadline,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads `key` from the engine, recording what it saw.
+    fn read(&self, key: &[u8]) -> Result<Read> {
+        let s = self.shared;
+        let mut missing_blob: Option<Seq> = None;
+        loop {
+            let (entry, generation) = {
+                let shard = s.buffer.lock(s.buffer.shard_of(key));
+                (
+                    shard.get(key).map(|e| (e.slot.clone(), e.deadline, e.seq)),
+                    shard.generation(),
+                )
+            };
+            let now = s.now();
+            let Some((slot, deadline, seq)) = entry else {
+                let found = s
+                    .read_stored(key, true)?
+                    .filter(|f| live(f.deadline, || now));
+                return Ok(match found {
+                    Some(f) => Read {
+                        value: Some(match f.held {
+                            Held::Bytes(b) => b,
+                            // `read_stored` with `load` loads blobs; should a
+                            // pointer come back anyway, load it here.
+                            Held::Blob(b) => match s.read_blob(key, &b)? {
+                                Some(v) => v,
+                                None => continue,
+                            },
+                        }),
+                        version: Version::Live(f.seq),
+                        deadline: f.deadline,
+                        stored: Some(generation),
+                    },
+                    None => Read {
+                        value: None,
+                        version: Version::Absent {
+                            seq: None,
+                            generation,
+                        },
+                        deadline: None,
+                        stored: Some(generation),
+                    },
+                });
+            };
+            let absent = Read {
+                value: None,
+                version: Version::Absent {
+                    seq: Some(seq),
+                    generation,
+                },
+                deadline,
+                stored: None,
+            };
+            if !live(deadline, || now) {
+                return Ok(absent);
+            }
+            let value = match slot {
+                Slot::Tombstone => return Ok(absent),
+                Slot::Value(v) => v,
+                Slot::Blob(b) => match s.read_blob(key, &b)? {
+                    Some(v) => v,
+                    // Replaced and collected since the lookup: look again.
+                    None if missing_blob == Some(seq) => {
+                        return Err(Error::corrupt(
+                            Some(key),
+                            format!("the record points at blob {}, which is missing", b.id),
+                        ))
+                    }
+                    None => {
+                        missing_blob = Some(seq);
+                        continue;
+                    }
+                },
+            };
+            return Ok(Read {
+                value: Some(value),
+                version: Version::Live(seq),
+                deadline,
+                stored: None,
+            });
+        }
+    }
+
+    /// If anything was written since the last validation, checks that every
+    /// read still holds (each under its shard's lock). Together with the read
+    /// just made, they then describe the engine at one instant.
+    fn revalidate(&mut self) -> Result<()> {
+        let s = self.shared;
+        let last = s.buffer.last_seq();
+        if last == self.validated_at {
+            return Ok(());
+        }
+        self.validated_at = last;
+        for (key, read) in &self.reads {
+            let shard = s.buffer.lock(s.buffer.shard_of(key));
+            if !still_valid(s, &shard, key, read)? {
+                self.conflicted = true;
+                return Err(conflict(0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and applies the transaction atomically. Returns `false` on a
+    /// conflict (nothing was written).
+    fn commit(self) -> Result<bool> {
+        let s = self.shared;
+        if self.conflicted {
+            return Ok(false);
+        }
+        if self.writes.is_empty() {
+            // Read-only: the reads were validated as they were made, so they
+            // describe one instant; nothing to apply.
+            return Ok(true);
+        }
+        let incoming: usize = self
+            .writes
+            .iter()
+            .map(|(k, w)| {
+                k.len()
+                    + crate::buffer::dirty::ENTRY_OVERHEAD
+                    + match &w.slot {
+                        Slot::Value(v) => v.len(),
+                        _ => 0,
+                    }
+            })
+            .sum();
+        s.admit(incoming)?;
+        let mut indexes: Vec<usize> = self
+            .reads
+            .keys()
+            .chain(self.writes.keys())
+            .map(|k| s.buffer.shard_of(k))
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        // Lock order: increasing shard index.
+        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, Shard>)> =
+            indexes.iter().map(|&i| (i, s.buffer.lock(i))).collect();
+        s.check_open()?;
+        // `guards` is sorted by shard index and holds every shard needed.
+        let guard_of = |i: usize| guards.partition_point(|(j, _)| *j < i);
+        let positions: Vec<usize> = self
+            .reads
+            .keys()
+            .map(|k| guard_of(s.buffer.shard_of(k)))
+            .collect();
+        for ((key, read), pos) in self.reads.iter().zip(positions) {
+            if !still_valid(s, &guards[pos].1, key, read)? {
+                return Ok(false);
+            }
+        }
+        let mut first_dirty = false;
+        for (key, w) in self.writes {
+            let i = s.buffer.shard_of(&key);
+            let pos = guards.partition_point(|(j, _)| *j < i);
+            let ins = s
+                .buffer
+                .insert(&mut guards[pos].1, &key, w.slot, w.deadline, true);
+            first_dirty |= ins.first_dirty;
+        }
+        drop(guards);
+        s.after_write(first_dirty);
+        Ok(true)
+    }
+}
+
+/// Whether `read` still describes `key` (its shard is locked by the caller).
+fn still_valid(s: &Shared, shard: &Shard, key: &[u8], read: &Read) -> Result<bool> {
+    let now = s.now();
+    Ok(match (shard.get(key), &read.version) {
+        (Some(e), Version::Live(seq)) => {
+            e.seq == *seq && !matches!(e.slot, Slot::Tombstone) && live(e.deadline, || now)
+        }
+        (Some(e), Version::Absent { seq, .. }) => {
+            *seq == Some(e.seq) && (matches!(e.slot, Slot::Tombstone) || !live(e.deadline, || now))
+        }
+        // Nothing in memory: storage changed only if the shard's generation
+        // moved. For an absent key that is taken as a change.
+        (None, Version::Absent { generation, .. }) => shard.generation() == *generation,
+        (None, Version::Live(seq)) => match read.stored {
+            Some(generation) if generation == shard.generation() => live(read.deadline, || now),
+            _ => s
+                .read_stored(key, false)?
+                .is_some_and(|f| f.seq == *seq && live(f.deadline, || now)),
+        },
+    })
+}
+
+fn conflict(attempts: u32) -> Error {
+    Error::Conflict { attempts }
+}
+
+fn backoff(attempt: u32) {
+    if attempt <= 2 {
+        std::thread::yield_now();
+        return;
+    }
+    let jitter = JITTER.with(|j| {
+        let mut x = j.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        j.set(x);
+        x
+    });
+    let base = 10u64 << (attempt - 3).min(7); // 10 us .. 1.28 ms
+    std::thread::sleep(Duration::from_micros(base + jitter % base));
+}
+
+struct InTransaction;
+
+impl InTransaction {
+    fn enter() -> Result<InTransaction> {
+        if IN_TRANSACTION.with(|t| t.replace(true)) {
+            return Err(Error::Reentrant);
+        }
+        Ok(InTransaction)
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|t| t.set(false));
+    }
+}
+
+/// Runs `f` as a transaction: see [`Engine::transaction`](crate::Engine::transaction).
+pub(crate) fn run<R>(
+    shared: &Shared,
+    mut f: impl FnMut(&mut Transaction<'_>) -> Result<R>,
+) -> Result<R> {
+    let _in = InTransaction::enter()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        shared.check_open()?;
+        let _lane = (attempt > EXCLUSIVE_AFTER).then(|| shared.txn_lane.lock());
+        let mut tx = Transaction::new(shared);
+        let outcome = f(&mut tx);
+        match outcome {
+            Err(e) if !tx.conflicted => return Err(e),
+            Err(_) => {}
+            Ok(r) => {
+                if tx.commit()? {
+                    Counters::add(&shared.counters.transactions, 1);
+                    return Ok(r);
+                }
+            }
+        }
+        Counters::add(&shared.counters.transaction_retries, 1);
+        if attempt >= MAX_ATTEMPTS {
+            return Err(conflict(attempt));
+        }
+        drop(_lane);
+        backoff(attempt);
+    }
+}
