@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::storage::faulty::Faults;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -38,6 +39,7 @@ pub struct Config {
     pub(crate) inline_threshold: usize,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) faults: Option<Arc<Faults>>,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             inline_threshold: KIB,
             default_ttl: None,
             clock: Arc::new(SystemClock),
+            faults: None,
         }
     }
 
@@ -133,6 +136,14 @@ impl Config {
     /// without sleeping.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Config {
         self.clock = clock;
+        self
+    }
+
+    /// Test support: storage calls fail as `faults` says (see
+    /// [`testing::Faults`](crate::testing::Faults)). Not for production use.
+    #[doc(hidden)]
+    pub fn faults(mut self, faults: Arc<Faults>) -> Config {
+        self.faults = Some(faults);
         self
     }
 

@@ -29,6 +29,7 @@ use crate::purger::Purger;
 use crate::recovery;
 use crate::shared::{BlobIds, Health, Shared};
 use crate::stats::{Checkpoint, Counters, Stats};
+use crate::storage::faulty::FaultyStorage;
 use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
 use crate::txn::{self, Transaction};
@@ -104,8 +105,12 @@ impl Engine {
         // Resolved once, so a later change of working directory cannot move
         // the store.
         let dir = std::path::absolute(&config.dir)?;
-        let storage = SledStorage::open(&dir, config.cache_capacity)?;
-        Engine::open_with(config, &dir, Arc::new(storage))
+        let mut storage: Arc<dyn Storage> =
+            Arc::new(SledStorage::open(&dir, config.cache_capacity)?);
+        if let Some(faults) = &config.faults {
+            storage = Arc::new(FaultyStorage::new(storage, Arc::clone(faults)));
+        }
+        Engine::open_with(config, &dir, storage)
     }
 
     fn open_with(config: Config, dir: &Path, storage: Arc<dyn Storage>) -> Result<Engine> {
@@ -497,6 +502,32 @@ impl Handle {
         });
         outcome
     }
+}
+
+/// Test support: simulates a crash of the process at a flush-cycle boundary.
+/// The engine stops at once: its threads exit without flushing the dirty
+/// map, storage is closed, and every operation returns [`Error::Closed`].
+/// Writes not yet flushed are lost, as in a crash.
+#[doc(hidden)]
+pub fn halt(engine: &Engine) {
+    let h = &engine.handle;
+    let mut life = h.lifecycle.lock();
+    if let Lifecycle::Stopped(_) = &*life {
+        return;
+    }
+    let s = &h.shared;
+    s.closed.store(true, Ordering::SeqCst);
+    s.buffer.wake_waiters();
+    s.flush.request_halt();
+    if let Lifecycle::Running(flusher, purger) =
+        std::mem::replace(&mut *life, Lifecycle::Stopped(Ok(())))
+    {
+        purger.stop();
+        if let Err(e) = flusher.join() {
+            log::error!("millpond: halting: {e}");
+        }
+    }
+    drop(s.storage.write().take());
 }
 
 impl Drop for Handle {

@@ -69,6 +69,23 @@ pub use stats::{Checkpoint, Stats};
 pub use txn::Transaction;
 pub use value::Value;
 
+/// Test support, for millpond's own tests and fuzz targets: a fault plan for
+/// the storage layer, and raw record decoding. Not part of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::engine::halt;
+    pub use crate::storage::faulty::{Faults, StorageOp};
+
+    /// Decodes `bytes` as a stored metadata record of `key`; returns the
+    /// inline value if it has one. Never panics.
+    pub fn decode_record(key: &[u8], bytes: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        crate::codec::decode_meta(key, bytes).map(|r| match r.value {
+            crate::codec::ValueRef::Inline(v) => Some(v.to_vec()),
+            crate::codec::ValueRef::Blob(_) => None,
+        })
+    }
+}
+
 /// The README's code samples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -92,6 +92,11 @@ fn crash_child() {
     };
     let seed: u64 = seed.parse().unwrap();
     let mode = std::env::var("MILLPOND_CRASH_MODE").unwrap_or_default();
+    #[cfg(feature = "failpoints")]
+    if let Ok(point) = std::env::var("MILLPOND_CRASH_POINT") {
+        let (name, actions) = point.split_once('=').unwrap();
+        fail::cfg(name, actions).unwrap();
+    }
     let mut rng = Rng::new(seed);
     let delay = Duration::from_millis(1 + rng.below(30));
     let e = Engine::open(
@@ -217,11 +222,20 @@ struct Trial {
 }
 
 fn spawn_child(dir: &Path, seed: u64, mode: &str) -> Trial {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    spawn_child_with(dir, seed, mode, None)
+}
+
+fn spawn_child_with(dir: &Path, seed: u64, mode: &str, point: Option<&str>) -> Trial {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("MILLPOND_CRASH_DIR", dir)
         .env("MILLPOND_CRASH_SEED", seed.to_string())
-        .env("MILLPOND_CRASH_MODE", mode)
+        .env("MILLPOND_CRASH_MODE", mode);
+    if let Some(point) = point {
+        command.env("MILLPOND_CRASH_POINT", point);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -256,6 +270,31 @@ impl Trial {
                 return line;
             }
         }
+    }
+
+    /// Waits for the child to die by itself (a crash point), up to a limit,
+    /// then kills it; returns whether it died by itself.
+    #[cfg(feature = "failpoints")]
+    fn wait_for_crash(mut self, checkpoint: &mut u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let crashed = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break !status.success();
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                self.child.wait().unwrap();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        for line in self.lines.try_iter() {
+            if let Some(n) = line.strip_prefix("checkpoint ") {
+                *checkpoint = n.parse().unwrap();
+            }
+        }
+        crashed
     }
 
     /// Kills the child, then collects what it printed before dying.
@@ -411,5 +450,46 @@ fn killed_during_transactions_never_splits_one() {
             "trial {trial} (child seed {child_seed}): lost transfers behind a checkpoint"
         );
         e.shutdown().unwrap();
+    }
+}
+
+/// Crashes at exact points of a flush cycle (feature `failpoints`): the child
+/// aborts at the N-th time it reaches the point, N random.
+#[cfg(feature = "failpoints")]
+#[test]
+fn crashed_at_each_point_of_a_flush_cycle_recovers_one_point_in_history() {
+    let seed = common::seed("crash-points");
+    let mut rng = Rng::new(seed);
+    let points = [
+        "flush-before-blobs",
+        "flush-before-commit",
+        "flush-after-commit",
+        "flush-before-sync",
+    ];
+    for point in points {
+        for trial in 0..2 {
+            let store = Store::new();
+            let child_seed = rng.next();
+            let skip = 1 + rng.below(20);
+            let action = format!("{point}={skip}*off->return");
+            let t = spawn_child_with(&store.path, child_seed, "history", Some(&action));
+            let mut checkpoint = 0;
+            t.wait_for("ready", &mut checkpoint);
+            let crashed = t.wait_for_crash(&mut checkpoint);
+            assert!(crashed, "{action}: the child never reached the crash point");
+            let e = Engine::open(Config::new(&store.path)).unwrap_or_else(|err| {
+                panic!("{action} (child seed {child_seed}): reopen failed: {err}")
+            });
+            let recovered = read_all(&e);
+            let n = matching_prefix(child_seed, &recovered, checkpoint);
+            eprintln!(
+                "{action} trial {trial}: last checkpoint {checkpoint}, recovered prefix {n:?}"
+            );
+            assert!(
+                n.is_some(),
+                "{action} (child seed {child_seed}): not the state after any prefix of at least {checkpoint} operations"
+            );
+            e.shutdown().unwrap();
+        }
     }
 }

@@ -39,10 +39,15 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
     loop {
         let now = Instant::now();
         let backoff_over = retry_at.is_none_or(|t| now >= t);
-        let (shutdown, waiting) = {
+        let (shutdown, waiting, halt) = {
             let r = shared.flush.requests();
-            (r.shutdown, !r.syncs.is_empty())
+            (r.shutdown, !r.syncs.is_empty(), r.halt)
         };
+        if halt {
+            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+            answer(syncs, &Err(crate::error::Error::Closed));
+            return;
+        }
         let dirty_for = shared.buffer.dirty_for();
         let due = cycles.has_pending()
             || shared.flush.is_urgent()

@@ -15,6 +15,11 @@
 //! 6. **Release** the frozen maps: reads of those keys go to storage.
 //! 7. **Collect** the unreachable blobs, then remove the gc record.
 //!
+//! With the `failpoints` feature, the process can be made to abort at
+//! `flush-before-blobs` (step 2), `flush-before-commit` (between 3 and 4),
+//! `flush-after-commit` (between 4 and 5) and `flush-before-sync` (in 5),
+//! for the crash tests.
+//!
 //! A failure in steps 2 to 5 keeps the frozen maps (nothing acknowledged is
 //! dropped) and the cycle is retried as a whole; blobs written by the failed
 //! attempt are listed in the gc record of the attempt that commits. A failed
@@ -30,6 +35,15 @@ use crate::flush::worker::{Pool, Prepared};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::{BlobId, Commit, SysKey};
+
+/// A crash point: with the `failpoints` feature and the point's action set to
+/// `return` (for example `FAILPOINTS=flush-after-commit=3*off->return`), the
+/// process aborts here. Does nothing otherwise.
+#[inline]
+fn crash_point(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    let _ = fail::eval(_name, |_| std::process::abort());
+}
 
 /// A frozen cycle that has not committed yet (kept across failed attempts).
 struct Pending {
@@ -106,6 +120,7 @@ impl Cycles {
         if sync && self.unsynced {
             let started = Instant::now();
             let storage = shared.storage()?;
+            crash_point("flush-before-sync");
             if let Err(e) = storage.sync() {
                 let reason = format!("fsync failed: {e}");
                 shared.health.poison(reason);
@@ -133,6 +148,7 @@ impl Cycles {
         let started = Instant::now();
 
         // 2. Prepare.
+        crash_point("flush-before-blobs");
         let mut prepared = Prepared::default();
         for part in pool.prepare(&frozen) {
             prepared.ops.extend(part.ops);
@@ -177,6 +193,7 @@ impl Cycles {
             storage.flush()?;
         }
         // 4. Commit.
+        crash_point("flush-before-commit");
         let mut gc_blobs = prepared.superseded;
         gc_blobs.extend(orphans);
         let mut commit = Commit {
@@ -204,6 +221,7 @@ impl Cycles {
             Some(id)
         };
         storage.commit(commit)?;
+        crash_point("flush-after-commit");
         self.unsynced = true;
         self.committed = frozen.cut;
         // 5. Flush.

@@ -48,6 +48,8 @@ pub(crate) struct Requests {
     pub syncs: Vec<Sender<SyncOutcome>>,
     /// Shutdown asked: run a final durable cycle, answer, exit.
     pub shutdown: bool,
+    /// Halt asked (a simulated crash, for tests): exit without flushing.
+    pub halt: bool,
 }
 
 impl FlushControl {
@@ -106,6 +108,12 @@ impl FlushControl {
         }
         self.wake();
         rx
+    }
+
+    /// Asks the coordinator to exit at once, flushing nothing.
+    pub(crate) fn request_halt(&self) {
+        self.requests.lock().halt = true;
+        self.wake();
     }
 
     pub(crate) fn requests(&self) -> parking_lot::MutexGuard<'_, Requests> {

@@ -20,6 +20,7 @@
 //! - **Durability**: after [`Storage::sync`] returns, everything written before
 //!   it survives a power cut.
 
+pub(crate) mod faulty;
 pub(crate) mod sled;
 
 use bytes::Bytes;
