@@ -65,7 +65,7 @@ fn failed_blob_writes_and_flushes_are_retried() {
     for op in [StorageOp::PutBlob, StorageOp::Flush, StorageOp::RemoveBlobs] {
         let store = Store::new();
         let faults = Faults::new();
-        let e = open(&store, &faults, 3600_000);
+        let e = open(&store, &faults, 3_600_000);
         for round in 0..3u8 {
             for k in 0..20u8 {
                 e.set(&[k], &vec![round; 2000 + k as usize]).unwrap();
@@ -132,7 +132,7 @@ fn a_persistent_failure_is_reported_and_refuses_new_writes_until_it_clears() {
 fn a_failed_fsync_poisons_the_engine_and_the_last_checkpoint_survives() {
     let store = Store::new();
     let faults = Faults::new();
-    let e = open(&store, &faults, 3600_000);
+    let e = open(&store, &faults, 3_600_000);
     e.set(b"safe", b"1").unwrap();
     e.checkpoint().unwrap();
     e.set(b"unsure", b"2").unwrap();
@@ -162,7 +162,7 @@ fn a_failed_fsync_poisons_the_engine_and_the_last_checkpoint_survives() {
 fn shutdown_reports_a_failure_that_does_not_clear() {
     let store = Store::new();
     let faults = Faults::new();
-    let e = open(&store, &faults, 3600_000);
+    let e = open(&store, &faults, 3_600_000);
     e.set(b"checkpointed", b"1").unwrap();
     e.checkpoint().unwrap();
     e.set(b"buffered", b"2").unwrap();
@@ -182,7 +182,7 @@ fn shutdown_reports_a_failure_that_does_not_clear() {
 fn a_failed_read_is_an_error_and_the_next_read_works() {
     let store = Store::new();
     let faults = Faults::new();
-    let e = open(&store, &faults, 3600_000);
+    let e = open(&store, &faults, 3_600_000);
     e.set(b"k", &[7; 5000]).unwrap();
     e.checkpoint().unwrap();
     faults.fail_nth(StorageOp::GetMeta, 1);
