@@ -1,0 +1,487 @@
+//! A model of millpond (a `BTreeMap` of values with deadlines) and a checker
+//! that runs a sequence of operations against both, comparing every key after
+//! every step.
+//!
+//! Shared by `tests/model.rs` (proptest), `tests/fuzz_seeds.rs` (the fuzz
+//! seed corpus replayed under `cargo test`) and `fuzz/fuzz_targets/ops.rs`
+//! (cargo-fuzz), so this file depends only on millpond, std and tempfile.
+//!
+//! What is checked:
+//! - after every step, every key reads (`get`, `ttl`) as the model says;
+//! - `delete`, `expire`, `persist` return what the model says;
+//! - after a clean reopen (shutdown, or drop of the last handle) the store
+//!   equals the model: nothing acknowledged is lost;
+//! - after a crash (`halt`), the store equals the model as it was after some
+//!   step since the last durable point (checkpoint or clean reopen): one
+//!   point in history, no older than the last checkpoint.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use millpond::testing::{halt, Faults, StorageOp};
+use millpond::{Config, Engine, Error, MockClock};
+
+/// Keys are `key-0` .. `key-7`.
+pub const KEYS: u8 = 8;
+
+/// Value lengths: empty, inline, and long enough for the blob tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Len {
+    Empty,
+    Small,
+    Large,
+}
+
+impl Len {
+    fn bytes(self) -> usize {
+        match self {
+            Len::Empty => 0,
+            Len::Small => 13,
+            Len::Large => 2100,
+        }
+    }
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Set {
+        key: u8,
+        len: Len,
+    },
+    SetTtl {
+        key: u8,
+        len: Len,
+        ttl_ms: u16,
+    },
+    Delete {
+        key: u8,
+    },
+    /// Appends a byte; deletes a value longer than 2000 bytes.
+    Modify {
+        key: u8,
+    },
+    /// Sets (`Some`) or deletes (`None`) keys in one transaction.
+    Transaction {
+        writes: Vec<(u8, Option<Len>)>,
+    },
+    Expire {
+        key: u8,
+        ttl_ms: u16,
+    },
+    Persist {
+        key: u8,
+    },
+    Purge,
+    Checkpoint,
+    Advance {
+        ms: u16,
+    },
+    /// Shutdown, then open again.
+    Reopen,
+    /// Drop the last handle (no shutdown call), then open again.
+    DropReopen,
+    /// A crash at a flush-cycle boundary, then open again.
+    Crash,
+    /// The next commit of a flush cycle fails (it is retried).
+    FailCommit,
+}
+
+impl Op {
+    /// Decodes fuzzer bytes into operations (at most `max`). Every byte
+    /// string decodes to something.
+    pub fn decode_all(data: &[u8], max: usize) -> Vec<Op> {
+        let mut bytes = data.iter().copied();
+        let mut next = move || bytes.next();
+        let mut ops = Vec::new();
+        while ops.len() < max {
+            let Some(tag) = next() else { break };
+            let key = next().unwrap_or(0) % KEYS;
+            let len = match next().unwrap_or(1) % 3 {
+                0 => Len::Empty,
+                1 => Len::Small,
+                _ => Len::Large,
+            };
+            let ms = u16::from_le_bytes([next().unwrap_or(0), next().unwrap_or(0)]);
+            ops.push(match tag % 15 {
+                0 | 1 => Op::Set { key, len },
+                2 => Op::SetTtl {
+                    key,
+                    len,
+                    ttl_ms: ms,
+                },
+                3 => Op::Delete { key },
+                4 => Op::Modify { key },
+                5 => {
+                    let n = (ms % 4) as u8 + 1;
+                    Op::Transaction {
+                        writes: (0..n)
+                            .map(|i| {
+                                let k = (key + i * 3) % KEYS;
+                                (k, (i != 1).then_some(len))
+                            })
+                            .collect(),
+                    }
+                }
+                6 => Op::Expire { key, ttl_ms: ms },
+                7 => Op::Persist { key },
+                8 => Op::Purge,
+                9 => Op::Checkpoint,
+                10 => Op::Advance { ms },
+                11 => Op::Reopen,
+                12 => Op::DropReopen,
+                13 => Op::Crash,
+                _ => Op::FailCommit,
+            });
+        }
+        ops
+    }
+}
+
+/// What the model holds for a key: its value and deadline (ms since epoch).
+type State = BTreeMap<u8, (Vec<u8>, Option<u64>)>;
+
+/// A failed check, with the steps that led to it.
+pub struct Failure {
+    pub step: usize,
+    pub message: String,
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {}: {}", self.step, self.message)
+    }
+}
+
+/// Runs `ops` against a fresh store and the model.
+///
+/// `write_delay`: `None` for a deterministic run (nothing is flushed except
+/// by checkpoint, reopen and crash), or a delay for flushes running between
+/// and during the steps.
+pub fn run(ops: &[Op], write_delay: Option<Duration>) -> Result<(), Failure> {
+    let mut c = Checker::new(write_delay);
+    for (step, op) in ops.iter().enumerate() {
+        c.apply(op).map_err(|message| Failure { step, message })?;
+        c.compare().map_err(|message| Failure {
+            step,
+            message: format!("after {op:?}: {message}"),
+        })?;
+    }
+    c.engine().shutdown().map_err(|e| Failure {
+        step: ops.len(),
+        message: format!("final shutdown failed: {e}"),
+    })?;
+    Ok(())
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+struct Checker {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: Arc<MockClock>,
+    faults: Arc<Faults>,
+    write_delay: Option<Duration>,
+    /// `None` only while it is being reopened.
+    engine: Option<Engine>,
+    model: State,
+    /// The model after each step since the last durable point; the first is
+    /// the durable point itself.
+    history: Vec<State>,
+    /// Current mock time, ms since the Unix epoch.
+    now: u64,
+    /// Makes every written value unique.
+    counter: u32,
+}
+
+impl Checker {
+    fn new(write_delay: Option<Duration>) -> Checker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(MockClock::new(start));
+        let faults = Faults::new();
+        let mut c = Checker {
+            engine: Some(open(&path, &clock, &faults, write_delay)),
+            _dir: dir,
+            path,
+            clock,
+            faults,
+            write_delay,
+            model: State::new(),
+            history: vec![State::new()],
+            now: 1_700_000_000_000,
+            counter: 0,
+        };
+        c.history = vec![c.model.clone()];
+        c
+    }
+
+    fn value(&mut self, len: Len) -> Vec<u8> {
+        self.counter += 1;
+        let mut v = self.counter.to_le_bytes().repeat(len.bytes() / 4 + 1);
+        v.truncate(len.bytes());
+        v
+    }
+
+    fn live(&self, k: u8) -> Option<&(Vec<u8>, Option<u64>)> {
+        self.model
+            .get(&k)
+            .filter(|(_, d)| d.is_none_or(|d| d > self.now))
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("an open engine")
+    }
+
+    /// Drops the engine (its last handle) and opens the store again.
+    fn reopen(&mut self) -> Result<(), String> {
+        drop(self.engine.take());
+        self.faults.clear();
+        self.engine = Some(try_open(
+            &self.path,
+            &self.clock,
+            &self.faults,
+            self.write_delay,
+        )?);
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), String> {
+        let e = self.engine().clone();
+        let err = |what: &str, e: Error| format!("{what} failed: {e}");
+        match *op {
+            Op::Set { key: k, len } => {
+                let v = self.value(len);
+                e.set(&key(k), &v).map_err(|x| err("set", x))?;
+                self.model.insert(k, (v, None));
+            }
+            Op::SetTtl {
+                key: k,
+                len,
+                ttl_ms,
+            } => {
+                let v = self.value(len);
+                e.set_with_ttl(&key(k), &v, Duration::from_millis(ttl_ms.into()))
+                    .map_err(|x| err("set_with_ttl", x))?;
+                self.model
+                    .insert(k, (v, Some(self.now + u64::from(ttl_ms))));
+            }
+            Op::Delete { key: k } => {
+                let want = self.live(k).is_some();
+                let got = e.delete(&key(k)).map_err(|x| err("delete", x))?;
+                if got != want {
+                    return Err(format!("delete returned {got}, the model says {want}"));
+                }
+                self.model.remove(&k);
+            }
+            Op::Modify { key: k } => {
+                let counter = self.counter.wrapping_add(1);
+                self.counter = counter;
+                e.modify(&key(k), |v| match v {
+                    Some(x) if x.len() > 2000 => *v = None,
+                    Some(x) => x.push(counter as u8),
+                    None => *v = Some(vec![counter as u8]),
+                })
+                .map_err(|x| err("modify", x))?;
+                match self.live(k).cloned() {
+                    Some((x, _)) if x.len() > 2000 => {
+                        self.model.remove(&k);
+                    }
+                    Some((mut x, d)) => {
+                        x.push(counter as u8);
+                        self.model.insert(k, (x, d));
+                    }
+                    None => {
+                        self.model.insert(k, (vec![counter as u8], None));
+                    }
+                }
+            }
+            Op::Transaction { ref writes } => {
+                let values: Vec<(u8, Option<Vec<u8>>)> = writes
+                    .iter()
+                    .map(|&(k, len)| (k, len.map(|l| self.value(l))))
+                    .collect();
+                e.transaction(|tx| {
+                    for (k, v) in &values {
+                        match v {
+                            Some(v) => tx.set(&key(*k), v)?,
+                            None => {
+                                tx.delete(&key(*k))?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|x| err("transaction", x))?;
+                for (k, v) in values {
+                    match v {
+                        Some(v) => {
+                            self.model.insert(k, (v, None));
+                        }
+                        None => {
+                            self.model.remove(&k);
+                        }
+                    }
+                }
+            }
+            Op::Expire { key: k, ttl_ms } => {
+                let want = self.live(k).is_some();
+                let got = e
+                    .expire(&key(k), Duration::from_millis(ttl_ms.into()))
+                    .map_err(|x| err("expire", x))?;
+                if got != want {
+                    return Err(format!("expire returned {got}, the model says {want}"));
+                }
+                if let Some((v, _)) = self.live(k).cloned() {
+                    self.model
+                        .insert(k, (v, Some(self.now + u64::from(ttl_ms))));
+                }
+            }
+            Op::Persist { key: k } => {
+                let want = self.live(k).is_some_and(|(_, d)| d.is_some());
+                let got = e.persist(&key(k)).map_err(|x| err("persist", x))?;
+                if got != want {
+                    return Err(format!("persist returned {got}, the model says {want}"));
+                }
+                if let Some((v, Some(_))) = self.live(k).cloned() {
+                    self.model.insert(k, (v, None));
+                }
+            }
+            Op::Purge => {
+                e.purge_expired().map_err(|x| err("purge_expired", x))?;
+                // Invisible already; the model drops them too.
+                let now = self.now;
+                self.model.retain(|_, (_, d)| d.is_none_or(|d| d > now));
+            }
+            Op::Checkpoint => {
+                if let Err(first) = e.checkpoint() {
+                    // An injected commit failure: the retry must succeed.
+                    e.checkpoint()
+                        .map_err(|x| format!("checkpoint failed twice: {first}, then {x}"))?;
+                }
+                self.history = vec![self.model.clone()];
+                return Ok(());
+            }
+            Op::Advance { ms } => {
+                self.clock.advance(Duration::from_millis(ms.into()));
+                self.now += u64::from(ms);
+                return Ok(());
+            }
+            Op::Reopen | Op::DropReopen => {
+                if *op == Op::Reopen {
+                    e.shutdown().map_err(|x| err("shutdown", x))?;
+                }
+                // Otherwise dropping the last handle shuts the engine down.
+                drop(e);
+                self.reopen()?;
+                self.compare()
+                    .map_err(|m| format!("after a clean reopen: {m}"))?;
+                self.history = vec![self.model.clone()];
+                return Ok(());
+            }
+            Op::Crash => {
+                halt(&e);
+                drop(e);
+                self.reopen()?;
+                let recovered = self.read_all()?;
+                let now = self.now;
+                let found = self
+                    .history
+                    .iter()
+                    .position(|s| visible(s, now) == recovered)
+                    .ok_or_else(|| {
+                        format!(
+                            "after a crash the store holds {recovered:?}, which is the state \
+                             after none of the last {} steps (the oldest being the last checkpoint)",
+                            self.history.len()
+                        )
+                    })?;
+                self.model = self.history[found].clone();
+                self.history = vec![self.model.clone()];
+                return Ok(());
+            }
+            Op::FailCommit => {
+                self.faults.fail_nth(StorageOp::Commit, 1);
+                return Ok(());
+            }
+        }
+        self.history.push(self.model.clone());
+        Ok(())
+    }
+
+    /// Every key's visible value and remaining time, as the engine says.
+    fn read_all(&self) -> Result<BTreeMap<u8, (Vec<u8>, Option<u64>)>, String> {
+        let mut out = BTreeMap::new();
+        for k in 0..KEYS {
+            let v = self
+                .engine()
+                .get(&key(k))
+                .map_err(|e| format!("get key-{k} failed: {e}"))?;
+            let ttl = self
+                .engine()
+                .ttl(&key(k))
+                .map_err(|e| format!("ttl key-{k} failed: {e}"))?;
+            if let Some(v) = v {
+                out.insert(k, (v.to_vec(), ttl.map(|t| t.as_millis() as u64)));
+            } else if ttl.is_some() {
+                return Err(format!("key-{k} has no value but a ttl of {ttl:?}"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn compare(&self) -> Result<(), String> {
+        let got = self.read_all()?;
+        let want = visible(&self.model, self.now);
+        if got != want {
+            return Err(format!("the store holds {got:?}, the model {want:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// The keys of a model state that are live at `now`, with their remaining
+/// time.
+fn visible(state: &State, now: u64) -> BTreeMap<u8, (Vec<u8>, Option<u64>)> {
+    state
+        .iter()
+        .filter(|(_, (_, d))| d.is_none_or(|d| d > now))
+        .map(|(k, (v, d))| (*k, (v.clone(), d.map(|d| d - now))))
+        .collect()
+}
+
+fn config(
+    path: &std::path::Path,
+    clock: &Arc<MockClock>,
+    faults: &Arc<Faults>,
+    write_delay: Option<Duration>,
+) -> Config {
+    Config::new(path)
+        .write_delay(write_delay.unwrap_or(Duration::from_secs(3600)))
+        .clock(clock.clone())
+        .faults(faults.clone())
+}
+
+fn try_open(
+    path: &std::path::Path,
+    clock: &Arc<MockClock>,
+    faults: &Arc<Faults>,
+    write_delay: Option<Duration>,
+) -> Result<Engine, String> {
+    Engine::open(config(path, clock, faults, write_delay)).map_err(|e| format!("open failed: {e}"))
+}
+
+fn open(
+    path: &std::path::Path,
+    clock: &Arc<MockClock>,
+    faults: &Arc<Faults>,
+    write_delay: Option<Duration>,
+) -> Engine {
+    try_open(path, clock, faults, write_delay).expect("open")
+}
