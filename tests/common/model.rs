@@ -144,6 +144,9 @@ impl Op {
 /// What the model holds for a key: its value and deadline (ms since epoch).
 type State = BTreeMap<u8, (Vec<u8>, Option<u64>)>;
 
+/// What a reader sees of a key: its value and remaining time (ms).
+type Visible = BTreeMap<u8, (Vec<u8>, Option<u64>)>;
+
 /// A failed check, with the steps that led to it.
 pub struct Failure {
     pub step: usize,
@@ -416,7 +419,7 @@ impl Checker {
     }
 
     /// Every key's visible value and remaining time, as the engine says.
-    fn read_all(&self) -> Result<BTreeMap<u8, (Vec<u8>, Option<u64>)>, String> {
+    fn read_all(&self) -> Result<Visible, String> {
         let mut out = BTreeMap::new();
         for k in 0..KEYS {
             let v = self
@@ -448,7 +451,7 @@ impl Checker {
 
 /// The keys of a model state that are live at `now`, with their remaining
 /// time.
-fn visible(state: &State, now: u64) -> BTreeMap<u8, (Vec<u8>, Option<u64>)> {
+fn visible(state: &State, now: u64) -> Visible {
     state
         .iter()
         .filter(|(_, (_, d))| d.is_none_or(|d| d > now))
