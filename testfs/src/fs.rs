@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 use crate::model::{Attr, DirEntry, Model, NodeKind, SetAttr};
@@ -284,7 +284,14 @@ impl Filesystem for TestFs {
         reply.ok();
     }
 
-    fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.model().fsync(ino) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -330,7 +337,12 @@ impl Filesystem for TestFs {
         }
         let listing = self.dir_handles.get(&fh).map(Vec::as_slice).unwrap_or(&[]);
         for (i, entry) in listing.iter().enumerate().skip(off) {
-            if reply.add(entry.ino, (i + 1) as i64, file_type(entry.kind), &entry.name) {
+            if reply.add(
+                entry.ino,
+                (i + 1) as i64,
+                file_type(entry.kind),
+                &entry.name,
+            ) {
                 break;
             }
         }

@@ -1044,18 +1044,22 @@ impl Model {
                 Some(Content::File(_)) => {
                     out.entry(ino).or_insert(path);
                 }
-                Some(Content::Dir(d)) => {
-                    if seen.insert(ino) {
-                        for (name, child) in &d.durable {
-                            walk(m, *child, path.join(name), seen, out);
-                        }
+                Some(Content::Dir(d)) if seen.insert(ino) => {
+                    for (name, child) in &d.durable {
+                        walk(m, *child, path.join(name), seen, out);
                     }
                 }
-                None => {}
+                Some(Content::Dir(_)) | None => {}
             }
         }
         let mut out = BTreeMap::new();
-        walk(self, ROOT_INO, PathBuf::new(), &mut HashSet::new(), &mut out);
+        walk(
+            self,
+            ROOT_INO,
+            PathBuf::new(),
+            &mut HashSet::new(),
+            &mut out,
+        );
         out
     }
 
@@ -1435,10 +1439,16 @@ mod tests {
         let d = m.mkdir(ROOT_INO, os("d"), 0o755, 0, 0).unwrap().ino;
         new_file(&mut m, d, "inner");
         let e = |r: OpResult<Attr>| r.map(|a| a.ino);
-        assert_eq!(e(m.create(ROOT_INO, os("f"), 0o644, 0, 0)), Err(libc::EEXIST));
+        assert_eq!(
+            e(m.create(ROOT_INO, os("f"), 0o644, 0, 0)),
+            Err(libc::EEXIST)
+        );
         assert_eq!(e(m.create(f, os("x"), 0o644, 0, 0)), Err(libc::ENOTDIR));
         assert_eq!(e(m.create(999, os("x"), 0o644, 0, 0)), Err(libc::ENOENT));
-        assert_eq!(e(m.create(ROOT_INO, os("a/b"), 0o644, 0, 0)), Err(libc::EINVAL));
+        assert_eq!(
+            e(m.create(ROOT_INO, os("a/b"), 0o644, 0, 0)),
+            Err(libc::EINVAL)
+        );
         let long = "x".repeat(300);
         assert_eq!(e(m.lookup(ROOT_INO, os(&long))), Err(libc::ENAMETOOLONG));
         assert_eq!(e(m.lookup(ROOT_INO, os("nope"))), Err(libc::ENOENT));
@@ -1455,18 +1465,36 @@ mod tests {
         assert_eq!(m.open(d, false), Err(libc::EISDIR));
         assert_eq!(m.fsync(999), Err(libc::ENOENT));
         // Renames.
-        assert_eq!(m.rename(ROOT_INO, os("f"), ROOT_INO, os("d"), 0), Err(libc::EISDIR));
-        assert_eq!(m.rename(ROOT_INO, os("d"), d, os("sub"), 0), Err(libc::EINVAL));
+        assert_eq!(
+            m.rename(ROOT_INO, os("f"), ROOT_INO, os("d"), 0),
+            Err(libc::EISDIR)
+        );
+        assert_eq!(
+            m.rename(ROOT_INO, os("d"), d, os("sub"), 0),
+            Err(libc::EINVAL)
+        );
         let e2 = m.mkdir(ROOT_INO, os("e"), 0o755, 0, 0).unwrap().ino;
-        assert_eq!(m.rename(ROOT_INO, os("e"), ROOT_INO, os("f"), 0), Err(libc::ENOTDIR));
-        assert_eq!(m.rename(ROOT_INO, os("e"), ROOT_INO, os("d"), 0), Err(libc::ENOTEMPTY));
+        assert_eq!(
+            m.rename(ROOT_INO, os("e"), ROOT_INO, os("f"), 0),
+            Err(libc::ENOTDIR)
+        );
+        assert_eq!(
+            m.rename(ROOT_INO, os("e"), ROOT_INO, os("d"), 0),
+            Err(libc::ENOTEMPTY)
+        );
         let g = new_file(&mut m, ROOT_INO, "g");
         assert_eq!(
             m.rename(ROOT_INO, os("g"), ROOT_INO, os("f"), RENAME_NOREPLACE),
             Err(libc::EEXIST)
         );
-        assert_eq!(m.rename(ROOT_INO, os("g"), ROOT_INO, os("f"), 2), Err(libc::EINVAL));
-        assert_eq!(m.rename(ROOT_INO, os("zz"), ROOT_INO, os("f"), 0), Err(libc::ENOENT));
+        assert_eq!(
+            m.rename(ROOT_INO, os("g"), ROOT_INO, os("f"), 2),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            m.rename(ROOT_INO, os("zz"), ROOT_INO, os("f"), 0),
+            Err(libc::ENOENT)
+        );
         m.rename(ROOT_INO, os("g"), ROOT_INO, os("g"), 0).unwrap();
         m.rename(ROOT_INO, os("g"), ROOT_INO, os("f"), 0).unwrap();
         assert_eq!(m.lookup(ROOT_INO, os("f")).unwrap().ino, g);
@@ -1487,12 +1515,20 @@ mod tests {
         assert_eq!(m.getattr(f).unwrap().size, 6);
         m.fallocate(f, 4, 6, 0).unwrap();
         assert_eq!(m.read(f, 0, 100).unwrap(), b"abcdef\0\0\0\0");
-        m.fallocate(f, 1, 2, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
-            .unwrap();
+        m.fallocate(
+            f,
+            1,
+            2,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        )
+        .unwrap();
         assert_eq!(m.read(f, 0, 4).unwrap(), b"a\0\0d");
         m.fallocate(f, 8, 4, libc::FALLOC_FL_ZERO_RANGE).unwrap();
         assert_eq!(m.getattr(f).unwrap().size, 12);
-        assert_eq!(m.fallocate(f, 0, 1, libc::FALLOC_FL_PUNCH_HOLE), Err(libc::EOPNOTSUPP));
+        assert_eq!(
+            m.fallocate(f, 0, 1, libc::FALLOC_FL_PUNCH_HOLE),
+            Err(libc::EOPNOTSUPP)
+        );
     }
 
     #[test]
@@ -1502,7 +1538,7 @@ mod tests {
         new_file(&mut m, d, "b");
         new_file(&mut m, d, "a");
         let names: Vec<_> = m.readdir(d).unwrap().into_iter().map(|e| e.name).collect();
-        assert_eq!(names, ["." , "..", "a", "b"]);
+        assert_eq!(names, [".", "..", "a", "b"]);
         assert_eq!(m.readdir(d).unwrap()[1].ino, ROOT_INO);
         assert_eq!(m.getattr(ROOT_INO).unwrap().nlink, 3);
         assert_eq!(m.lookup(d, os("..")).unwrap().ino, ROOT_INO);
@@ -1516,7 +1552,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(a.perm, 0o700);
-        assert_eq!(m.setattr(d, SetAttr { size: Some(0), ..SetAttr::default() }), Err(libc::EISDIR));
+        assert_eq!(
+            m.setattr(
+                d,
+                SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                }
+            ),
+            Err(libc::EISDIR)
+        );
     }
 
     #[test]
@@ -1547,6 +1592,10 @@ mod tests {
         let mut loaded = Model::from_tree(&tree).unwrap();
         assert_eq!(loaded.durable_tree(), tree);
         assert_eq!(loaded.power_cut(None).unwrap().0, tree);
-        assert!(Model::from_tree(&Tree::File { data: vec![], perm: 0 }).is_none());
+        assert!(Model::from_tree(&Tree::File {
+            data: vec![],
+            perm: 0
+        })
+        .is_none());
     }
 }

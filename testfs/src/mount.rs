@@ -43,7 +43,10 @@ pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Mount> {
     }
     let tree = Tree::read_from(&backing)?;
     let model = Model::from_tree(&tree).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "testfs: backing is not a directory")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "testfs: backing is not a directory",
+        )
     })?;
     let model = Arc::new(Mutex::new(model));
     let options = [

@@ -116,7 +116,10 @@ fn torn_power_cut_applies_a_prefix_of_a_pending_write() {
         let Some(d) = dirs() else { return };
         fs::write(d.backing.join("log"), b"base").unwrap();
         let m = testfs::mount(&d.backing, &d.mnt).unwrap();
-        let f = OpenOptions::new().write(true).open(d.mnt.join("log")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(d.mnt.join("log"))
+            .unwrap();
         f.write_all_at(&pattern, 4).unwrap();
         let torn = m.power_cut_torn(seed).unwrap().expect("one pending write");
         m.unmount().unwrap();
@@ -279,7 +282,11 @@ fn posix_errors_and_metadata_through_the_mount() {
     m.unmount().unwrap();
     assert_eq!(fs::read(d.backing.join("big")).unwrap().len(), 3 << 20);
     assert_eq!(
-        fs::metadata(d.backing.join("file")).unwrap().permissions().mode() & 0o777,
+        fs::metadata(d.backing.join("file"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
 }
@@ -314,4 +321,89 @@ fn remount_sees_the_durable_state() {
         ErrorKind::NotFound
     );
     m.unmount().unwrap();
+}
+
+#[test]
+fn fallocate_through_the_mount() {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let Some(d) = dirs() else { return };
+    let m = testfs::mount(&d.backing, &d.mnt).unwrap();
+    let f = File::create(d.mnt.join("f")).unwrap();
+    f.write_all_at(b"abcdef", 0).unwrap();
+    let fd = f.as_raw_fd();
+    fallocate(fd, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 1 << 20).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 6);
+    fallocate(fd, FallocateFlags::empty(), 0, 10).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 10);
+    let hole = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, hole, 1, 2).unwrap();
+    assert_eq!(fs::read(d.mnt.join("f")).unwrap(), b"a\0\0def\0\0\0\0");
+    m.unmount().unwrap();
+    assert_eq!(fs::read(d.backing.join("f")).unwrap(), b"a\0\0def\0\0\0\0");
+}
+
+#[test]
+fn syncfs_and_close_are_not_durability_points() {
+    use std::os::fd::AsRawFd;
+    let Some(d) = dirs() else { return };
+    let m = testfs::mount(&d.backing, &d.mnt).unwrap();
+    File::create(d.mnt.join("f")).unwrap();
+    fsync_dir(&d.mnt).unwrap();
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(d.mnt.join("f"))
+            .unwrap();
+        f.write_all(b"data").unwrap();
+        f.flush().unwrap();
+        nix::unistd::syncfs(f.as_raw_fd()).unwrap();
+    } // close
+    let stats = m.stats();
+    assert_eq!((stats.file_fsyncs, stats.dir_fsyncs), (0, 1));
+    m.power_cut().unwrap();
+    m.unmount().unwrap();
+    assert_eq!(fs::read(d.backing.join("f")).unwrap(), b"");
+}
+
+#[test]
+fn power_cut_while_a_child_process_is_writing() {
+    let Some(d) = dirs() else { return };
+    fs::write(d.backing.join("log"), b"").unwrap();
+    let m = testfs::mount(&d.backing, &d.mnt).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while :; do echo line$i >> log; i=$((i+1)); done")
+        .current_dir(&d.mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the writer is well under way.
+    for _ in 0..10_000 {
+        if m.stats().writes >= 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(m.stats().writes >= 200, "the writer got going");
+    let torn = m.power_cut_torn(42).unwrap().expect("pending appends");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    m.unmount().unwrap();
+    // Nothing was fsynced: the durable log is empty but for the torn prefix
+    // of one append, at that append's offset.
+    let log = fs::read(d.backing.join("log")).unwrap();
+    let end = if torn.applied == 0 {
+        0
+    } else {
+        torn.offset as usize + torn.applied
+    };
+    assert_eq!(log.len(), end, "{torn:?}");
+    let tail = &log[end - torn.applied..];
+    assert!(log[..end - torn.applied].iter().all(|b| *b == 0));
+    let text = std::str::from_utf8(tail).unwrap();
+    assert!(
+        "line".starts_with(text) || text.starts_with("line"),
+        "{text:?}"
+    );
 }
