@@ -494,8 +494,8 @@ impl Handle {
             Lifecycle::Stopped(_) => Ok(()),
         };
         // Closing storage releases the store's lock.
-        drop(s.storage.write().take());
-        let outcome = flushed.and(joined);
+        let closed = close_storage(s);
+        let outcome = flushed.and(joined).and(closed);
         *life = Lifecycle::Stopped(match &outcome {
             Ok(()) => Ok(()),
             Err(e) => Err(e.duplicate()),
@@ -527,7 +527,21 @@ pub fn halt(engine: &Engine) {
             log::error!("millpond: halting: {e}");
         }
     }
-    drop(s.storage.write().take());
+    if let Err(e) = close_storage(s) {
+        log::error!("millpond: halting: {e}");
+    }
+}
+
+/// Takes the storage out of `shared` and drops it, which closes the store.
+/// sled 0.34 panics in its drop when its final fsync fails (it unwraps the
+/// result); that is an I/O error here, not a crash.
+fn close_storage(s: &Shared) -> Result<()> {
+    let storage = s.storage.write().take();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(storage))).map_err(|_| {
+        Error::Io(std::io::Error::other(
+            "closing the store failed (its final fsync failed)",
+        ))
+    })
 }
 
 impl Drop for Handle {

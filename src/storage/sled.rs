@@ -14,8 +14,15 @@
 //! the files it keeps under `blobs/`. [`Storage::sync`] therefore follows
 //! `flush` with `fdatasync` of every file of the store and `fsync` of its
 //! directories (blob files once each: sled never changes them after writing).
+//!
+//! It fsyncs through descriptors opened when the store was opened (and kept
+//! while the files exist): Linux reports a writeback error once to every
+//! open file description, so an error that sled's own background flusher
+//! consumed with its `sync_all` of `db` is still reported to millpond's next
+//! fsync, instead of being lost and followed by a successful fsync of data
+//! that is gone (the PostgreSQL "fsyncgate" lesson).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
@@ -46,8 +53,76 @@ pub(crate) struct SledStorage {
     meta: ::sled::Tree,
     blob: ::sled::Tree,
     dir: PathBuf,
-    /// Blob files (under `blobs/`) already fsynced; sled writes each once.
-    synced_blob_files: Mutex<HashSet<OsString>>,
+    /// The descriptors and bookkeeping [`Storage::sync`] uses.
+    syncer: Mutex<Syncer>,
+}
+
+/// Long-lived descriptors for fsync (see the module documentation).
+struct Syncer {
+    /// The store directory's regular files (sled's `db`, `conf`, `snap.*`).
+    files: HashMap<OsString, File>,
+    /// The store directory itself.
+    dir: File,
+    /// `blobs/`, once it exists.
+    blob_dir: Option<File>,
+    /// Blob files already fsynced; sled writes each once.
+    synced_blobs: HashSet<OsString>,
+}
+
+impl Syncer {
+    fn open(dir: &Path) -> io::Result<Syncer> {
+        let mut s = Syncer {
+            files: HashMap::new(),
+            dir: File::open(dir)?,
+            blob_dir: None,
+            synced_blobs: HashSet::new(),
+        };
+        s.refresh(dir)?;
+        Ok(s)
+    }
+
+    /// Opens descriptors for files that appeared, drops those of files
+    /// that are gone.
+    fn refresh(&mut self, dir: &Path) -> io::Result<()> {
+        let mut present = HashSet::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                let name = entry.file_name();
+                if !self.files.contains_key(&name) {
+                    self.files.insert(name.clone(), File::open(entry.path())?);
+                }
+                present.insert(name);
+            }
+        }
+        self.files.retain(|name, _| present.contains(name));
+        let blob_dir = dir.join("blobs");
+        if self.blob_dir.is_none() && blob_dir.is_dir() {
+            self.blob_dir = Some(File::open(blob_dir)?);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, dir: &Path) -> io::Result<()> {
+        self.refresh(dir)?;
+        for file in self.files.values() {
+            file.sync_data()?;
+        }
+        if let Some(blob_dir_file) = &self.blob_dir {
+            let mut present = HashSet::new();
+            for entry in fs::read_dir(dir.join("blobs"))? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if !self.synced_blobs.contains(&name) && entry.file_type()?.is_file() {
+                    File::open(entry.path())?.sync_data()?;
+                }
+                present.insert(name);
+            }
+            self.synced_blobs = present;
+            blob_dir_file.sync_all()?;
+        }
+        self.dir.sync_all()
+    }
 }
 
 fn storage_error(e: ::sled::Error) -> Error {
@@ -188,7 +263,7 @@ impl SledStorage {
             meta,
             blob,
             dir: dir.to_path_buf(),
-            synced_blob_files: Mutex::new(HashSet::new()),
+            syncer: Mutex::new(Syncer::open(dir)?),
         };
         if !existed {
             // The store directory is new: make its entry in the parent durable.
@@ -200,28 +275,7 @@ impl SledStorage {
     }
 
     fn sync_files(&self) -> io::Result<()> {
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                File::open(entry.path())?.sync_data()?;
-            }
-        }
-        let blob_dir = self.dir.join("blobs");
-        if blob_dir.is_dir() {
-            let mut synced = self.synced_blob_files.lock();
-            let mut present = HashSet::new();
-            for entry in fs::read_dir(&blob_dir)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                if !synced.contains(&name) && entry.file_type()?.is_file() {
-                    File::open(entry.path())?.sync_data()?;
-                }
-                present.insert(name);
-            }
-            *synced = present;
-            sync_dir(&blob_dir)?;
-        }
-        sync_dir(&self.dir)
+        self.syncer.lock().sync(&self.dir)
     }
 }
 

@@ -1,0 +1,572 @@
+//! Workloads run in a child process that the test then kills (SIGKILL,
+//! `tests/crash.rs`) or cuts the power under (`tests/power.rs`), and the
+//! checks made on the store afterwards.
+//!
+//! A test binary re-runs itself as the child: its `#[test] fn child()` calls
+//! [`child_main`], which does nothing unless the `MILLPOND_CHILD_*`
+//! environment says it is a child. The child reports on stdout, one line
+//! each: `ready`, `checkpoint <n>` (a checkpoint that returned `Ok`, `n`
+//! being what it covers), and mode-specific lines.
+//!
+//! Modes:
+//! - `history`: a deterministic sequence of sets, deletes and `modify`
+//!   increments (a function of the seed), checkpointing now and then; `n` is
+//!   the number of operations before the checkpoint. The state after any
+//!   prefix is known, so a recovered store can be checked to be one point in
+//!   the history ([`matching_prefix`]).
+//! - `bank`: two threads move money between accounts in transactions, each
+//!   balance kept twice (inline and in a 2 KiB blob); `n` counts transfers.
+//! - `flushed`: writes, waits until the engine reports them flushed, prints
+//!   `flushed <n>`.
+//! - `shutdown`: a history prefix, then `shutdown()`, then `shutdown <n>`.
+//! - `fsync-fail`: writes and checkpoints, prints `armed`, waits for a line on
+//!   stdin (the parent makes the next fsync fail), then checks that the
+//!   failed checkpoint is reported and new writes are refused.
+//! - `sled-flush`, `sled-fsync`: raw sled inserting keys 0, 1, ... with
+//!   `flush()` (and, for `sled-fsync`, fsync of every file and directory) as
+//!   the checkpoint; the controls of the power-cut trials.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use millpond::{Config, Engine, Error};
+
+use super::{u64_value, Rng};
+
+pub const KEYS: u64 = 48;
+pub const OPS: u64 = 200_000;
+pub const ACCOUNTS: u64 = 12;
+pub const INITIAL: u64 = 1000;
+
+/// One step of the history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Set(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Increment the counter under this key.
+    Increment(Vec<u8>),
+}
+
+pub fn value_for(i: u64, key: u64) -> Vec<u8> {
+    // Every fifth value is long enough for the blob tree.
+    let len = if i % 5 == 0 { 3000 } else { 24 };
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        v.extend_from_slice(&i.to_le_bytes());
+        v.extend_from_slice(&key.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn op(seed: u64, i: u64) -> Op {
+    let mut rng = Rng::new(seed ^ i.wrapping_mul(0x9E37_79B9));
+    let key = rng.below(KEYS);
+    let k = format!("key-{key:02}").into_bytes();
+    match rng.below(10) {
+        0 => Op::Delete(k),
+        1 | 2 => Op::Increment(format!("counter-{}", key % 4).into_bytes()),
+        _ => Op::Set(k, value_for(i, key)),
+    }
+}
+
+fn apply(model: &mut HashMap<Vec<u8>, Vec<u8>>, op: &Op) {
+    match op {
+        Op::Set(k, v) => {
+            model.insert(k.clone(), v.clone());
+        }
+        Op::Delete(k) => {
+            model.remove(k);
+        }
+        Op::Increment(k) => {
+            let n = model.get(k).map_or(0, |v| u64_value(v));
+            model.insert(k.clone(), (n + 1).to_le_bytes().to_vec());
+        }
+    }
+}
+
+fn all_keys() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = (0..KEYS)
+        .map(|k| format!("key-{k:02}").into_bytes())
+        .collect();
+    keys.extend((0..4).map(|c| format!("counter-{c}").into_bytes()));
+    keys
+}
+
+/// Reads every key the history touches.
+pub fn read_all(e: &Engine) -> HashMap<Vec<u8>, Vec<u8>> {
+    let mut state = HashMap::new();
+    for k in all_keys() {
+        let v = e
+            .get(&k)
+            .unwrap_or_else(|err| panic!("reading {k:?} after the crash failed: {err}"));
+        if let Some(v) = v {
+            state.insert(k, v.to_vec());
+        }
+    }
+    state
+}
+
+/// The smallest prefix length `n >= from` whose state equals `recovered`.
+pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u64) -> Option<u64> {
+    let mut model = HashMap::new();
+    let mismatched =
+        |model: &HashMap<Vec<u8>, Vec<u8>>, k: &Vec<u8>| model.get(k) != recovered.get(k);
+    let mut bad: usize = all_keys().iter().filter(|k| mismatched(&model, k)).count();
+    for n in 0..=OPS {
+        if n >= from && bad == 0 {
+            return Some(n);
+        }
+        if n == OPS {
+            break;
+        }
+        let o = op(seed, n);
+        let k = match &o {
+            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) => k.clone(),
+        };
+        let was = mismatched(&model, &k);
+        apply(&mut model, &o);
+        let is = mismatched(&model, &k);
+        bad = bad + usize::from(is) - usize::from(was);
+    }
+    None
+}
+
+pub fn account(i: u64) -> Vec<u8> {
+    format!("account-{i:02}").into_bytes()
+}
+
+/// A 2 KiB record (a blob) kept beside each balance, holding the same
+/// number: a transaction half applied would show them disagreeing.
+pub fn history(i: u64) -> Vec<u8> {
+    format!("history-{i:02}").into_bytes()
+}
+
+pub fn history_value(balance: u64) -> Vec<u8> {
+    balance.to_le_bytes().repeat(256)
+}
+
+/// Checks a recovered bank: every balance agrees with its history record
+/// and the total is intact. Returns the transfers counted.
+pub fn check_bank(e: &Engine, what: &str) -> u64 {
+    let (sum, transfers) = e
+        .transaction(|tx| {
+            let mut sum = 0;
+            for i in 0..ACCOUNTS {
+                let balance = u64_value(&tx.get(&account(i))?.expect("an account"));
+                let history = tx.get(&history(i))?.expect("a history record");
+                assert_eq!(
+                    history.to_vec(),
+                    history_value(balance),
+                    "{what}: account {i} and its history disagree: a transaction was split"
+                );
+                sum += balance;
+            }
+            Ok((sum, u64_value(&tx.get(b"transfers")?.expect("a counter"))))
+        })
+        .unwrap();
+    assert_eq!(
+        sum,
+        ACCOUNTS * INITIAL,
+        "{what}: money appeared or vanished"
+    );
+    transfers
+}
+
+/// What the parent tells the child.
+pub struct Spec<'a> {
+    /// Name of the child's `#[test]` function in this binary.
+    pub test: &'a str,
+    pub store: &'a Path,
+    pub seed: u64,
+    pub mode: &'a str,
+    /// The engine's write delay; random (1-30 ms) if `None`.
+    pub write_delay_ms: Option<u64>,
+    /// A failpoint, `name=actions` (feature `failpoints`).
+    pub point: Option<&'a str>,
+}
+
+/// A running child.
+pub struct Trial {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// The last `checkpoint <n>` seen.
+    pub checkpoint: u64,
+}
+
+pub fn spawn(spec: Spec<'_>) -> Trial {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", spec.test, "--nocapture", "--test-threads=1"])
+        .env("MILLPOND_CHILD_DIR", spec.store)
+        .env("MILLPOND_CHILD_SEED", spec.seed.to_string())
+        .env("MILLPOND_CHILD_MODE", spec.mode);
+    if let Some(ms) = spec.write_delay_ms {
+        command.env("MILLPOND_CHILD_DELAY_MS", ms.to_string());
+    }
+    if let Some(point) = spec.point {
+        command.env("MILLPOND_CHILD_POINT", point);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stdin = child.stdin.take();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Trial {
+        child,
+        stdin,
+        lines,
+        checkpoint: 0,
+    }
+}
+
+impl Trial {
+    fn note(&mut self, line: &str) {
+        if let Some(n) = line.strip_prefix("checkpoint ") {
+            self.checkpoint = n.parse().unwrap();
+        }
+    }
+
+    /// Waits for a line starting with `prefix` (keeping the last checkpoint
+    /// seen on the way).
+    pub fn wait_for(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the child never printed {prefix:?}"));
+            self.note(&line);
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for a line starting with any of `prefixes`.
+    pub fn wait_for_any(&mut self, prefixes: &[&str]) -> String {
+        loop {
+            let line = self.wait_for("");
+            if prefixes.iter().any(|p| line.starts_with(p)) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends a line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Collects the lines printed so far.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.note(&line);
+        }
+    }
+
+    /// Kills the child, then collects what it printed before dying.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        self.drain();
+    }
+
+    /// Waits (up to a minute) for the child to die by itself; kills it
+    /// otherwise. Returns whether it died by itself, unsuccessfully.
+    pub fn wait_for_crash(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let crashed = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break !status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        self.drain();
+        crashed
+    }
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Trials to run: `MILLPOND_<what>_TRIALS`, else `default`.
+pub fn trials(what: &str, default: u64) -> u64 {
+    std::env::var(format!("MILLPOND_{what}_TRIALS"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// In a child (the `MILLPOND_CHILD_*` environment is set): runs the
+/// workload, never returning. Otherwise returns at once.
+pub fn child_main() {
+    let (Ok(dir), Ok(seed), Ok(mode)) = (
+        std::env::var("MILLPOND_CHILD_DIR"),
+        std::env::var("MILLPOND_CHILD_SEED"),
+        std::env::var("MILLPOND_CHILD_MODE"),
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let seed: u64 = seed.parse().unwrap();
+    #[cfg(feature = "failpoints")]
+    if let Ok(point) = std::env::var("MILLPOND_CHILD_POINT") {
+        let (name, actions) = point.split_once('=').unwrap();
+        fail::cfg(name, actions).unwrap();
+    }
+    // The test harness has printed "test child ... " without a newline.
+    println!();
+    match mode.as_str() {
+        "sled-flush" => sled_child(&dir, false),
+        "sled-fsync" => sled_child(&dir, true),
+        _ => {}
+    }
+    let mut rng = Rng::new(seed);
+    let delay = std::env::var("MILLPOND_CHILD_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| 1 + rng.below(30));
+    let e = Engine::open(
+        Config::new(&dir)
+            .write_delay(Duration::from_millis(delay))
+            .max_dirty_bytes(1 << 20)
+            .flush_threads(1 + rng.below(2) as usize),
+    )
+    .unwrap();
+    println!("ready");
+    match mode.as_str() {
+        "bank" => bank_child(&e, seed),
+        "flushed" => flushed_child(&e, &mut rng),
+        "shutdown" => shutdown_child(e, seed, &mut rng),
+        "fsync-fail" => fsync_fail_child(&e, seed),
+        _ => history_child(&e, seed, &mut rng),
+    }
+    // Wait to be killed.
+    std::thread::sleep(Duration::from_secs(600));
+    std::process::exit(0);
+}
+
+fn run_op(e: &Engine, op: Op) -> millpond::Result<()> {
+    match op {
+        Op::Set(k, v) => e.set(&k, &v),
+        Op::Delete(k) => e.delete(&k).map(drop),
+        Op::Increment(k) => e.modify(&k, |v| {
+            let n = v.as_deref().map_or(0, u64_value);
+            *v = Some((n + 1).to_le_bytes().to_vec());
+        }),
+    }
+}
+
+fn history_child(e: &Engine, seed: u64, rng: &mut Rng) {
+    let checkpoint_every = 200 + rng.below(2000);
+    for i in 0..OPS {
+        if run_op(e, op(seed, i)).is_err() {
+            return; // The disk went away (a power cut): wait to be killed.
+        }
+        if (i + 1) % checkpoint_every == 0 {
+            if e.checkpoint().is_err() {
+                return;
+            }
+            println!("checkpoint {}", i + 1);
+        }
+    }
+    if e.checkpoint().is_ok() {
+        println!("checkpoint {OPS}");
+    }
+}
+
+fn flushed_child(e: &Engine, rng: &mut Rng) {
+    let n = 1 + rng.below(200);
+    for i in 0..n {
+        e.set(format!("f-{i}").as_bytes(), &value_for(i, i))
+            .unwrap();
+    }
+    let seq = e.stats().last_seq;
+    while e.stats().flushed_seq < seq {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("flushed {n}");
+}
+
+fn shutdown_child(e: Engine, seed: u64, rng: &mut Rng) {
+    let n = 1000 + rng.below(20_000);
+    for i in 0..n {
+        run_op(&e, op(seed, i)).unwrap();
+    }
+    e.shutdown().unwrap();
+    println!("shutdown {n}");
+}
+
+/// The bank child: two threads move money between accounts in
+/// transactions, each also counting itself in `transfers`; the main thread
+/// checkpoints and reports `checkpoint <transfers counted before it>`.
+fn bank_child(e: &Engine, seed: u64) {
+    e.transaction(|tx| {
+        for i in 0..ACCOUNTS {
+            tx.set(&account(i), &INITIAL.to_le_bytes())?;
+            tx.set(&history(i), &history_value(INITIAL))?;
+        }
+        tx.set(b"transfers", &0u64.to_le_bytes())
+    })
+    .unwrap();
+    e.checkpoint().unwrap();
+    println!("checkpoint 0");
+    for t in 0..2 {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(seed ^ (t + 7));
+            loop {
+                let from = rng.below(ACCOUNTS);
+                let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + rng.below(30);
+                let done = e.transaction(|tx| {
+                    let get = |tx: &mut millpond::Transaction<'_>, k: &[u8]| {
+                        tx.get(k).map(|v| u64_value(&v.expect("a key")))
+                    };
+                    let (a, b) = (get(tx, &account(from))?, get(tx, &account(to))?);
+                    if a < amount {
+                        return Ok(());
+                    }
+                    tx.set(&account(from), &(a - amount).to_le_bytes())?;
+                    tx.set(&account(to), &(b + amount).to_le_bytes())?;
+                    tx.set(&history(from), &history_value(a - amount))?;
+                    tx.set(&history(to), &history_value(b + amount))?;
+                    let n = get(tx, b"transfers")?;
+                    tx.set(b"transfers", &(n + 1).to_le_bytes())
+                });
+                if done.is_err() {
+                    return; // The disk went away: wait to be killed.
+                }
+            }
+        });
+    }
+    let mut rng = Rng::new(seed);
+    loop {
+        std::thread::sleep(Duration::from_millis(rng.below(20)));
+        let Ok(Some(counted)) = e.get(b"transfers") else {
+            return;
+        };
+        if e.checkpoint().is_err() {
+            return;
+        }
+        println!("checkpoint {}", u64_value(&counted));
+    }
+}
+
+fn fsync_fail_child(e: &Engine, seed: u64) {
+    for i in 0..500 {
+        run_op(e, op(seed, i)).unwrap();
+    }
+    e.checkpoint().unwrap();
+    println!("checkpoint 500");
+    println!("armed");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    for i in 500..1000 {
+        run_op(e, op(seed, i)).unwrap();
+    }
+    match e.checkpoint() {
+        Ok(cp) => println!("unexpected: the checkpoint succeeded: {cp:?}"),
+        Err(err) => println!("checkpoint-failed {err}"),
+    }
+    match e.set(b"after", b"the failure") {
+        Err(Error::Poisoned { .. }) => println!("writes-refused"),
+        other => println!("unexpected: a write after the failure returned {other:?}"),
+    }
+    match e.checkpoint() {
+        Err(Error::Poisoned { .. }) => println!("checkpoints-refused"),
+        other => println!("unexpected: a checkpoint after the failure returned {other:?}"),
+    }
+}
+
+fn sled_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+/// Raw sled (default configuration: its background flusher also fsyncs
+/// `db` every 500 ms): inserts keys 0, 1, ...; every 50 keys `flush()` (and
+/// with `fsync`, fsync of every file and directory), then `checkpoint <n>`.
+fn sled_child(dir: &Path, fsync: bool) {
+    let db = sled::open(dir).unwrap();
+    // Both controls make the new store itself durable once, so that what
+    // the flush-only control loses is down to `flush()` alone.
+    db.flush().unwrap();
+    fsync_store(dir).unwrap();
+    println!("ready");
+    for i in 0.. {
+        if db.insert(sled_key(i), i.to_le_bytes().repeat(8)).is_err() {
+            break;
+        }
+        if (i + 1) % 50 == 0 {
+            if db.flush().is_err() || (fsync && fsync_store(dir).is_err()) {
+                break;
+            }
+            println!("checkpoint {}", i + 1);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(600));
+    std::process::exit(0);
+}
+
+/// fsync of every file and directory of a store, and of the directory that
+/// holds it (a new directory's entry is durable only once its parent is
+/// fsynced).
+pub fn fsync_store(dir: &Path) -> std::io::Result<()> {
+    fsync_tree(dir)?;
+    match dir.parent() {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// fsync of every file under `dir`, then of every directory.
+pub fn fsync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            fsync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// How many of keys `0..n` a raw sled store holds.
+pub fn sled_keys_present(dir: &Path, n: u64) -> u64 {
+    let db = sled::open(dir).unwrap();
+    (0..n)
+        .filter(|i| db.get(sled_key(*i)).unwrap().is_some())
+        .count() as u64
+}

@@ -1,0 +1,264 @@
+//! Power-loss trials on `testfs`, a FUSE filesystem that drops everything
+//! not fsynced when the power is cut (see `testfs/`). Killing the process
+//! (`tests/crash.rs`) only proves millpond survives its own death; these
+//! prove its durability promises against the loss of the operating system's
+//! unsynced writes.
+//!
+//! Each trial mounts a fresh testfs, runs a child workload
+//! (`common/workload.rs`) on the mount, cuts the power at a random moment
+//! while the child runs (half the cuts also tear one pending write), kills
+//! the child, unmounts, reopens the store from the backing directory and
+//! checks that everything up to the last acknowledged checkpoint is there,
+//! that the state is one point in history, that no transaction is half
+//! applied, and that reopening neither fails nor panics.
+//!
+//! Needs root and `/dev/fuse`; without them every test prints one line
+//! saying why and passes. Trials: `MILLPOND_POWER_TRIALS` (default 16 for
+//! the engine, 6 per control); seed: `MILLPOND_SEED`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::workload::{self, check_bank, matching_prefix, read_all, Spec};
+use common::Rng;
+use millpond::{Config, Engine};
+
+#[test]
+fn child() {
+    workload::child_main();
+}
+
+/// A fresh testfs mount over a fresh backing directory.
+struct Mounted {
+    _tmp: tempfile::TempDir,
+    backing: PathBuf,
+    mnt: PathBuf,
+    fs: Option<testfs::Mount>,
+}
+
+impl Mounted {
+    fn new() -> Option<Mounted> {
+        if let Err(why) = testfs::fuse_available() {
+            println!("skipping power-loss test: {why}");
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let backing = tmp.path().join("backing");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&backing).expect("mkdir");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let fs = testfs::mount(&backing, &mnt).expect("mount testfs");
+        Some(Mounted {
+            _tmp: tmp,
+            backing,
+            mnt,
+            fs: Some(fs),
+        })
+    }
+
+    fn fs(&self) -> &testfs::Mount {
+        self.fs.as_ref().expect("mounted")
+    }
+
+    /// Cuts the power (torn with `Some(seed)`); returns a description.
+    fn cut(&self, torn: Option<u64>) -> String {
+        match torn {
+            None => {
+                self.fs().power_cut().expect("power cut");
+                "clean cut".into()
+            }
+            Some(seed) => match self.fs().power_cut_torn(seed).expect("power cut") {
+                Some(t) => format!(
+                    "torn cut ({} of {} bytes of a write to {})",
+                    t.applied,
+                    t.len,
+                    t.path.display()
+                ),
+                None => "torn cut (nothing pending)".into(),
+            },
+        }
+    }
+
+    fn unmount(&mut self) {
+        if let Some(fs) = self.fs.take() {
+            fs.unmount().expect("unmount");
+        }
+    }
+}
+
+fn spec<'a>(store: &'a std::path::Path, seed: u64, mode: &'a str, delay: Option<u64>) -> Spec<'a> {
+    Spec {
+        test: "child",
+        store,
+        seed,
+        mode,
+        write_delay_ms: delay,
+        point: None,
+    }
+}
+
+fn reopen(path: &std::path::Path, what: &str) -> Engine {
+    Engine::open(Config::new(path))
+        .unwrap_or_else(|err| panic!("{what}: reopening after the power cut failed: {err}"))
+}
+
+/// History and bank workloads, with the default write delay and with one so
+/// long that only checkpoints persist anything; clean and torn cuts.
+#[test]
+fn power_cuts_lose_no_checkpoint_and_split_no_transaction() {
+    let seed = common::seed("power");
+    let mut rng = Rng::new(seed);
+    let trials = workload::trials("POWER", 16);
+    let (mut lost, mut ran) = (0, 0);
+    for trial in 0..trials {
+        let Some(mut m) = Mounted::new() else { return };
+        let mode = if trial % 2 == 0 { "history" } else { "bank" };
+        let delay = if (trial / 2) % 2 == 0 { 500 } else { 3_600_000 };
+        let torn = ((trial / 4) % 2 == 1).then(|| rng.next());
+        let child_seed = rng.next();
+        let store = m.mnt.join("store");
+        let mut t = workload::spawn(spec(&store, child_seed, mode, Some(delay)));
+        t.wait_for("checkpoint");
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let cut = m.cut(torn);
+        t.kill();
+        m.unmount();
+        let what = format!(
+            "trial {trial}: {mode}, write delay {delay} ms, {cut}, child seed {child_seed}"
+        );
+        let e = reopen(&m.backing.join("store"), &what);
+        match mode {
+            "history" => {
+                let n = matching_prefix(child_seed, &read_all(&e), t.checkpoint);
+                eprintln!(
+                    "{what}: last checkpoint {}, recovered prefix {n:?}",
+                    t.checkpoint
+                );
+                if n.is_none() {
+                    lost += 1;
+                }
+            }
+            _ => {
+                let transfers = check_bank(&e, &what);
+                eprintln!(
+                    "{what}: last checkpoint {} transfers, recovered {transfers}",
+                    t.checkpoint
+                );
+                if transfers < t.checkpoint {
+                    lost += 1;
+                }
+            }
+        }
+        ran += 1;
+        e.shutdown().unwrap();
+    }
+    eprintln!("power cuts: {ran} trials, {lost} lost a checkpoint or a point in history");
+    assert_eq!(lost, 0, "checkpoints lost in {lost} of {ran} power cuts");
+}
+
+#[test]
+fn a_completed_shutdown_survives_a_power_cut() {
+    let seed = common::seed("power-shutdown");
+    let mut rng = Rng::new(seed);
+    for trial in 0..2 {
+        let Some(mut m) = Mounted::new() else { return };
+        let child_seed = rng.next();
+        let store = m.mnt.join("store");
+        let mut t = workload::spawn(spec(&store, child_seed, "shutdown", Some(3_600_000)));
+        let line = t.wait_for("shutdown ");
+        let n: u64 = line["shutdown ".len()..].parse().unwrap();
+        let cut = m.cut((trial == 1).then(|| rng.next()));
+        t.kill();
+        m.unmount();
+        let what = format!("shutdown trial {trial}: {cut}, child seed {child_seed}");
+        let e = reopen(&m.backing.join("store"), &what);
+        // Everything up to the shutdown, exactly.
+        assert_eq!(
+            matching_prefix(child_seed, &read_all(&e), n),
+            Some(n),
+            "{what}: writes acknowledged before shutdown() returned were lost"
+        );
+    }
+}
+
+/// The control: raw sled, with `flush()` as its checkpoint, loses
+/// checkpointed keys under the same cuts (so the filesystem does catch what
+/// it should); with `flush()` plus fsync of every file and directory, it
+/// does not.
+#[test]
+fn control_sled_flush_loses_data_and_flush_plus_fsync_does_not() {
+    let seed = common::seed("power-control");
+    let mut rng = Rng::new(seed);
+    let trials = workload::trials("POWER_CONTROL", 6);
+    for (mode, must_lose) in [("sled-flush", true), ("sled-fsync", false)] {
+        let mut lost_trials = 0;
+        for trial in 0..trials {
+            let Some(mut m) = Mounted::new() else { return };
+            let store = m.mnt.join("sled");
+            let mut t = workload::spawn(spec(&store, rng.next(), mode, None));
+            t.wait_for("checkpoint");
+            std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
+            let cut = m.cut((trial % 2 == 1).then(|| rng.next()));
+            t.kill();
+            m.unmount();
+            let present = workload::sled_keys_present(&m.backing.join("sled"), t.checkpoint);
+            eprintln!(
+                "{mode} trial {trial} ({cut}): {present} of {} checkpointed keys survived",
+                t.checkpoint
+            );
+            if present < t.checkpoint {
+                lost_trials += 1;
+            }
+        }
+        eprintln!("{mode}: checkpointed keys lost in {lost_trials} of {trials} power cuts");
+        if must_lose {
+            assert!(
+                lost_trials > 0,
+                "{mode}: no power cut lost a flushed-only checkpoint: the filesystem does not \
+                 drop unsynced writes"
+            );
+        } else {
+            assert_eq!(lost_trials, 0, "{mode}: fsynced keys were lost");
+        }
+    }
+}
+
+/// The fsyncgate lesson: a failed fsync is not retried into a false
+/// success. The checkpoint it belonged to fails, writes and checkpoints are
+/// refused until reopen, and after a power cut the last checkpoint that did
+/// succeed is there.
+#[test]
+fn a_failed_fsync_is_reported_and_the_last_good_checkpoint_survives() {
+    let seed = common::seed("power-fsync");
+    let mut rng = Rng::new(seed);
+    for trial in 0..2 {
+        let Some(mut m) = Mounted::new() else { return };
+        let child_seed = rng.next();
+        let store = m.mnt.join("store");
+        let mut t = workload::spawn(spec(&store, child_seed, "fsync-fail", Some(3_600_000)));
+        t.wait_for("armed");
+        m.fs().fail_fsync(1);
+        t.send("go");
+        for expected in ["checkpoint-failed", "writes-refused", "checkpoints-refused"] {
+            let line = t.wait_for_any(&[expected, "unexpected"]);
+            assert!(line.starts_with(expected), "trial {trial}: {line}");
+        }
+        assert_eq!(
+            t.checkpoint, 500,
+            "the failed checkpoint was not reported as done"
+        );
+        let cut = m.cut((trial == 1).then(|| rng.next()));
+        t.kill();
+        m.unmount();
+        let what = format!("fsync trial {trial}: {cut}, child seed {child_seed}");
+        let e = reopen(&m.backing.join("store"), &what);
+        let n = matching_prefix(child_seed, &read_all(&e), 500);
+        eprintln!("{what}: recovered prefix {n:?}");
+        assert!(
+            n.is_some(),
+            "{what}: the last good checkpoint (500) was lost"
+        );
+    }
+}
