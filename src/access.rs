@@ -409,3 +409,119 @@ fn missing_blob(key: &[u8], b: &BlobRef) -> Error {
         format!("the record points at blob {}, which is missing", b.id),
     )
 }
+
+impl Shared {
+    /// Up to `limit` live keys with `prefix`, greater than `after`, in key
+    /// order, with their values: dirty entries override stored records.
+    pub(crate) fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let storage = self.storage()?;
+        let dirty = self.buffer.entries_with_prefix(prefix, after);
+        let now = self.now();
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = match after {
+            Some(a) if a >= prefix => {
+                let mut f = a.to_vec();
+                f.push(0);
+                f
+            }
+            _ => prefix.to_vec(),
+        };
+        // Stored records, page by page, merged with the dirty entries.
+        let mut dirty = dirty.into_iter().peekable();
+        let page = limit.clamp(1, 1024);
+        loop {
+            let records = storage.scan_meta(&from, page)?;
+            let exhausted = records.len() < page;
+            let mut last: Option<Bytes> = None;
+            for (key, raw) in records {
+                if !key.starts_with(prefix) {
+                    last = None;
+                    break;
+                }
+                // Dirty keys before this stored key.
+                while let Some((dk, _)) = dirty.peek() {
+                    if dk[..] >= key[..] {
+                        break;
+                    }
+                    let (dk, e) = dirty.next().expect("peeked");
+                    self.push_dirty(&mut out, dk, e, now)?;
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+                if dirty.peek().is_some_and(|(dk, _)| dk[..] == key[..]) {
+                    let (dk, e) = dirty.next().expect("peeked");
+                    self.push_dirty(&mut out, dk, e, now)?;
+                } else {
+                    let rec = codec::decode_meta(&key, &raw)?;
+                    if live(rec.deadline.map(UnixMillis), || now) {
+                        let value = match rec.value {
+                            ValueRef::Inline(v) => raw.slice_ref(v),
+                            ValueRef::Blob(b) => match self.load_blob(&key, &b)? {
+                                Some(v) => v,
+                                // Replaced and collected since the page was
+                                // read: the new value is read by key.
+                                None => match self.read(&key)? {
+                                    Some((v, _)) => v,
+                                    None => {
+                                        last = Some(key);
+                                        continue;
+                                    }
+                                },
+                            },
+                        };
+                        out.push((key.clone(), value));
+                    }
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                last = Some(key);
+            }
+            match last {
+                Some(k) if !exhausted => {
+                    from = k.to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        for (dk, e) in dirty {
+            self.push_dirty(&mut out, dk, e, now)?;
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn push_dirty(
+        &self,
+        out: &mut Vec<(Bytes, Bytes)>,
+        key: crate::buffer::dirty::Key,
+        e: crate::buffer::Entry,
+        now: UnixMillis,
+    ) -> Result<()> {
+        if !live(e.deadline, || now) {
+            return Ok(());
+        }
+        let value = match e.slot {
+            Slot::Value(v) => v,
+            Slot::Tombstone => return Ok(()),
+            Slot::Blob(b) => match self.load_blob(&key, &b)? {
+                Some(v) => v,
+                None => match self.read(&key)? {
+                    Some((v, _)) => v,
+                    None => return Ok(()),
+                },
+            },
+        };
+        out.push((Bytes::from(Vec::from(key)), value));
+        Ok(())
+    }
+}

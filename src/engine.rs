@@ -27,6 +27,7 @@ use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
 use crate::purger::Purger;
 use crate::recovery;
+use crate::scan::Scan;
 use crate::shared::{BlobIds, Health, Shared};
 use crate::stats::{Checkpoint, Counters, Stats};
 use crate::storage::faulty::FaultyStorage;
@@ -335,6 +336,27 @@ impl Engine {
     pub fn transaction<R>(&self, f: impl FnMut(&mut Transaction<'_>) -> Result<R>) -> Result<R> {
         not_reentrant()?;
         txn::run(self.shared(), f)
+    }
+
+    /// The live keys starting with `prefix` (all keys for an empty prefix)
+    /// and their values, in key order. See [`Scan`] for what it sees of
+    /// concurrent writes. Each page merges the buffered writes with the
+    /// stored records, so it costs a pass over the buffer: meant for tools
+    /// and occasional listing, not a hot path.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Scan {
+        Scan::new(self.clone(), prefix)
+    }
+
+    pub(crate) fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_open()?;
+        s.scan(prefix, after, limit)
     }
 
     /// [`Engine::get`], decoding the value with postcard. A value that does

@@ -371,3 +371,51 @@ fn relative_paths_are_resolved_at_open() {
     assert_eq!(e.dir(), std::path::absolute(&relative).unwrap());
     e.shutdown().unwrap();
 }
+
+#[test]
+fn scan_lists_live_keys_in_order_across_buffer_and_disk() {
+    let store = Store::new();
+    let e = store.open(store.quiet());
+    let mut model = std::collections::BTreeMap::new();
+    // Flushed keys, some large, over several pages.
+    for i in 0..700u32 {
+        let k = format!("user/{i:04}").into_bytes();
+        let v = if i % 50 == 0 {
+            vec![i as u8; 3000]
+        } else {
+            i.to_le_bytes().to_vec()
+        };
+        e.set(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    e.set(b"other/1", b"x").unwrap();
+    e.set(b"user", b"the prefix itself").unwrap();
+    model.insert(b"user".to_vec(), b"the prefix itself".to_vec());
+    e.checkpoint().unwrap();
+    // Buffered changes on top: overwrites, deletes, new keys between old ones.
+    for i in (0..700u32).step_by(7) {
+        let k = format!("user/{i:04}").into_bytes();
+        if i % 2 == 0 {
+            assert!(e.delete(&k).unwrap());
+            model.remove(&k);
+        } else {
+            e.set(&k, b"changed").unwrap();
+            model.insert(k, b"changed".to_vec());
+        }
+        let new = format!("user/{i:04}-new").into_bytes();
+        e.set(&new, b"new").unwrap();
+        model.insert(new, b"new".to_vec());
+    }
+    e.set_with_ttl(b"user/gone", b"x", Duration::ZERO).unwrap();
+    let scanned: Vec<(Vec<u8>, Vec<u8>)> = e
+        .scan_prefix(b"user")
+        .map(|r| r.map(|(k, v)| (k, v.to_vec())))
+        .collect::<millpond::Result<_>>()
+        .unwrap();
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+    assert_eq!(scanned.len(), expected.len());
+    assert!(scanned == expected, "the scan differs from the model");
+    assert_eq!(e.scan_prefix(b"other/").count(), 1);
+    assert_eq!(e.scan_prefix(b"none").count(), 0);
+    assert_eq!(e.scan_prefix(b"").count(), expected.len() + 1);
+}

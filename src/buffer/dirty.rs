@@ -257,6 +257,29 @@ impl DirtyMap {
         }
     }
 
+    /// The newest unpersisted write of every key with `prefix` greater than
+    /// `after`, in key order (shard by shard, so not one instant).
+    pub(crate) fn entries_with_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+    ) -> std::collections::BTreeMap<Key, Entry> {
+        let mut out = std::collections::BTreeMap::new();
+        let wanted = |k: &[u8]| k.starts_with(prefix) && after.is_none_or(|a| k > a);
+        for s in self.shards.iter() {
+            let g = s.0.lock();
+            if let Some(frozen) = &g.frozen {
+                for (k, e) in frozen.entries.iter().filter(|(k, _)| wanted(k)) {
+                    out.insert(k.clone(), e.clone());
+                }
+            }
+            for (k, e) in g.active.iter().filter(|(k, _)| wanted(k)) {
+                out.insert(k.clone(), e.clone());
+            }
+        }
+        out
+    }
+
     /// Keys with a deadline, summed over the shards.
     pub(crate) fn deadlines(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().expiry.len()).sum()

@@ -120,6 +120,11 @@ impl Storage for FaultyStorage {
         self.inner.get_meta(key)
     }
 
+    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        self.faults.check(StorageOp::GetMeta)?;
+        self.inner.scan_meta(from, limit)
+    }
+
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         self.inner.scan_deadlines(from, limit)
     }

@@ -84,6 +84,10 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// The metadata record stored under a user key.
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>>;
 
+    /// Up to `limit` metadata records with user keys `>= from`, in key order:
+    /// `(key, encoded record)`.
+    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
+
     /// Up to `limit` deadline index entries with user keys `>= from`, in key
     /// order: `(key, encoded deadline record)`.
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;

@@ -292,6 +292,18 @@ impl Storage for SledStorage {
             .map(bytes))
     }
 
+    fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.meta.range(user_key(from)..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            if k.first() != Some(&USER) {
+                break;
+            }
+            out.push((bytes(k).slice(1..), bytes(v)));
+        }
+        Ok(out)
+    }
+
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         for item in self.meta.range(ttl_key(from)..).take(limit) {
@@ -495,6 +507,10 @@ mod tests {
         s.put_sys(SysKey::Gc(3), Some(b"x")).unwrap();
         s.put_sys(SysKey::Gc(9), Some(b"y")).unwrap();
         assert_eq!(s.gc_ids().unwrap(), vec![3, 9]);
+        let scanned = s.scan_meta(b"", 10).unwrap();
+        assert_eq!(scanned.len(), 2, "system records are not user records");
+        assert_eq!(&scanned[0].0[..], b"");
+        assert_eq!(s.scan_meta(b"\x00", 10).unwrap().len(), 1);
         let deadlines = s.scan_deadlines(b"", 10).unwrap();
         assert_eq!(deadlines.len(), 1);
         assert_eq!(

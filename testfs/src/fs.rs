@@ -25,9 +25,9 @@ const BLOCK_SIZE: u32 = 4096;
 pub struct TestFs {
     model: Arc<Mutex<Model>>,
     /// Directory listings taken at `opendir` (and again at offset 0), so
-    /// that paging through a directory is stable while it changes.
+    /// that paging through a directory is stable while it changes. Keyed by
+    /// the model's handle number.
     dir_handles: HashMap<u64, Vec<DirEntry>>,
-    next_fh: u64,
 }
 
 impl TestFs {
@@ -36,7 +36,6 @@ impl TestFs {
         TestFs {
             model,
             dir_handles: HashMap::new(),
-            next_fh: 1,
         }
     }
 
@@ -214,9 +213,10 @@ impl Filesystem for TestFs {
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         // O_TRUNC is not forwarded (no FUSE_ATOMIC_O_TRUNC): the kernel sends
         // a setattr(size=0) instead. No FOPEN_* flags: no direct I/O and no
-        // page cache kept across opens; writes are write-through.
+        // page cache kept across opens; writes are write-through. Each open
+        // gets its own handle number: fsync errors are reported per handle.
         match self.model().open(ino, false) {
-            Ok(()) => reply.opened(0, 0),
+            Ok(fh) => reply.opened(fh, 0),
             Err(e) => reply.error(e),
         }
     }
@@ -273,40 +273,39 @@ impl Filesystem for TestFs {
     fn release(
         &mut self,
         _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
+        _ino: u64,
+        fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.model().release(ino);
+        self.model().release(fh);
         reply.ok();
     }
 
-    fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        match self.model().fsync(ino) {
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        match self.model().fsync(ino, fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        let listing = {
+        let opened = {
             let mut model = self.model();
-            model.open(ino, true).and_then(|()| model.readdir(ino))
+            model
+                .open(ino, true)
+                .and_then(|fh| match model.readdir(ino) {
+                    Ok(listing) => Ok((fh, listing)),
+                    Err(e) => {
+                        model.release(fh);
+                        Err(e)
+                    }
+                })
         };
-        match listing {
-            Ok(listing) => {
-                let fh = self.next_fh;
-                self.next_fh += 1;
+        match opened {
+            Ok((fh, listing)) => {
                 self.dir_handles.insert(fh, listing);
                 reply.opened(fh, 0);
             }
@@ -352,13 +351,13 @@ impl Filesystem for TestFs {
     fn releasedir(
         &mut self,
         _req: &Request<'_>,
-        ino: u64,
+        _ino: u64,
         fh: u64,
         _flags: i32,
         reply: ReplyEmpty,
     ) {
         self.dir_handles.remove(&fh);
-        self.model().release(ino);
+        self.model().release(fh);
         reply.ok();
     }
 
@@ -366,11 +365,11 @@ impl Filesystem for TestFs {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.model().fsync(ino) {
+        match self.model().fsync(ino, fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -414,10 +413,10 @@ impl Filesystem for TestFs {
             let mut model = self.model();
             model
                 .create(parent, name, perm(mode, umask), req.uid(), req.gid())
-                .and_then(|a| model.open(a.ino, false).map(|()| a))
+                .and_then(|a| model.open(a.ino, false).map(|fh| (a, fh)))
         };
         match r {
-            Ok(a) => reply.created(&TTL, &file_attr(&a), 0, 0, 0),
+            Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), 0, fh, 0),
             Err(e) => reply.error(e),
         }
     }

@@ -41,7 +41,19 @@
 //!   and directories counted together) fails with `EIO`. Like Linux after a
 //!   writeback error, the operations it covered are dropped from the pending
 //!   list and never become durable (not by later fsyncs, not at a clean
-//!   unmount), while reads still see them.
+//!   unmount), while reads still see them. The error is then reported per
+//!   *open file description* (one per `open(2)`; `dup`ed descriptors and
+//!   forked children share theirs), as Linux does since 4.13 (`errseq`):
+//!   every description that was open on that file or directory when the
+//!   fsync failed gets `EIO` from its next fsync, once. The failing fsync
+//!   itself counts as that report for its own description. A reporting
+//!   fsync still makes the operations pending at that time durable (only
+//!   those of the failed fsync are lost); later fsyncs through that
+//!   description succeed again (until another failure). A description
+//!   opened after the failure never gets it. (Simplification: Linux also
+//!   hands an error that nobody has seen yet to the next opener; here the
+//!   failing fsync has always seen it, and writeback failures outside an
+//!   fsync are not simulated, so that case is not modelled.)
 //! * **Clean unmount** ([`Mount::unmount`] without a cut): every pending
 //!   operation becomes durable (an OS flushing its page cache at shutdown),
 //!   so the backing directory equals the live view (minus data dropped by
@@ -79,7 +91,7 @@ mod tree;
 
 pub use fs::TestFs;
 pub use model::{
-    Attr, DirEntry, Errno, Ino, Model, NodeKind, OpResult, SetAttr, State, Stats, TornWrite,
+    Attr, DirEntry, Errno, Fh, Ino, Model, NodeKind, OpResult, SetAttr, State, Stats, TornWrite,
     MAX_FILE_SIZE, RENAME_NOREPLACE, ROOT_INO,
 };
 pub use mount::{fuse_available, mount, Mount};

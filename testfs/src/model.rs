@@ -11,9 +11,16 @@
 //! [`Model::fail_fsync`]) clears it without replaying, so what it covered is
 //! lost for good from the durable side (it stays in the live view).
 //!
-//! Inode numbers are never reused. An inode is dropped from memory once
-//! nothing can reach it any more: no live or durable entry, no pending
-//! insertion, no kernel lookup reference and no open handle.
+//! Errors are reported like Linux's `errseq` (since 4.13): each inode has an
+//! error sequence number, bumped by every failed `fsync` of it, and each open
+//! handle ([`Fh`], one per `open`, i.e. per open file description) samples it
+//! at open. An `fsync` through a handle whose sample is older than its
+//! inode's sequence returns `EIO` once (after making the pending operations
+//! durable as usual) and catches the sample up. See [`Model::fsync`].
+//!
+//! Inode numbers and handle numbers are never reused. An inode is dropped
+//! from memory once nothing can reach it any more: no live or durable entry,
+//! no pending insertion, no kernel lookup reference and no open handle.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -35,6 +42,10 @@ pub const ROOT_INO: Ino = 1;
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 const MAX_NAME_LEN: usize = 255;
+
+/// An open handle: one open file description (the FUSE `fh`), returned by
+/// [`Model::open`]. Never 0; never reused.
+pub type Fh = u64;
 
 /// An `errno` value (`libc::ENOENT`, `libc::EIO`, ...).
 pub type Errno = i32;
@@ -133,6 +144,10 @@ pub struct Stats {
     pub dir_fsyncs: u64,
     /// `fsync` calls made to fail by [`Model::fail_fsync`].
     pub failed_fsyncs: u64,
+    /// `fsync` calls that made their pending operations durable but returned
+    /// `EIO` to report, through their handle, an earlier failed fsync of the
+    /// same inode (see [`Model::fsync`]). Not counted in `failed_fsyncs`.
+    pub reported_fsync_errors: u64,
 }
 
 /// The life stage of a model.
@@ -216,8 +231,9 @@ struct Node {
     links: u32,
     /// The kernel's lookup count (FUSE `forget` lowers it).
     lookups: u64,
-    /// Open handles.
-    opens: u64,
+    /// Error sequence number (Linux: the mapping's `wb_err`): how many
+    /// fsyncs of this inode failed. Handles sample it at open.
+    err_seq: u64,
 }
 
 impl Node {
@@ -233,7 +249,7 @@ impl Node {
             ctime: now,
             links: 1,
             lookups: 0,
-            opens: 0,
+            err_seq: 0,
         }
     }
 
@@ -272,12 +288,23 @@ enum View {
     Durable,
 }
 
-/// The whole filesystem: live view, durable view and pending operations.
-/// See the module documentation.
+/// An open file description.
+#[derive(Clone, Copy, Debug)]
+struct Handle {
+    ino: Ino,
+    /// The inode's `err_seq` as of the open or of the last `fsync` through
+    /// this handle (Linux: the file's `f_wb_err`).
+    err_seen: u64,
+}
+
+/// The whole filesystem: live view, durable view, pending operations and
+/// open handles. See the module documentation.
 #[derive(Debug)]
 pub struct Model {
     nodes: BTreeMap<Ino, Node>,
     next_ino: Ino,
+    handles: BTreeMap<Fh, Handle>,
+    next_fh: Fh,
     state: State,
     /// 0: no failure armed; n: the n-th next fsync fails.
     fail_countdown: u64,
@@ -308,6 +335,8 @@ impl Model {
         Model {
             nodes: BTreeMap::from([(ROOT_INO, root)]),
             next_ino: ROOT_INO + 1,
+            handles: BTreeMap::new(),
+            next_fh: 1,
             state: State::Running,
             fail_countdown: 0,
             stats: Stats::default(),
@@ -698,30 +727,45 @@ impl Model {
 
     // ----- handles -------------------------------------------------------
 
-    /// Counts an open handle on `ino`; `dir` says whether a directory is
-    /// expected (`ENOTDIR`/`EISDIR` otherwise).
-    pub fn open(&mut self, ino: Ino, dir: bool) -> OpResult<()> {
+    /// Opens a new handle (an open file description) on `ino` and returns
+    /// its number, distinct from every other handle's and never 0; `dir`
+    /// says whether a directory is expected (`ENOTDIR`/`EISDIR` otherwise).
+    /// The handle samples the inode's error sequence: fsyncs that failed
+    /// before this open are never reported through it.
+    pub fn open(&mut self, ino: Ino, dir: bool) -> OpResult<Fh> {
         self.running()?;
-        let n = self.node_mut(ino)?;
+        let n = self.node(ino)?;
         match (n.kind(), dir) {
-            (NodeKind::File, true) => Err(libc::ENOTDIR),
-            (NodeKind::Dir, false) => Err(libc::EISDIR),
-            _ => {
-                n.opens += 1;
-                Ok(())
-            }
+            (NodeKind::File, true) => return Err(libc::ENOTDIR),
+            (NodeKind::Dir, false) => return Err(libc::EISDIR),
+            _ => {}
+        }
+        let err_seen = n.err_seq;
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, Handle { ino, err_seen });
+        Ok(fh)
+    }
+
+    /// Closes handle `fh` (FUSE `release`/`releasedir`). An unknown `fh` is
+    /// ignored. Works in every state (also after a cut or shutdown).
+    pub fn release(&mut self, fh: Fh) {
+        let Some(h) = self.handles.remove(&fh) else {
+            return;
+        };
+        let unreferenced = self
+            .nodes
+            .get(&h.ino)
+            .is_some_and(|n| n.links == 0 && n.lookups == 0);
+        if unreferenced && !self.handles.values().any(|o| o.ino == h.ino) {
+            self.gc_needed = true;
+            self.gc();
         }
     }
 
-    /// Drops an open handle on `ino`.
-    pub fn release(&mut self, ino: Ino) {
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.opens = n.opens.saturating_sub(1);
-            if n.opens == 0 && n.links == 0 {
-                self.gc_needed = true;
-                self.gc();
-            }
-        }
+    /// The number of open handles.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
     }
 
     // ----- data ----------------------------------------------------------
@@ -859,18 +903,32 @@ impl Model {
 
     /// Arms fsync failure injection: the `nth` next `fsync` (files and
     /// directories counted together; 1 = the very next one) fails with
-    /// `EIO` and drops the pending operations it covered. One-shot; 0
-    /// disarms.
+    /// `EIO` and drops the pending operations it covered. The failure is
+    /// then also reported once to every other handle open on that inode at
+    /// that moment (see [`Model::fsync`]). One-shot; 0 disarms.
     pub fn fail_fsync(&mut self, nth: u64) {
         self.fail_countdown = nth;
     }
 
     /// `fsync`/`fdatasync` of a file (its pending data operations become
     /// durable) or of a directory (its pending entry operations become
-    /// durable). If this is the failing fsync armed by
-    /// [`Model::fail_fsync`], the pending operations are dropped instead and
-    /// `EIO` is returned.
-    pub fn fsync(&mut self, ino: Ino) -> OpResult<()> {
+    /// durable), through handle `fh`.
+    ///
+    /// * If this is the failing fsync armed by [`Model::fail_fsync`], the
+    ///   pending operations are dropped instead, the inode's error sequence
+    ///   is bumped, `fh`'s sample is caught up (the error counts as
+    ///   reported to this handle) and `EIO` is returned.
+    /// * Otherwise the pending operations become durable; then, if `fh`'s
+    ///   sample is older than the inode's error sequence (an fsync of this
+    ///   inode failed since `fh` was opened or last fsynced), the sample is
+    ///   caught up and `EIO` is returned: each failure is reported once to
+    ///   every handle open when it happened, as Linux (4.13+) does per open
+    ///   file description. Later fsyncs through `fh` succeed again.
+    ///
+    /// An `fh` the model does not know (0, say, or a handle of another
+    /// inode) gets no per-handle report: only an armed failure makes its
+    /// fsync fail.
+    pub fn fsync(&mut self, ino: Ino, fh: Fh) -> OpResult<()> {
         self.running()?;
         self.node(ino)?;
         let fail = if self.fail_countdown > 0 {
@@ -901,9 +959,21 @@ impl Model {
                 self.gc_needed = true;
             }
         }
+        if fail {
+            node.err_seq += 1;
+        }
+        let err_seq = node.err_seq;
+        let unreported = match self.handles.get_mut(&fh).filter(|h| h.ino == ino) {
+            Some(h) => std::mem::replace(&mut h.err_seen, err_seq) != err_seq,
+            None => false,
+        };
         self.gc();
         if fail {
             self.stats.failed_fsyncs += 1;
+            return Err(libc::EIO);
+        }
+        if unreported {
+            self.stats.reported_fsync_errors += 1;
             return Err(libc::EIO);
         }
         Ok(())
@@ -1073,9 +1143,10 @@ impl Model {
         stack.extend(
             self.nodes
                 .iter()
-                .filter(|(_, n)| n.lookups > 0 || n.opens > 0)
+                .filter(|(_, n)| n.lookups > 0)
                 .map(|(i, _)| *i),
         );
+        stack.extend(self.handles.values().map(|h| h.ino));
         let mut marked = HashSet::new();
         while let Some(ino) = stack.pop() {
             if !marked.insert(ino) {
@@ -1112,7 +1183,7 @@ mod tests {
     fn write_without_fsync_is_lost() {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.write(f, 0, b"hello").unwrap();
         assert_eq!(m.read(f, 0, 100).unwrap(), b"hello");
         let (tree, torn) = m.power_cut(None).unwrap();
@@ -1125,7 +1196,7 @@ mod tests {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
         m.write(f, 0, b"data").unwrap();
-        m.fsync(f).unwrap();
+        m.fsync(f, 0).unwrap();
         let (tree, _) = m.power_cut(None).unwrap();
         assert!(!tree.exists("f"));
     }
@@ -1135,7 +1206,7 @@ mod tests {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
         m.write(f, 0, b"data").unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         let (tree, _) = m.power_cut(None).unwrap();
         assert_eq!(tree.file("f"), Some(&b""[..]));
     }
@@ -1146,8 +1217,8 @@ mod tests {
         let f = new_file(&mut m, ROOT_INO, "f");
         m.write(f, 0, b"hello").unwrap();
         m.write(f, 10, b"world").unwrap();
-        m.fsync(f).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(f, 0).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.write(f, 0, b"HELLO").unwrap();
         let (tree, _) = m.power_cut(None).unwrap();
         assert_eq!(tree.file("f"), Some(&b"hello\0\0\0\0\0world"[..]));
@@ -1159,10 +1230,10 @@ mod tests {
         let d = m.mkdir(ROOT_INO, os("d"), 0o755, 0, 0).unwrap().ino;
         let f = new_file(&mut m, d, "f");
         m.write(f, 0, b"x").unwrap();
-        m.fsync(f).unwrap();
-        m.fsync(d).unwrap();
+        m.fsync(f, 0).unwrap();
+        m.fsync(d, 0).unwrap();
         assert!(!m.durable_tree().exists("d"));
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         assert_eq!(m.durable_tree().file("d/f"), Some(&b"x"[..]));
     }
 
@@ -1171,12 +1242,12 @@ mod tests {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
         m.write(f, 0, b"hello").unwrap();
-        m.fsync(f).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(f, 0).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.set_len(f, 2).unwrap();
         assert_eq!(m.getattr(f).unwrap().size, 2);
         assert_eq!(m.durable_tree().file("f"), Some(&b"hello"[..]));
-        m.fsync(f).unwrap();
+        m.fsync(f, 0).unwrap();
         assert_eq!(m.durable_tree().file("f"), Some(&b"he"[..]));
     }
 
@@ -1186,8 +1257,8 @@ mod tests {
             let mut m = Model::new();
             let f = new_file(&mut m, ROOT_INO, "snap.tmp");
             m.write(f, 0, b"snapshot").unwrap();
-            m.fsync(f).unwrap();
-            m.fsync(ROOT_INO).unwrap();
+            m.fsync(f, 0).unwrap();
+            m.fsync(ROOT_INO, 0).unwrap();
             m.rename(ROOT_INO, os("snap.tmp"), ROOT_INO, os("snap"), 0)
                 .unwrap();
             m
@@ -1198,7 +1269,7 @@ mod tests {
         assert!(!tree.exists("snap"));
 
         let mut m = setup();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         let (tree, _) = m.power_cut(None).unwrap();
         assert_eq!(tree.file("snap"), Some(&b"snapshot"[..]));
         assert!(!tree.exists("snap.tmp"));
@@ -1211,14 +1282,14 @@ mod tests {
         m.write(old, 0, b"old").unwrap();
         let new = new_file(&mut m, ROOT_INO, "conf.tmp");
         m.write(new, 0, b"new").unwrap();
-        m.fsync(old).unwrap();
-        m.fsync(new).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(old, 0).unwrap();
+        m.fsync(new, 0).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.rename(ROOT_INO, os("conf.tmp"), ROOT_INO, os("conf"), 0)
             .unwrap();
         assert_eq!(m.live_tree().file("conf"), Some(&b"new"[..]));
         assert_eq!(m.durable_tree().file("conf"), Some(&b"old"[..]));
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         assert_eq!(m.durable_tree().file("conf"), Some(&b"new"[..]));
         assert!(!m.durable_tree().exists("conf.tmp"));
     }
@@ -1232,26 +1303,26 @@ mod tests {
             let f = new_file(&mut m, a, "f");
             m.write(f, 0, b"x").unwrap();
             for ino in [f, a, b, ROOT_INO] {
-                m.fsync(ino).unwrap();
+                m.fsync(ino, 0).unwrap();
             }
             m.rename(a, os("f"), b, os("g"), 0).unwrap();
             (m, a, b)
         };
         // Only the source fsynced: the file is in neither directory.
         let (mut m, a, _) = setup();
-        m.fsync(a).unwrap();
+        m.fsync(a, 0).unwrap();
         let t = m.durable_tree();
         assert!(!t.exists("a/f") && !t.exists("b/g"));
         // Only the target fsynced: the file is in both.
         let (mut m, _, b) = setup();
-        m.fsync(b).unwrap();
+        m.fsync(b, 0).unwrap();
         let t = m.durable_tree();
         assert_eq!(t.file("a/f"), Some(&b"x"[..]));
         assert_eq!(t.file("b/g"), Some(&b"x"[..]));
         // Both: moved.
         let (mut m, a, b) = setup();
-        m.fsync(a).unwrap();
-        m.fsync(b).unwrap();
+        m.fsync(a, 0).unwrap();
+        m.fsync(b, 0).unwrap();
         let t = m.durable_tree();
         assert!(!t.exists("a/f"));
         assert_eq!(t.file("b/g"), Some(&b"x"[..]));
@@ -1263,12 +1334,12 @@ mod tests {
         let a = m.mkdir(ROOT_INO, os("a"), 0o755, 0, 0).unwrap().ino;
         let b = m.mkdir(a, os("b"), 0o755, 0, 0).unwrap().ino;
         for ino in [b, a, ROOT_INO] {
-            m.fsync(ino).unwrap();
+            m.fsync(ino, 0).unwrap();
         }
         // Live: /b, /b/a. Durable with only b fsynced: /a/b/a/... (cycle).
         m.rename(a, os("b"), ROOT_INO, os("b"), 0).unwrap();
         m.rename(ROOT_INO, os("a"), b, os("a"), 0).unwrap();
-        m.fsync(b).unwrap();
+        m.fsync(b, 0).unwrap();
         let t = m.durable_tree();
         assert!(t.exists("a/b"));
         assert!(!t.exists("a/b/a"));
@@ -1281,12 +1352,12 @@ mod tests {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
         m.write(f, 0, b"keep").unwrap();
-        m.fsync(f).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(f, 0).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.unlink(ROOT_INO, os("f")).unwrap();
         assert!(!m.live_tree().exists("f"));
         assert_eq!(m.durable_tree().file("f"), Some(&b"keep"[..]));
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         assert!(!m.durable_tree().exists("f"));
     }
 
@@ -1296,14 +1367,14 @@ mod tests {
         let d = m.mkdir(ROOT_INO, os("d"), 0o755, 0, 0).unwrap().ino;
         let f = new_file(&mut m, d, "f");
         for ino in [f, d, ROOT_INO] {
-            m.fsync(ino).unwrap();
+            m.fsync(ino, 0).unwrap();
         }
         assert_eq!(m.rmdir(ROOT_INO, os("d")), Err(libc::ENOTEMPTY));
         m.unlink(d, os("f")).unwrap();
         m.rmdir(ROOT_INO, os("d")).unwrap();
         // Neither directory fsynced: d and d/f are still durable.
         assert!(m.durable_tree().exists("d/f"));
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         assert!(!m.durable_tree().exists("d"));
     }
 
@@ -1314,8 +1385,8 @@ mod tests {
             let mut m = Model::new();
             let f = new_file(&mut m, ROOT_INO, "log");
             m.write(f, 0, b"base").unwrap();
-            m.fsync(f).unwrap();
-            m.fsync(ROOT_INO).unwrap();
+            m.fsync(f, 0).unwrap();
+            m.fsync(ROOT_INO, 0).unwrap();
             m.write(f, 4, &data).unwrap();
             let (tree, torn) = m.power_cut(Some(seed)).unwrap();
             (tree.file("log").unwrap().to_vec(), torn.unwrap())
@@ -1351,7 +1422,7 @@ mod tests {
             let mut m = Model::new();
             let a = new_file(&mut m, ROOT_INO, "a");
             let b = new_file(&mut m, ROOT_INO, "b");
-            m.fsync(ROOT_INO).unwrap();
+            m.fsync(ROOT_INO, 0).unwrap();
             m.write(a, 0, b"aaaa").unwrap();
             m.write(b, 0, b"bbbb").unwrap();
             m.write(b, 4, b"cccc").unwrap();
@@ -1366,17 +1437,17 @@ mod tests {
     fn failed_fsync_does_not_persist_and_loses_the_data() {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.fail_fsync(2);
         m.write(f, 0, b"one").unwrap();
-        m.fsync(f).unwrap(); // 1st: fine
+        m.fsync(f, 0).unwrap(); // 1st: fine
         m.write(f, 3, b"two").unwrap();
-        assert_eq!(m.fsync(f), Err(libc::EIO)); // 2nd: fails
+        assert_eq!(m.fsync(f, 0), Err(libc::EIO)); // 2nd: fails
         assert_eq!(m.stats().failed_fsyncs, 1);
         // Still in the live view, not durable, and a later fsync does not
         // bring it back.
         assert_eq!(m.read(f, 0, 10).unwrap(), b"onetwo");
-        m.fsync(f).unwrap();
+        m.fsync(f, 0).unwrap();
         assert_eq!(m.durable_tree().file("f"), Some(&b"one"[..]));
         // Nor does a clean shutdown.
         assert_eq!(m.shutdown().unwrap().file("f"), Some(&b"one"[..]));
@@ -1387,10 +1458,140 @@ mod tests {
         let mut m = Model::new();
         new_file(&mut m, ROOT_INO, "f");
         m.fail_fsync(1);
-        assert_eq!(m.fsync(ROOT_INO), Err(libc::EIO));
-        m.fsync(ROOT_INO).unwrap();
+        assert_eq!(m.fsync(ROOT_INO, 0), Err(libc::EIO));
+        m.fsync(ROOT_INO, 0).unwrap();
         assert!(!m.durable_tree().exists("f"));
         assert!(m.live_tree().exists("f"));
+    }
+
+    #[test]
+    fn failed_fsync_is_reported_once_to_every_open_handle() {
+        let mut m = Model::new();
+        let f = new_file(&mut m, ROOT_INO, "f");
+        m.fsync(ROOT_INO, 0).unwrap();
+        let a = m.open(f, false).unwrap();
+        let b = m.open(f, false).unwrap();
+        assert!(a != 0 && b != 0 && a != b, "distinct non-zero handles");
+        m.write(f, 0, b"lost").unwrap();
+        m.fail_fsync(1);
+        assert_eq!(m.fsync(f, a), Err(libc::EIO));
+        assert_eq!(m.durable_tree().file("f"), Some(&b""[..]));
+        // Reported to A by the failing fsync itself: A's next fsync is fine.
+        m.fsync(f, a).unwrap();
+        // A write made after the failure, before B's fsync.
+        m.write(f, 4, b"kept").unwrap();
+        assert_eq!(m.fsync(f, b), Err(libc::EIO), "B sees the error once");
+        assert_eq!(
+            m.durable_tree().file("f"),
+            Some(&b"\0\0\0\0kept"[..]),
+            "B's reporting fsync still made the newer write durable"
+        );
+        m.fsync(f, b).unwrap();
+        // C, opened after the failure, never sees it.
+        let c = m.open(f, false).unwrap();
+        m.fsync(f, c).unwrap();
+        let stats = m.stats();
+        assert_eq!((stats.failed_fsyncs, stats.reported_fsync_errors), (1, 1));
+        assert_eq!(stats.file_fsyncs, 5);
+        // A second failure, through C, is reported again to A and B.
+        m.write(f, 8, b"gone").unwrap();
+        m.fail_fsync(1);
+        assert_eq!(m.fsync(f, c), Err(libc::EIO));
+        m.fsync(f, c).unwrap();
+        assert_eq!(m.fsync(f, a), Err(libc::EIO));
+        assert_eq!(m.fsync(f, b), Err(libc::EIO));
+        m.fsync(f, a).unwrap();
+        m.fsync(f, b).unwrap();
+        assert_eq!(m.stats().reported_fsync_errors, 3);
+        assert_eq!(m.read(f, 0, 20).unwrap(), b"lostkeptgone");
+        assert_eq!(m.shutdown().unwrap().file("f"), Some(&b"\0\0\0\0kept"[..]));
+    }
+
+    #[test]
+    fn several_failures_before_a_handle_fsyncs_are_reported_once() {
+        let mut m = Model::new();
+        let f = new_file(&mut m, ROOT_INO, "f");
+        let a = m.open(f, false).unwrap();
+        let b = m.open(f, false).unwrap();
+        for _ in 0..3 {
+            m.fail_fsync(1);
+            assert_eq!(m.fsync(f, a), Err(libc::EIO));
+        }
+        assert_eq!(m.fsync(f, b), Err(libc::EIO));
+        m.fsync(f, b).unwrap();
+        m.fsync(f, a).unwrap();
+    }
+
+    #[test]
+    fn failed_dir_fsync_is_reported_once_to_every_open_handle() {
+        let mut m = Model::new();
+        let d = m.mkdir(ROOT_INO, os("d"), 0o755, 0, 0).unwrap().ino;
+        m.fsync(ROOT_INO, 0).unwrap();
+        let a = m.open(d, true).unwrap();
+        let b = m.open(d, true).unwrap();
+        assert!(a != 0 && b != 0 && a != b);
+        new_file(&mut m, d, "lost");
+        m.fail_fsync(1);
+        assert_eq!(m.fsync(d, a), Err(libc::EIO));
+        assert!(!m.durable_tree().exists("d/lost"));
+        m.fsync(d, a).unwrap();
+        new_file(&mut m, d, "kept");
+        assert_eq!(m.fsync(d, b), Err(libc::EIO), "B sees the error once");
+        let t = m.durable_tree();
+        assert!(t.exists("d/kept"), "B's fsync made the newer entry durable");
+        assert!(!t.exists("d/lost"));
+        m.fsync(d, b).unwrap();
+        let c = m.open(d, true).unwrap();
+        m.fsync(d, c).unwrap();
+        let stats = m.stats();
+        assert_eq!((stats.failed_fsyncs, stats.reported_fsync_errors), (1, 1));
+        assert_eq!(stats.dir_fsyncs, 6);
+        // Another directory's handle is unaffected.
+        let root = m.open(ROOT_INO, true).unwrap();
+        m.fsync(ROOT_INO, root).unwrap();
+    }
+
+    #[test]
+    fn unknown_or_foreign_handles_get_no_late_error() {
+        let mut m = Model::new();
+        let f = new_file(&mut m, ROOT_INO, "f");
+        let g = new_file(&mut m, ROOT_INO, "g");
+        let on_g = m.open(g, false).unwrap();
+        m.fail_fsync(1);
+        assert_eq!(m.fsync(f, 0), Err(libc::EIO), "the armed failure itself");
+        // fh 0, a never-issued fh and a handle of another inode: as before
+        // per-handle reporting, no error.
+        m.fsync(f, 0).unwrap();
+        m.fsync(f, 12345).unwrap();
+        m.fsync(f, on_g).unwrap();
+        m.fsync(g, on_g).unwrap();
+        // Releasing unknown handles (twice, too) is harmless.
+        m.release(0);
+        m.release(12345);
+        m.release(on_g);
+        m.release(on_g);
+        assert_eq!(m.open_handles(), 0);
+        // A released handle number is not reused.
+        assert!(m.open(f, false).unwrap() > on_g);
+    }
+
+    #[test]
+    fn unlinked_inode_lives_until_its_last_handle_is_released() {
+        let mut m = Model::new();
+        let f = new_file(&mut m, ROOT_INO, "f");
+        m.forget(f, 1);
+        let a = m.open(f, false).unwrap();
+        let b = m.open(f, false).unwrap();
+        m.unlink(ROOT_INO, os("f")).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
+        m.release(a);
+        assert!(m.nodes.contains_key(&f), "b still open");
+        m.write(f, 0, b"x").unwrap();
+        m.fail_fsync(1);
+        assert_eq!(m.fsync(f, b), Err(libc::EIO));
+        m.release(b);
+        assert!(!m.nodes.contains_key(&f));
+        assert_eq!(m.fsync(f, b), Err(libc::ENOENT));
     }
 
     #[test]
@@ -1398,7 +1599,7 @@ mod tests {
         let mut m = Model::new();
         m.fail_fsync(1);
         m.fail_fsync(0);
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
     }
 
     #[test]
@@ -1423,7 +1624,7 @@ mod tests {
         assert_eq!(m.state(), State::Cut);
         assert_eq!(m.write(f, 0, b"x"), Err(libc::EIO));
         assert_eq!(m.read(f, 0, 1), Err(libc::EIO));
-        assert_eq!(m.fsync(f), Err(libc::EIO));
+        assert_eq!(m.fsync(f, 0), Err(libc::EIO));
         assert_eq!(m.lookup(ROOT_INO, os("f")), Err(libc::EIO));
         assert_eq!(
             m.create(ROOT_INO, os("g"), 0o644, 0, 0).map(|a| a.ino),
@@ -1463,7 +1664,7 @@ mod tests {
         assert_eq!(m.readdir(f).map(|_| ()), Err(libc::ENOTDIR));
         assert_eq!(m.open(f, true), Err(libc::ENOTDIR));
         assert_eq!(m.open(d, false), Err(libc::EISDIR));
-        assert_eq!(m.fsync(999), Err(libc::ENOENT));
+        assert_eq!(m.fsync(999, 0), Err(libc::ENOENT));
         // Renames.
         assert_eq!(
             m.rename(ROOT_INO, os("f"), ROOT_INO, os("d"), 0),
@@ -1568,14 +1769,15 @@ mod tests {
     fn unreachable_inodes_are_freed() {
         let mut m = Model::new();
         let f = new_file(&mut m, ROOT_INO, "f");
-        m.open(f, false).unwrap();
+        let fh = m.open(f, false).unwrap();
         m.write(f, 0, &[7; 1000]).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         m.unlink(ROOT_INO, os("f")).unwrap();
-        m.fsync(ROOT_INO).unwrap();
+        m.fsync(ROOT_INO, 0).unwrap();
         // Still open and looked up: kept, and readable.
         assert_eq!(m.read(f, 0, 2).unwrap(), [7, 7]);
-        m.release(f);
+        m.release(fh);
+        assert_eq!(m.open_handles(), 0);
         assert!(m.nodes.contains_key(&f));
         m.forget(f, 1);
         assert!(!m.nodes.contains_key(&f));

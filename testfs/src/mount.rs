@@ -132,7 +132,11 @@ impl Mount {
     /// fsyncs counted together; 1 = the very next one; 0 disarms). The
     /// failing fsync drops the pending operations it covered: they never
     /// become durable, not even at a clean unmount, though reads still see
-    /// them (like Linux after a writeback error).
+    /// them (like Linux after a writeback error). The error is then reported
+    /// once to every other open file description of that file or directory
+    /// that was open when it happened, by its next fsync (which otherwise
+    /// works normally); descriptions opened later never see it. See the
+    /// crate documentation and [`Model::fsync`].
     pub fn fail_fsync(&self, nth: u64) {
         self.model().fail_fsync(nth);
     }

@@ -167,6 +167,62 @@ fn failed_fsync_reports_eio_and_the_data_never_becomes_durable() {
 }
 
 #[test]
+fn fsync_error_is_reported_to_every_descriptor_open_at_the_failure() {
+    let Some(d) = dirs() else { return };
+    let m = testfs::mount(&d.backing, &d.mnt).unwrap();
+    let path = d.mnt.join("f");
+    File::create(&path).unwrap();
+    fsync_dir(&d.mnt).unwrap();
+    // Two open file descriptions of one file (two FUSE opens, two handles).
+    let mut first = OpenOptions::new().write(true).open(&path).unwrap();
+    let second = OpenOptions::new().write(true).open(&path).unwrap();
+    first.write_all(b"lost").unwrap();
+    m.fail_fsync(1);
+    let eio = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(eio(first.sync_all()), Some(libc::EIO), "the failing fsync");
+    // Written after the failure: the reporting fsync makes it durable.
+    second.write_all_at(b"kept", 4).unwrap();
+    assert_eq!(
+        eio(second.sync_all()),
+        Some(libc::EIO),
+        "reported to the other descriptor too"
+    );
+    second.sync_all().unwrap();
+    first.sync_all().unwrap();
+    // Opened after the failure: never sees it.
+    let third = File::open(&path).unwrap();
+    third.sync_all().unwrap();
+    let stats = m.stats();
+    assert_eq!((stats.failed_fsyncs, stats.reported_fsync_errors), (1, 1));
+    m.power_cut().unwrap();
+    m.unmount().unwrap();
+    drop((first, second, third));
+    assert_eq!(fs::read(d.backing.join("f")).unwrap(), b"\0\0\0\0kept");
+}
+
+#[test]
+fn directory_fsync_error_is_reported_to_every_open_descriptor() {
+    let Some(d) = dirs() else { return };
+    let m = testfs::mount(&d.backing, &d.mnt).unwrap();
+    let first = File::open(&d.mnt).unwrap();
+    let second = File::open(&d.mnt).unwrap();
+    File::create(d.mnt.join("lost")).unwrap();
+    m.fail_fsync(1);
+    let eio = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(eio(first.sync_all()), Some(libc::EIO));
+    File::create(d.mnt.join("kept")).unwrap();
+    assert_eq!(eio(second.sync_all()), Some(libc::EIO));
+    second.sync_all().unwrap();
+    first.sync_all().unwrap();
+    fsync_dir(&d.mnt).unwrap(); // a new descriptor
+    m.power_cut().unwrap();
+    m.unmount().unwrap();
+    drop((first, second));
+    assert!(d.backing.join("kept").exists());
+    assert!(!d.backing.join("lost").exists());
+}
+
+#[test]
 fn failing_directory_fsync_counts_with_file_fsyncs() {
     let Some(d) = dirs() else { return };
     let m = testfs::mount(&d.backing, &d.mnt).unwrap();

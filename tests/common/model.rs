@@ -445,6 +445,28 @@ impl Checker {
         if got != want {
             return Err(format!("the store holds {got:?}, the model {want:?}"));
         }
+        // A scan lists the same keys and values, in order.
+        let scanned: Vec<(Vec<u8>, Vec<u8>)> = self
+            .engine()
+            .scan_prefix(b"key-")
+            .map(|r| r.map(|(k, v)| (k, v.to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("scan failed: {e}"))?;
+        let expected: Vec<(Vec<u8>, Vec<u8>)> =
+            want.into_iter().map(|(k, (v, _))| (key(k), v)).collect();
+        if scanned != expected {
+            return Err(format!(
+                "a scan lists {:?}, the model {:?}",
+                scanned
+                    .iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(k), v.len()))
+                    .collect::<Vec<_>>(),
+                expected
+                    .iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(k), v.len()))
+                    .collect::<Vec<_>>()
+            ));
+        }
         Ok(())
     }
 }

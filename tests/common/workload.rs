@@ -20,8 +20,10 @@
 //!   `flushed <n>`.
 //! - `shutdown`: a history prefix, then `shutdown()`, then `shutdown <n>`.
 //! - `fsync-fail`: writes and checkpoints, prints `armed`, waits for a line on
-//!   stdin (the parent makes the next fsync fail), then checks that the
-//!   failed checkpoint is reported and new writes are refused.
+//!   stdin (the parent makes the next fsync fail; `go-late` makes the child
+//!   wait 1.2 s first, so that sled's own flusher meets the failure), then
+//!   checks that the failed checkpoint is reported and new writes are
+//!   refused.
 //! - `sled-flush`, `sled-fsync`: raw sled inserting keys 0, 1, ... with
 //!   `flush()` (and, for `sled-fsync`, fsync of every file and directory) as
 //!   the checkpoint; the controls of the power-cut trials.
@@ -493,6 +495,11 @@ fn fsync_fail_child(e: &Engine, seed: u64) {
     println!("armed");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
+    if line.trim() == "go-late" {
+        // Long enough for sled's own flusher thread (every 500 ms) to fsync
+        // `db` first and be the one that gets the error.
+        std::thread::sleep(Duration::from_millis(1200));
+    }
     for i in 500..1000 {
         run_op(e, op(seed, i)).unwrap();
     }
