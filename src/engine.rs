@@ -35,6 +35,7 @@ use crate::storage::sled::SledStorage;
 use crate::storage::Storage;
 use crate::txn::{self, Transaction};
 use crate::value::Value;
+use crate::verify::VerifyReport;
 
 thread_local! {
     /// Depth of engine closures (`modify`) running on this thread. Engine
@@ -127,6 +128,7 @@ impl Engine {
             health: Health::default(),
             blobs: BlobIds::new(recovered.next_blob, recovered.blobs_exist),
             txn_lane: Mutex::new(()),
+            cycle_lock: Mutex::new(()),
             closed: Default::default(),
             config,
         });
@@ -357,6 +359,31 @@ impl Engine {
         let s = self.shared();
         s.check_open()?;
         s.scan(prefix, after, limit)
+    }
+
+    /// Checks everything stored: every metadata record and its checksum,
+    /// every blob against its record, blobs that no record points at
+    /// (orphans), the deadline index against the records, the gc and format
+    /// records. Runs a checkpoint first, so the check covers every write
+    /// acknowledged before the call; flush cycles wait while it reads, and
+    /// writers go on. Reads the whole store: a tool, not a hot path.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.checkpoint()?;
+        self.shared().verify(false)
+    }
+
+    /// [`Engine::verify`], then fixes what can be fixed without touching live
+    /// data: removes orphan blobs, rewrites the deadline index where it
+    /// disagrees with the records, and purges expired keys; then
+    /// checkpoints. Corrupt records and records whose blob is missing are
+    /// reported, never removed. The report lists what was found;
+    /// `repaired` counts the fixes and purged keys.
+    pub fn repair(&self) -> Result<VerifyReport> {
+        self.checkpoint()?;
+        let mut report = self.shared().verify(true)?;
+        report.repaired += self.purge_expired()?;
+        self.checkpoint()?;
+        Ok(report)
     }
 
     /// [`Engine::get`], decoding the value with postcard. A value that does

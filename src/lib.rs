@@ -61,6 +61,7 @@ mod stats;
 mod storage;
 mod txn;
 mod value;
+mod verify;
 
 pub use clock::{Clock, MockClock, SystemClock};
 pub use config::Config;
@@ -70,6 +71,7 @@ pub use scan::Scan;
 pub use stats::{Checkpoint, Stats};
 pub use txn::Transaction;
 pub use value::Value;
+pub use verify::{Problem, VerifyReport};
 
 /// Test support, for millpond's own tests and fuzz targets: a fault plan for
 /// the storage layer, and raw record decoding. Not part of the stable API.

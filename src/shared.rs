@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     pub flush: FlushControl,
     pub health: Health,
     pub blobs: BlobIds,
+    /// Held by the coordinator while a flush cycle runs, and by `verify`
+    /// while it reads the stores: verification never sees half a cycle.
+    /// Taken before any shard lock.
+    pub cycle_lock: Mutex<()>,
     /// The exclusive lane: held for a whole attempt by transactions that
     /// failed `txn::EXCLUSIVE_AFTER` times. Taken before any shard lock.
     pub txn_lane: Mutex<()>,

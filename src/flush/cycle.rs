@@ -97,6 +97,8 @@ impl Cycles {
     /// `sync`, ends with a sync, and on success every write up to
     /// `Report::committed` is durable.
     pub(crate) fn run(&mut self, shared: &Shared, pool: &Pool, sync: bool) -> Result<Report> {
+        // Verification reads the stores between cycles, never during one.
+        let _cycle = shared.cycle_lock.lock();
         let mut entries = 0;
         loop {
             let fresh = self.pending.is_none();

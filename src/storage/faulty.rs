@@ -129,6 +129,11 @@ impl Storage for FaultyStorage {
         self.inner.scan_deadlines(from, limit)
     }
 
+    fn scan_blobs(&self, from: BlobId, limit: usize) -> Result<Vec<(BlobId, Bytes)>> {
+        self.faults.check(StorageOp::GetBlob)?;
+        self.inner.scan_blobs(from, limit)
+    }
+
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
         self.faults.check(StorageOp::GetBlob)?;
         self.inner.get_blob(id)

@@ -92,6 +92,9 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// order: `(key, encoded deadline record)`.
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
 
+    /// Up to `limit` blobs with ids `>= from`, in id order.
+    fn scan_blobs(&self, from: BlobId, limit: usize) -> Result<Vec<(BlobId, Bytes)>>;
+
     /// A value in the blob tree.
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>>;
 

@@ -316,6 +316,18 @@ impl Storage for SledStorage {
         Ok(out)
     }
 
+    fn scan_blobs(&self, from: BlobId, limit: usize) -> Result<Vec<(BlobId, Bytes)>> {
+        let mut out = Vec::new();
+        for item in self.blob.range(from.to_be_bytes()..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            let id: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| Error::corrupt(None, format!("a blob key of {} bytes", k.len())))?;
+            out.push((u64::from_be_bytes(id), bytes(v)));
+        }
+        Ok(out)
+    }
+
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
         Ok(self
             .blob

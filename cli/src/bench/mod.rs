@@ -1,0 +1,421 @@
+//! `millpond bench`: the side-by-side benchmark driver.
+//!
+//! The parent (`bench`) runs each (workload, target) pair in a fresh child
+//! process (`bench-child`, hidden), so that peak RSS and the bytes written
+//! to the device are those of that run alone. A child opens its store,
+//! runs the workload's untimed preload and a durable point, then the timed
+//! phase, which ends with the target's durable point; it then reopens the
+//! store, compares every key with what the workload wrote, and prints one
+//! JSON line ([`report::RunReport`]). The parent prints the tables.
+
+pub mod measure;
+pub mod report;
+pub mod targets;
+pub mod workloads;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{env, fs};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use measure::{disk_usage, peak_rss_bytes, IoCounters};
+use report::{BenchOutput, RunReport, Status};
+use targets::{MemoryTarget, MillpondTarget, SledTarget, Target, TargetKind, Tuning, Unsupported};
+use workloads::{Journal, Params, ReadHeavy, Sessions, Tasks, TtlChurn, UniformInsert};
+use workloads::{Workload, WorkloadKind};
+
+/// Options shared by `bench` and `bench-child`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Multiplies the workloads' sizes: the op counts of sessions and
+    /// read-heavy, the task count of tasks, the event count of journal, the
+    /// key count of uniform-insert (their key sets stay 10,000 and 100,000
+    /// keys). The table shows the counts used.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Seed of every workload's random choices and values.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// millpond's write_delay, and sled's flush_every_ms (same staleness).
+    #[arg(long, default_value_t = 500)]
+    pub write_delay_ms: u64,
+    /// millpond's flush_threads.
+    #[arg(long, default_value_t = 2)]
+    pub flush_threads: usize,
+}
+
+impl RunOptions {
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            write_delay: Duration::from_millis(self.write_delay_ms),
+            max_dirty_bytes: 64 << 20,
+            flush_threads: self.flush_threads,
+        }
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            scale: self.scale,
+            seed: self.seed,
+        }
+    }
+
+    fn as_args(&self) -> Vec<String> {
+        vec![
+            "--scale".into(),
+            self.scale.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+            "--write-delay-ms".into(),
+            self.write_delay_ms.to_string(),
+            "--flush-threads".into(),
+            self.flush_threads.to_string(),
+        ]
+    }
+}
+
+/// `millpond bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workload: Vec<WorkloadKind>,
+    /// Stores to run them against, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub target: Vec<TargetKind>,
+    /// Where the stores go (a fresh directory is made inside) [default: the
+    /// system's temporary directory].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the stores after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the results as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+/// `millpond bench-child`: one run, one JSON line.
+#[derive(clap::Args, Debug)]
+pub struct ChildArgs {
+    #[arg(long, value_enum)]
+    pub workload: WorkloadKind,
+    #[arg(long, value_enum)]
+    pub target: TargetKind,
+    /// The store's directory (must not exist or be empty).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+fn check_options(o: &RunOptions) -> Result<()> {
+    if !(o.scale.is_finite() && o.scale > 0.0) {
+        bail!("--scale must be a positive number, not {}", o.scale);
+    }
+    Ok(())
+}
+
+/// Keeps the first occurrence of each element; all of `all` when empty.
+fn selection<T: Copy + PartialEq>(chosen: &[T], all: &[T]) -> Vec<T> {
+    let source = if chosen.is_empty() { all } else { chosen };
+    let mut out = Vec::new();
+    for &x in source {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// The parent: runs every pair in a child, then prints.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    check_options(&args.options)?;
+    let workloads = selection(&args.workload, &WorkloadKind::ALL);
+    let targets = selection(&args.target, &TargetKind::ALL);
+    let exe = env::current_exe().context("finding this program's path to start child runs")?;
+
+    let parent = args.dir.clone().unwrap_or_else(env::temp_dir);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let root = parent.join(format!("millpond-bench-{}-{stamp}", std::process::id()));
+    fs::create_dir_all(&root)
+        .with_context(|| format!("creating the bench directory {}", root.display()))?;
+
+    let runs = workloads.len() * targets.len();
+    let bar = if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::new(runs as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(250));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for &w in &workloads {
+        for &t in &targets {
+            bar.set_message(format!("{w} on {t}"));
+            let dir = root.join(format!("{w}-{}", t.name()));
+            let report = run_in_child(&exe, w, t, &dir, &args.options);
+            bar.println(summary_line(&report));
+            reports.push(report);
+            bar.inc(1);
+            if !args.keep {
+                remove_dir(&dir)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if args.keep {
+        eprintln!("stores kept in {}", root.display());
+    } else {
+        remove_dir(&root)?;
+    }
+
+    let out = BenchOutput {
+        command: env::args().collect::<Vec<_>>().join(" "),
+        scale: args.options.scale,
+        seed: args.options.seed,
+        write_delay_ms: args.options.write_delay_ms,
+        flush_threads: args.options.flush_threads,
+        wall_secs: started.elapsed().as_secs_f64(),
+        runs: reports,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", report::render(&out));
+    }
+    let failed = out
+        .runs
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    if failed > 0 {
+        eprintln!("millpond bench: {failed} run(s) FAILED");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+fn summary_line(r: &RunReport) -> String {
+    match r.status {
+        Status::NotRun => format!(
+            "{} on {}: {}",
+            r.workload,
+            r.target,
+            r.error.as_deref().unwrap_or("not run")
+        ),
+        Status::Ok => format!(
+            "{} on {}: {} ops/s, {:.1} s",
+            r.workload,
+            r.target,
+            report::fmt_count(r.ops_per_sec.round() as u64),
+            r.total_secs
+        ),
+        Status::Failed => format!(
+            "{} on {}: FAILED: {}",
+            r.workload,
+            r.target,
+            r.error.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+/// Runs one pair in a child process and reads its report. A child that
+/// dies or prints no report is a failed run.
+fn run_in_child(
+    exe: &Path,
+    workload: WorkloadKind,
+    target: TargetKind,
+    dir: &Path,
+    options: &RunOptions,
+) -> RunReport {
+    let output = Command::new(exe)
+        .arg("bench-child")
+        .args(["--workload", workload.name(), "--target", target.name()])
+        .arg("--dir")
+        .arg(dir)
+        .args(options.as_args())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output();
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => {
+            return RunReport::failed(workload, target, format!("could not start a child: {e}"))
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let parsed = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(serde_json::from_str::<RunReport>);
+    match parsed {
+        Some(Ok(mut report)) => {
+            if !output.status.success() && report.status == Status::Ok {
+                report.status = Status::Failed;
+                report.error = Some(format!("the child exited with {}", output.status));
+            }
+            report
+        }
+        Some(Err(e)) => RunReport::failed(
+            workload,
+            target,
+            format!(
+                "the child ({}) printed no readable report: {e}",
+                output.status
+            ),
+        ),
+        None => RunReport::failed(
+            workload,
+            target,
+            format!(
+                "the child exited with {} and printed no report",
+                output.status
+            ),
+        ),
+    }
+}
+
+/// The child: one run, one JSON line on stdout; exit status 2 when the run
+/// failed (including a wrong final state).
+pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
+    check_options(&args.options)?;
+    let p = args.options.params();
+    let tuning = args.options.tuning();
+    let (t, dir) = (args.target, args.dir.as_path());
+    let report = match args.workload {
+        WorkloadKind::Sessions => on_target(Sessions::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::Tasks => on_target(Tasks::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::Journal => on_target(Journal::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::UniformInsert => {
+            on_target(UniformInsert::new(p), args.workload, t, dir, tuning)
+        }
+        WorkloadKind::ReadHeavy => on_target(ReadHeavy::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::TtlChurn => on_target(TtlChurn::new(p), args.workload, t, dir, tuning),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    if report.status == Status::Failed {
+        eprintln!(
+            "millpond bench-child: {} on {} FAILED: {}",
+            report.workload,
+            report.target,
+            report.error.as_deref().unwrap_or("?")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn on_target<W: Workload>(
+    w: W,
+    workload: WorkloadKind,
+    target: TargetKind,
+    dir: &Path,
+    base: Tuning,
+) -> RunReport {
+    match target {
+        TargetKind::Millpond => drive::<W, MillpondTarget>(w, workload, target, dir, base),
+        TargetKind::Sled => drive::<W, SledTarget>(w, workload, target, dir, base),
+        TargetKind::InMemory => drive::<W, MemoryTarget>(w, workload, target, dir, base),
+    }
+}
+
+fn drive<W: Workload, T: Target>(
+    mut w: W,
+    workload: WorkloadKind,
+    target: TargetKind,
+    dir: &Path,
+    base: Tuning,
+) -> RunReport {
+    let mut report = RunReport::new(workload, target);
+    report.description = w.describe();
+    report.threads = w.threads();
+    let (tuning, note) = w.tuning(base, target);
+    report.notes.extend(note);
+    if let Err(e) = measured_run::<W, T>(&mut w, dir, &tuning, &mut report) {
+        match e.chain().find_map(|c| c.downcast_ref::<Unsupported>()) {
+            Some(unsupported) => {
+                report = RunReport::not_run(workload, target, unsupported.0);
+                report.description = w.describe();
+            }
+            None => {
+                report.status = Status::Failed;
+                report.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    report
+}
+
+fn measured_run<W: Workload, T: Target>(
+    w: &mut W,
+    dir: &Path,
+    tuning: &Tuning,
+    report: &mut RunReport,
+) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let t = T::open(dir, tuning)?;
+    w.prepare(&t).context("preloading")?;
+    t.sync().context("the durable point after preloading")?;
+
+    let io_before = IoCounters::read()?;
+    let started = Instant::now();
+    let outcome = w.run(&t);
+    let ops_done = Instant::now();
+    let mut outcome = outcome.context("the timed phase")?;
+    let closed = t
+        .close()
+        .context("the durable point ending the timed phase")?;
+    let ended = Instant::now();
+    let io_after = IoCounters::read()?;
+    report.peak_rss_bytes = peak_rss_bytes()?;
+
+    report.ops = outcome.ops;
+    report.logical_bytes = outcome.logical_bytes;
+    report.ops_secs = (ops_done - started).as_secs_f64();
+    report.durable_secs = (ended - ops_done).as_secs_f64();
+    report.total_secs = (ended - started).as_secs_f64();
+    report.ops_per_sec = outcome.ops as f64 / report.total_secs;
+    report.mean_ns = outcome.latencies.mean();
+    report.p50_ns = outcome.latencies.quantile(0.50);
+    report.p99_ns = outcome.latencies.quantile(0.99);
+    report.p999_ns = outcome.latencies.quantile(0.999);
+    report.max_ns = outcome.latencies.max();
+    report.write_bytes = io_after.write_bytes - io_before.write_bytes;
+    report.cancelled_write_bytes = io_after.cancelled_write_bytes - io_before.cancelled_write_bytes;
+    report.disk_bytes = disk_usage(dir).with_context(|| format!("measuring {}", dir.display()))?;
+    report.engine = closed.engine;
+    report.notes.append(&mut outcome.notes);
+
+    let verify_started = Instant::now();
+    let t = T::reopen(dir, tuning, closed.handle).context("reopening the store to check it")?;
+    let checked = w.verify(&t);
+    t.close().context("closing the store after checking it")?;
+    report.verified_keys = checked?;
+    report.verify_secs = verify_started.elapsed().as_secs_f64();
+    Ok(())
+}
