@@ -28,6 +28,7 @@ const TAG_FORMAT: u8 = 0x10;
 const TAG_STATE_V1: u8 = 0x11;
 const TAG_GC_V1: u8 = 0x12;
 const TAG_DEADLINE_V1: u8 = 0x13;
+const TAG_COMMIT_LOG_V1: u8 = 0x14;
 
 const CRC_LEN: usize = 4;
 
@@ -207,6 +208,56 @@ pub(crate) fn decode_state(raw: &[u8]) -> Result<StateRecord> {
     body(None, "state record", bytes)
 }
 
+/// A change to a key's deadline index entry, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LoggedDeadline<'a> {
+    Keep,
+    Set(#[serde(borrow)] &'a [u8]),
+    Clear,
+}
+
+/// One change to the metadata tree, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LoggedOp<'a> {
+    /// A user record and its deadline entry.
+    Put {
+        key: &'a [u8],
+        record: &'a [u8],
+        #[serde(borrow)]
+        deadline: LoggedDeadline<'a>,
+    },
+    /// Removal of a user record, and its deadline entry change.
+    Remove {
+        key: &'a [u8],
+        #[serde(borrow)]
+        deadline: LoggedDeadline<'a>,
+    },
+    /// A system record, by its key in the metadata tree, written or removed.
+    Sys {
+        key: &'a [u8],
+        value: Option<&'a [u8]>,
+    },
+}
+
+/// A whole commit, written as one record before it is applied: its
+/// presence after a crash means the commit happened and must be applied
+/// again (see `storage::sled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CommitLog<'a> {
+    #[serde(borrow)]
+    pub ops: Vec<LoggedOp<'a>>,
+}
+
+pub(crate) fn encode_commit_log(log: &CommitLog<'_>) -> Result<Vec<u8>> {
+    frame(TAG_COMMIT_LOG_V1, log)
+}
+
+pub(crate) fn decode_commit_log(raw: &[u8]) -> Result<CommitLog<'_>> {
+    let (tag, bytes) = unframe(None, raw)?;
+    expect_tag(None, "commit log", tag, TAG_COMMIT_LOG_V1)?;
+    body(None, "commit log", bytes)
+}
+
 /// The deadline index entry of a key: its deadline, in milliseconds since
 /// the Unix epoch (the same as in its metadata record).
 pub(crate) fn encode_deadline(deadline: u64) -> Result<Vec<u8>> {
@@ -301,6 +352,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(decode_gc(&gc).unwrap().blobs, vec![1, 2, 3]);
+        let log = CommitLog {
+            ops: vec![
+                LoggedOp::Put {
+                    key: b"k",
+                    record: b"r",
+                    deadline: LoggedDeadline::Set(b"d"),
+                },
+                LoggedOp::Remove {
+                    key: b"",
+                    deadline: LoggedDeadline::Clear,
+                },
+                LoggedOp::Sys {
+                    key: b"\x00state",
+                    value: None,
+                },
+            ],
+        };
+        let raw = encode_commit_log(&log).unwrap();
+        assert_eq!(decode_commit_log(&raw).unwrap(), log);
+        assert!(decode_commit_log(&raw[..raw.len() - 1]).is_err());
         let d = encode_deadline(1_700_000_000_123).unwrap();
         assert_eq!(decode_deadline(b"k", &d).unwrap(), 1_700_000_000_123);
         assert!(decode_gc(&d).is_err());

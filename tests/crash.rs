@@ -8,7 +8,8 @@
 //! - the bank workload never shows a transaction half applied;
 //! - a write the engine reported flushed survives;
 //! - with `--features failpoints`, the same at exact points of a flush
-//!   cycle, where the child aborts by itself.
+//!   cycle, where the child aborts by itself (including halfway through
+//!   applying a logged commit, which the next open must finish).
 //!
 //! Trials: `MILLPOND_CRASH_TRIALS` (default 8); seed: `MILLPOND_SEED`.
 
@@ -122,6 +123,7 @@ fn crashed_at_each_point_of_a_flush_cycle_recovers_one_point_in_history() {
     let points = [
         "flush-before-blobs",
         "flush-before-commit",
+        "commit-mid-apply",
         "flush-after-commit",
         "flush-before-sync",
     ];

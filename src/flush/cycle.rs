@@ -17,8 +17,8 @@
 //!
 //! With the `failpoints` feature, the process can be made to abort at
 //! `flush-before-blobs` (step 2), `flush-before-commit` (between 3 and 4),
-//! `flush-after-commit` (between 4 and 5) and `flush-before-sync` (in 5),
-//! for the crash tests.
+//! `commit-mid-apply` (inside 4, in `storage::sled`), `flush-after-commit`
+//! (between 4 and 5) and `flush-before-sync` (in 5), for the crash tests.
 //!
 //! A failure in steps 2 to 5 keeps the frozen maps (nothing acknowledged is
 //! dropped) and the cycle is retried as a whole; blobs written by the failed

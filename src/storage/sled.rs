@@ -28,6 +28,7 @@ use std::fs::{self, File};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
+use crate::codec::{self, CommitLog, LoggedDeadline, LoggedOp};
 use crate::error::{Error, Result};
 
 const USER: u8 = 0x01;
@@ -55,6 +57,8 @@ pub(crate) struct SledStorage {
     dir: PathBuf,
     /// The descriptors and bookkeeping [`Storage::sync`] uses.
     syncer: Mutex<Syncer>,
+    /// Id of the next commit log record.
+    next_log: AtomicU64,
 }
 
 /// Long-lived descriptors for fsync (see the module documentation).
@@ -162,6 +166,14 @@ fn ttl_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+const LOG_PREFIX: &[u8] = b"\x00log";
+
+fn log_key(id: u64) -> Vec<u8> {
+    let mut k = LOG_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn gc_prefix() -> Vec<u8> {
     let mut k = vec![SYS];
     k.extend_from_slice(b"gc");
@@ -264,7 +276,9 @@ impl SledStorage {
             blob,
             dir: dir.to_path_buf(),
             syncer: Mutex::new(Syncer::open(dir)?),
+            next_log: AtomicU64::new(0),
         };
+        storage.replay_logs()?;
         if !existed {
             // The store directory is new: make its entry in the parent durable.
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -272,6 +286,65 @@ impl SledStorage {
             }
         }
         Ok(storage)
+    }
+
+    /// Applies logged changes (idempotent: each sets or removes one key).
+    fn apply(&self, ops: &[LoggedOp<'_>]) -> Result<()> {
+        let deadline = |key: &[u8], d: &LoggedDeadline<'_>| -> Result<()> {
+            // `key` is the user record's key ([0x01] ++ user key).
+            let ttl = ttl_key(&key[1..]);
+            match d {
+                LoggedDeadline::Keep => Ok(()),
+                LoggedDeadline::Set(v) => self.meta.insert(ttl, *v).map(drop),
+                LoggedDeadline::Clear => self.meta.remove(ttl).map(drop),
+            }
+            .map_err(storage_error)
+        };
+        for op in ops {
+            match op {
+                LoggedOp::Put {
+                    key,
+                    record,
+                    deadline: d,
+                } => {
+                    self.meta.insert(*key, *record).map_err(storage_error)?;
+                    deadline(key, d)?;
+                }
+                LoggedOp::Remove { key, deadline: d } => {
+                    self.meta.remove(*key).map_err(storage_error)?;
+                    deadline(key, d)?;
+                }
+                LoggedOp::Sys { key, value } => {
+                    match value {
+                        Some(v) => self.meta.insert(*key, *v).map(drop),
+                        None => self.meta.remove(*key).map(drop),
+                    }
+                    .map_err(storage_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies, in order, every commit log record a crash left behind, then
+    /// removes them. A log record that does not decode is a committed change
+    /// that cannot be applied: the store is refused as corrupt rather than
+    /// opened without it.
+    fn replay_logs(&self) -> Result<()> {
+        let logs: Vec<(::sled::IVec, ::sled::IVec)> = self
+            .meta
+            .scan_prefix(LOG_PREFIX)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage_error)?;
+        for (key, raw) in &logs {
+            let log = codec::decode_commit_log(raw)?;
+            self.apply(&log.ops)?;
+            self.meta.remove(key).map_err(storage_error)?;
+        }
+        if !logs.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn sync_files(&self) -> io::Result<()> {
@@ -383,35 +456,63 @@ impl Storage for SledStorage {
     }
 
     fn commit(&self, commit: Commit) -> Result<()> {
-        let mut batch = ::sled::Batch::default();
-        for op in commit.ops {
-            let (key, deadline) = match op {
+        // One insert, atomic in sled's log, is the commit point; the
+        // changes it holds are then applied one by one, and the log record
+        // removed. `open` applies any log record a crash left behind.
+        let user_keys: Vec<Vec<u8>> = commit
+            .ops
+            .iter()
+            .map(|op| match op {
+                MetaOp::Put { key, .. } | MetaOp::Remove { key, .. } => user_key(key),
+            })
+            .collect();
+        let sys_keys: Vec<Vec<u8>> = commit.sys.iter().map(|(k, _)| sys_key(*k)).collect();
+        fn logged(d: &DeadlineOp) -> LoggedDeadline<'_> {
+            match d {
+                DeadlineOp::Keep => LoggedDeadline::Keep,
+                DeadlineOp::Set(v) => LoggedDeadline::Set(v),
+                DeadlineOp::Clear => LoggedDeadline::Clear,
+            }
+        }
+        let mut ops = Vec::with_capacity(commit.ops.len() + commit.sys.len());
+        for (op, ukey) in commit.ops.iter().zip(&user_keys) {
+            ops.push(match op {
                 MetaOp::Put {
-                    key,
+                    record, deadline, ..
+                } => LoggedOp::Put {
+                    key: ukey,
                     record,
-                    deadline,
-                } => {
-                    batch.insert(user_key(&key), record);
-                    (key, deadline)
-                }
-                MetaOp::Remove { key, deadline } => {
-                    batch.remove(user_key(&key));
-                    (key, deadline)
-                }
-            };
-            match deadline {
-                DeadlineOp::Keep => {}
-                DeadlineOp::Set(d) => batch.insert(ttl_key(&key), d),
-                DeadlineOp::Clear => batch.remove(ttl_key(&key)),
-            }
+                    deadline: logged(deadline),
+                },
+                MetaOp::Remove { deadline, .. } => LoggedOp::Remove {
+                    key: ukey,
+                    deadline: logged(deadline),
+                },
+            });
         }
-        for (k, v) in commit.sys {
-            match v {
-                Some(v) => batch.insert(sys_key(k), v),
-                None => batch.remove(sys_key(k)),
-            }
+        for ((_, value), key) in commit.sys.iter().zip(&sys_keys) {
+            ops.push(LoggedOp::Sys {
+                key,
+                value: value.as_deref(),
+            });
         }
-        self.meta.apply_batch(batch).map_err(storage_error)
+        let log = CommitLog { ops };
+        let id = self.next_log.fetch_add(1, Ordering::SeqCst);
+        self.meta
+            .insert(log_key(id), codec::encode_commit_log(&log)?)
+            .map_err(storage_error)?;
+        let (first, rest) = log.ops.split_at(log.ops.len() / 2);
+        self.apply(first)?;
+        #[cfg(feature = "failpoints")]
+        let _ = fail::eval("commit-mid-apply", |_| {
+            // Make the log and the first half reach the file, then die: the
+            // next open must apply the rest from the log.
+            let _ = self.db.flush();
+            std::process::abort()
+        });
+        self.apply(rest)?;
+        self.meta.remove(log_key(id)).map_err(storage_error)?;
+        Ok(())
     }
 
     fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
@@ -539,6 +640,53 @@ mod tests {
         .unwrap();
         assert!(s.scan_deadlines(b"", 10).unwrap().is_empty());
         assert!(s.get_meta(b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_commit_log_left_by_a_crash_is_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            let s = SledStorage::open(&path, 1 << 20).unwrap();
+            s.commit(Commit {
+                ops: vec![MetaOp::Put {
+                    key: Box::from(&b"old"[..]),
+                    record: b"1".to_vec(),
+                    deadline: DeadlineOp::Keep,
+                }],
+                sys: vec![],
+            })
+            .unwrap();
+            // A commit that was logged but not applied (the process died
+            // between the two).
+            let log = CommitLog {
+                ops: vec![
+                    LoggedOp::Put {
+                        key: b"\x01new",
+                        record: b"2",
+                        deadline: LoggedDeadline::Set(b"d"),
+                    },
+                    LoggedOp::Remove {
+                        key: b"\x01old",
+                        deadline: LoggedDeadline::Keep,
+                    },
+                    LoggedOp::Sys {
+                        key: b"\x00state",
+                        value: Some(b"s"),
+                    },
+                ],
+            };
+            s.meta
+                .insert(log_key(7), codec::encode_commit_log(&log).unwrap())
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.get_meta(b"new").unwrap().unwrap(), &b"2"[..]);
+        assert!(s.get_meta(b"old").unwrap().is_none());
+        assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"s"[..]);
+        assert_eq!(s.scan_deadlines(b"", 10).unwrap().len(), 1);
+        assert_eq!(s.meta.scan_prefix(LOG_PREFIX).count(), 0, "the log is gone");
     }
 
     #[test]
