@@ -239,6 +239,17 @@ pub(crate) enum LoggedOp<'a> {
     },
 }
 
+impl LoggedOp<'_> {
+    /// The metadata-tree key this change writes.
+    pub(crate) fn key(&self) -> &[u8] {
+        match self {
+            LoggedOp::Put { key, .. }
+            | LoggedOp::Remove { key, .. }
+            | LoggedOp::Sys { key, .. } => key,
+        }
+    }
+}
+
 /// A whole commit, written as one record before it is applied: its
 /// presence after a crash means the commit happened and must be applied
 /// again (see `storage::sled`).
