@@ -36,8 +36,12 @@ fn template() -> &'static Template {
     TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("template");
-        let e =
-            Engine::open(Config::new(&path).write_delay(Duration::from_secs(3600))).expect("open");
+        let e = Engine::open(
+            Config::new(&path)
+                .write_delay(Duration::from_secs(3600))
+                .inline_threshold(1024),
+        )
+        .expect("open");
         let mut written: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
         for round in 0..3u8 {
             for k in 0..24u8 {

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use millpond::{Config, Engine};
 
+/// Values longer than this go to the blob tree in the tests' stores.
+pub const BLOB_OVER: usize = 1024;
+
 /// A store directory that is removed when dropped.
 pub struct Store {
     _tmp: tempfile::TempDir,
@@ -22,14 +25,19 @@ impl Store {
     }
 
     /// A configuration with a write delay long enough that nothing is
-    /// flushed unless the test asks for it.
+    /// flushed unless the test asks for it. Values over 1 KiB go to the blob
+    /// tree (the tests use values of a few KiB to exercise it).
     pub fn quiet(&self) -> Config {
-        Config::new(&self.path).write_delay(Duration::from_secs(3600))
+        Config::new(&self.path)
+            .write_delay(Duration::from_secs(3600))
+            .inline_threshold(BLOB_OVER)
     }
 
     /// A configuration that flushes almost continuously.
     pub fn busy(&self) -> Config {
-        Config::new(&self.path).write_delay(Duration::from_millis(1))
+        Config::new(&self.path)
+            .write_delay(Duration::from_millis(1))
+            .inline_threshold(BLOB_OVER)
     }
 
     pub fn open(&self, config: Config) -> Engine {

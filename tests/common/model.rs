@@ -488,6 +488,8 @@ fn config(
     write_delay: Option<Duration>,
 ) -> Config {
     Config::new(path)
+        // Large values (2100 bytes) go to the blob tree.
+        .inline_threshold(1024)
         .write_delay(write_delay.unwrap_or(Duration::from_secs(3600)))
         .clock(clock.clone())
         .faults(faults.clone())

@@ -361,6 +361,7 @@ pub fn child_main() {
         .unwrap_or_else(|| 1 + rng.below(30));
     let e = Engine::open(
         Config::new(&dir)
+            .inline_threshold(super::BLOB_OVER)
             .write_delay(Duration::from_millis(delay))
             .max_dirty_bytes(1 << 20)
             .flush_threads(1 + rng.below(2) as usize),

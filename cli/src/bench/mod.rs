@@ -46,14 +46,24 @@ pub struct RunOptions {
     /// millpond's flush_threads.
     #[arg(long, default_value_t = 2)]
     pub flush_threads: usize,
+    /// millpond's max_dirty_bytes, in MiB (the engine's default is 64; size
+    /// it to about twice the hot working set). read-heavy uses its own,
+    /// smaller buffer.
+    #[arg(long, default_value_t = 64)]
+    pub max_dirty_mib: usize,
+    /// millpond's inline_threshold (values up to this many bytes live in
+    /// their metadata record) [default: the engine's default].
+    #[arg(long)]
+    pub inline_threshold: Option<usize>,
 }
 
 impl RunOptions {
     fn tuning(&self) -> Tuning {
         Tuning {
             write_delay: Duration::from_millis(self.write_delay_ms),
-            max_dirty_bytes: 64 << 20,
+            max_dirty_bytes: self.max_dirty_mib << 20,
             flush_threads: self.flush_threads,
+            inline_threshold: self.inline_threshold,
         }
     }
 
@@ -65,7 +75,7 @@ impl RunOptions {
     }
 
     fn as_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--scale".into(),
             self.scale.to_string(),
             "--seed".into(),
@@ -74,7 +84,14 @@ impl RunOptions {
             self.write_delay_ms.to_string(),
             "--flush-threads".into(),
             self.flush_threads.to_string(),
-        ]
+            "--max-dirty-mib".into(),
+            self.max_dirty_mib.to_string(),
+        ];
+        if let Some(t) = self.inline_threshold {
+            args.push("--inline-threshold".into());
+            args.push(t.to_string());
+        }
+        args
     }
 }
 

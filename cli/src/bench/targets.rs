@@ -56,6 +56,8 @@ pub struct Tuning {
     pub max_dirty_bytes: usize,
     /// millpond's `flush_threads`.
     pub flush_threads: usize,
+    /// millpond's `inline_threshold` (`None`: the engine's default).
+    pub inline_threshold: Option<usize>,
 }
 
 /// Keys starting with this prefix live in the sled baseline's second tree,
@@ -208,10 +210,14 @@ pub struct MillpondTarget {
 }
 
 fn millpond_config(dir: &Path, tuning: &Tuning) -> millpond::Config {
-    millpond::Config::new(dir)
+    let config = millpond::Config::new(dir)
         .write_delay(tuning.write_delay)
         .max_dirty_bytes(tuning.max_dirty_bytes)
-        .flush_threads(tuning.flush_threads)
+        .flush_threads(tuning.flush_threads);
+    match tuning.inline_threshold {
+        Some(t) => config.inline_threshold(t),
+        None => config,
+    }
 }
 
 impl Target for MillpondTarget {
@@ -593,6 +599,7 @@ mod tests {
             write_delay: Duration::from_millis(50),
             max_dirty_bytes: 1 << 20,
             flush_threads: 1,
+            inline_threshold: None,
         }
     }
 

@@ -1072,6 +1072,7 @@ mod tests {
             write_delay: Duration::from_millis(10),
             max_dirty_bytes: 1 << 20,
             flush_threads: 1,
+            inline_threshold: None,
         }
     }
 
