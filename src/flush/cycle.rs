@@ -7,9 +7,10 @@
 //!    under fresh ids, encode every metadata record.
 //! 3. **Barrier**: if any blob was written, flush storage, so the blobs reach
 //!    the operating system before any record that points at them.
-//! 4. **Commit**: one atomic batch of every record of the cycle, the state
-//!    record (cut, next blob id) and a gc record listing the blobs this
-//!    cycle made unreachable. This is the commit point.
+//! 4. **Commit**: every record of the cycle, the state record (cut, next
+//!    blob id) and a gc record listing the blobs this cycle made
+//!    unreachable, applied atomically by `Storage::commit`. This is the
+//!    commit point.
 //! 5. **Flush** storage (the cycle now survives a process crash); on a
 //!    durable cycle (checkpoint, shutdown) also **sync** (survives a power cut).
 //! 6. **Release** the frozen maps: reads of those keys go to storage.

@@ -246,40 +246,30 @@ impl Target for MillpondTarget {
         Ok(self.engine.modify(key, |v| f(v))?)
     }
 
-    /// Not transactional yet: one `modify` per key. To become, once the
-    /// engine has transactions (checks first, so a failed check writes
-    /// nothing):
-    ///
-    /// ```ignore
-    /// let checked = self.engine.transaction(|tx| {
-    ///     for c in changes {
-    ///         let current = tx.get(c.key)?;
-    ///         if !c.expect.matches(current.as_deref()) {
-    ///             return Ok(Err(expect_failed(c.key, &c.expect, current.as_deref())));
-    ///         }
-    ///     }
-    ///     for c in changes {
-    ///         match c.new {
-    ///             Some(v) => tx.set(c.key, v)?,
-    ///             None => drop(tx.delete(c.key)?),
-    ///         }
-    ///     }
-    ///     Ok(Ok(()))
-    /// })?;
-    /// checked?;
-    /// Ok(Atomicity::Atomic)
-    /// ```
+    /// One millpond transaction: every check, then every write (a failed
+    /// check writes nothing).
     fn apply(&self, changes: &[Change<'_>]) -> Result<Atomicity> {
-        for c in changes {
-            self.engine.modify(c.key, |v| {
-                if !c.expect.matches(v.as_deref()) {
-                    return Err(expect_failed(c.key, &c.expect, v.as_deref()));
+        let checked = self.engine.transaction(|tx| {
+            for c in changes {
+                let current = tx.get(c.key)?;
+                if !c.expect.matches(current.as_deref()) {
+                    return Ok(Err(expect_failed(c.key, &c.expect, current.as_deref())));
                 }
-                *v = c.new.map(<[u8]>::to_vec);
-                Ok(())
-            })??;
-        }
-        Ok(Atomicity::PerKey)
+            }
+            for c in changes {
+                match c.new {
+                    Some(v) => tx.set(c.key, v)?,
+                    None => drop(tx.delete(c.key)?),
+                }
+            }
+            Ok(Ok(()))
+        })?;
+        checked?;
+        Ok(Atomicity::Atomic)
+    }
+
+    fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        Ok(self.engine.set_with_ttl(key, value, ttl)?)
     }
 
     fn sync(&self) -> Result<()> {

@@ -1,19 +1,28 @@
-//! The demo workload: web-framework session state, from several threads.
-//!
-//! `cargo run --release --example demo [DIR]` (default DIR:
-//! `./millpond-demo-data`). Each thread plays a stream of requests against
-//! its sessions: most update a session (read-modify-write), some create a new
-//! one, some log a session out (delete), a few only read. Then the demo
+//! `demo`: the README's main job. A web-framework session-state workload
+//! from several threads: most requests update a session (read-modify-write),
+//! some create one, some log out (delete), a few only read. Then it
 //! checkpoints, shuts down, reopens the store, checks every session against
-//! what the threads expect, and prints what it did and how fast.
-//!
-//! Every run uses fresh keys (prefixed with the run's start time), so the
-//! same store can be used again.
+//! what the threads expect, runs `verify`, and prints what it did and how
+//! fast. Every run uses fresh keys (prefixed with the run's start time), so
+//! the same store can be used again.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{anyhow, bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use millpond::{Config, Engine};
+
+/// `millpond demo [DIR]`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// The store directory (created if missing; reused across runs).
+    #[arg(default_value = "millpond-demo-data")]
+    pub dir: PathBuf,
+}
 
 const THREADS: u64 = 4;
 const SESSIONS_PER_THREAD: u64 = 2_500;
@@ -62,12 +71,20 @@ struct ThreadReport {
     expected: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-fn run_thread(engine: Engine, run: u64, t: u64) -> millpond::Result<ThreadReport> {
+fn run_thread(
+    engine: Engine,
+    run: u64,
+    t: u64,
+    progress: ProgressBar,
+) -> millpond::Result<ThreadReport> {
     let mut rng = Rng((run ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
     let mut expected: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     let mut writes = 0;
     let key = |s: u64| format!("run-{run}/thread-{t}/session-{s}").into_bytes();
-    for _ in 0..REQUESTS_PER_THREAD {
+    for i in 0..REQUESTS_PER_THREAD {
+        if i % 10_000 == 0 {
+            progress.inc(10_000);
+        }
         let s = rng.skewed(SESSIONS_PER_THREAD);
         let k = key(s);
         match rng.next() % 100 {
@@ -104,30 +121,44 @@ fn run_thread(engine: Engine, run: u64, t: u64) -> millpond::Result<ThreadReport
     })
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "millpond-demo-data".into());
+pub fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let dir = args.dir;
     let run = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let config = || Config::new(&dir).write_delay(Duration::from_millis(500));
 
     println!("millpond demo: session state from {THREADS} threads");
-    println!("store: {dir}");
+    println!("store: {}", dir.display());
     let opened = Instant::now();
     let engine = Engine::open(config())?;
-    println!("opened in {:.1?}", opened.elapsed());
+    let open_took = opened.elapsed();
 
+    let progress = if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::new(THREADS * REQUESTS_PER_THREAD);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} requests {per_sec} {elapsed}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
     let started = Instant::now();
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let e = engine.clone();
-            std::thread::spawn(move || run_thread(e, run, t))
+            let progress = progress.clone();
+            std::thread::spawn(move || run_thread(e, run, t, progress))
         })
         .collect();
     let mut reports = Vec::new();
     for h in handles {
-        reports.push(h.join().map_err(|_| "a worker thread panicked")??);
+        reports.push(
+            h.join()
+                .map_err(|_| anyhow!("a worker thread panicked"))??,
+        );
     }
+    progress.finish_and_clear();
     let busy = started.elapsed();
     let checkpoint = engine.checkpoint()?;
     let stats = engine.stats();
@@ -145,45 +176,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (k, want) in &r.expected {
             let got = engine.get(k)?.map(|v| v.to_vec());
             if &got != want {
-                return Err(format!(
+                bail!(
                     "verification failed for {}: the store disagrees with what was written",
                     String::from_utf8_lossy(k)
-                )
-                .into());
+                );
             }
             checked += 1;
             live += usize::from(want.is_some());
         }
     }
+    let report = engine.verify()?;
     engine.shutdown()?;
+    if !report.is_clean() {
+        bail!("verify found problems: {:?}", report.problems);
+    }
 
     let requests: u64 = reports.iter().map(|r| r.requests).sum();
     let writes: u64 = reports.iter().map(|r| r.writes).sum();
     let secs = busy.as_secs_f64();
     println!();
     println!(
-        "requests            {requests:>12}  ({:.0}/s)",
+        "{:<22}{:>14}  ({:.0}/s)",
+        "requests",
+        requests,
         requests as f64 / secs
     );
     println!(
-        "writes              {writes:>12}  ({:.0}/s)",
+        "{:<22}{:>14}  ({:.0}/s)",
+        "writes",
+        writes,
         writes as f64 / secs
     );
     println!(
-        "coalesced writes    {:>12}  ({:.1}% never reached disk)",
+        "{:<22}{:>14}  ({:.1}% never reached disk)",
+        "coalesced writes",
         stats.coalesced_writes,
         100.0 * stats.coalesced_writes as f64 / stats.writes.max(1) as f64
     );
-    println!("flush cycles        {:>12}", stats.flushes);
-    println!("entries flushed     {:>12}", stats.flushed_entries);
-    println!("values in blob tree {:>12}", stats.blobs_written);
-    println!("workload time       {:>12.2?}", busy);
-    println!("final checkpoint    {:>12.2?}", checkpoint.duration);
-    println!("shutdown            {:>12.2?}", shutdown_took);
-    println!("reopen              {:>12.2?}", reopen_took);
+    println!("{:<22}{:>14}", "flush cycles", stats.flushes);
+    println!("{:<22}{:>14}", "entries flushed", stats.flushed_entries);
+    println!("{:<22}{:>14.2?}", "open", open_took);
+    println!("{:<22}{:>14.2?}", "workload", busy);
+    println!("{:<22}{:>14.2?}", "final checkpoint", checkpoint.duration);
+    println!("{:<22}{:>14.2?}", "shutdown", shutdown_took);
+    println!("{:<22}{:>14.2?}", "reopen", reopen_took);
     println!(
-        "verified sessions   {checked:>12}  ({live} live, {} logged out): all match",
+        "{:<22}{:>14}  ({live} live, {} logged out): all match",
+        "verified sessions",
+        checked,
         checked - live
     );
-    Ok(())
+    println!(
+        "{:<22}{:>14}  ({} keys, {} problems)",
+        "verify",
+        "clean",
+        report.records,
+        report.problems.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,215 @@
+//! `dump` and `load`: a streaming, versioned export of a store's live keys,
+//! values and deadlines, to move data between versions or machines.
+//!
+//! # Format, version 1
+//!
+//! ```text
+//! "millpond-dump 1\n"                      the header line
+//! frame*                                   one per key, then the end frame
+//! frame := [len: u32 LE][body: len bytes][crc32(body): u32 LE]
+//! body  := postcard(Frame)
+//! Frame := Record { key: bytes, value: bytes, deadline_ms: Option<u64> }
+//!        | End { records: u64 }
+//! ```
+//!
+//! `deadline_ms` is the absolute expiry time (milliseconds since the Unix
+//! epoch), so a key keeps its deadline across the move; a key whose deadline
+//! has passed when it is loaded is skipped. The `End` frame carries the
+//! number of records: a dump cut short, or with a damaged frame, is refused
+//! rather than loaded in part silently. Keys come in key order.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{self, Create};
+
+const HEADER: &[u8] = b"millpond-dump 1\n";
+/// Longest frame body accepted (a key and a value at their largest, with
+/// room to spare).
+const MAX_FRAME: u32 = 64 << 20;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Frame {
+    Record {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        deadline_ms: Option<u64>,
+    },
+    End {
+        records: u64,
+    },
+}
+
+/// `millpond dump DIR > file`.
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// The store directory.
+    pub dir: PathBuf,
+}
+
+/// `millpond load DIR < file`.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// The store directory (created if missing; existing keys are
+    /// overwritten by the dump's).
+    pub dir: PathBuf,
+}
+
+fn write_frame(out: &mut impl Write, frame: &Frame) -> Result<()> {
+    let body = postcard::to_stdvec(frame).context("encoding a frame")?;
+    out.write_all(&(body.len() as u32).to_le_bytes())?;
+    out.write_all(&body)?;
+    out.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+    Ok(())
+}
+
+/// The next frame; `None` at a clean end of input (only valid after `End`).
+fn read_frame(input: &mut impl Read) -> Result<Option<Frame>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME {
+        bail!("damaged dump: a frame of {len} bytes");
+    }
+    let mut body = vec![0; len as usize];
+    input
+        .read_exact(&mut body)
+        .context("the dump is cut short inside a frame")?;
+    let mut crc = [0u8; 4];
+    input
+        .read_exact(&mut crc)
+        .context("the dump is cut short inside a frame")?;
+    if crc32fast::hash(&body) != u32::from_le_bytes(crc) {
+        bail!("damaged dump: a frame fails its checksum");
+    }
+    Ok(Some(
+        postcard::from_bytes(&body).context("damaged dump: a frame does not decode")?,
+    ))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes every live key to stdout.
+pub fn dump(args: DumpArgs) -> Result<ExitCode> {
+    let e = store::open(&args.dir, Create::No)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    out.write_all(HEADER)?;
+    let mut records = 0u64;
+    for item in e.scan_prefix(b"") {
+        let (key, value) = item?;
+        let deadline_ms = e.ttl(&key)?.map(|t| now_ms() + t.as_millis() as u64);
+        write_frame(
+            &mut out,
+            &Frame::Record {
+                key,
+                value: value.to_vec(),
+                deadline_ms,
+            },
+        )?;
+        records += 1;
+    }
+    write_frame(&mut out, &Frame::End { records })?;
+    out.flush()?;
+    e.shutdown()?;
+    eprintln!("millpond: dumped {records} keys");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a dump from stdin into the store; durable when it returns.
+pub fn load(args: LoadArgs) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    let mut input = BufReader::new(stdin.lock());
+    let mut header = Vec::new();
+    input.read_until(b'\n', &mut header)?;
+    if header != HEADER {
+        if header.starts_with(b"millpond-dump ") {
+            bail!(
+                "unsupported dump version: {:?} (this build reads version 1)",
+                String::from_utf8_lossy(&header).trim()
+            );
+        }
+        bail!("the input is not a millpond dump");
+    }
+    let e = store::open(&args.dir, Create::Yes)?;
+    let (mut loaded, mut expired) = (0u64, 0u64);
+    loop {
+        match read_frame(&mut input)? {
+            None => bail!(
+                "the dump is cut short: no end frame after {} keys",
+                loaded + expired
+            ),
+            Some(Frame::End { records }) => {
+                if records != loaded + expired {
+                    bail!(
+                        "damaged dump: it says {records} keys, it held {}",
+                        loaded + expired
+                    );
+                }
+                break;
+            }
+            Some(Frame::Record {
+                key,
+                value,
+                deadline_ms,
+            }) => match deadline_ms {
+                None => {
+                    e.set(&key, &value)?;
+                    loaded += 1;
+                }
+                Some(d) if d <= now_ms() => expired += 1,
+                Some(d) => {
+                    e.set_with_ttl(&key, &value, Duration::from_millis(d - now_ms()))?;
+                    loaded += 1;
+                }
+            },
+        }
+    }
+    e.shutdown()?;
+    eprintln!("millpond: loaded {loaded} keys ({expired} already expired, skipped)");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_damage_is_detected() {
+        let frames = [
+            Frame::Record {
+                key: b"k".to_vec(),
+                value: vec![0, 1, 2],
+                deadline_ms: Some(5),
+            },
+            Frame::End { records: 1 },
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            write_frame(&mut buf, f).unwrap();
+        }
+        let mut r = &buf[..];
+        assert_eq!(read_frame(&mut r).unwrap().unwrap(), frames[0]);
+        assert_eq!(read_frame(&mut r).unwrap().unwrap(), frames[1]);
+        assert!(read_frame(&mut r).unwrap().is_none());
+        let mut bad = buf.clone();
+        bad[6] ^= 1;
+        assert!(read_frame(&mut &bad[..]).is_err());
+        assert!(read_frame(&mut &buf[..buf.len() - 20]).is_ok());
+        let cut = &buf[..10];
+        assert!(read_frame(&mut &cut[..]).is_err());
+    }
+}

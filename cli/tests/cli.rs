@@ -1,0 +1,223 @@
+//! The `millpond` binary on real stores: every command, its exit codes and
+//! its messages, including a deliberately damaged store that `verify` must
+//! catch.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn millpond(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_millpond"))
+        .args(args)
+        .output()
+        .expect("run millpond")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = millpond(args);
+    assert!(
+        out.status.success(),
+        "millpond {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("a utf-8 path")
+}
+
+#[test]
+fn set_get_del_scan_and_stats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let d = p(&dir);
+    // Read commands never create a store.
+    let out = millpond(&["get", d, "k"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no store"));
+    assert!(!dir.exists());
+
+    ok(&["set", d, "user:1", "ada"]);
+    ok(&["set", d, "user:2", "bob", "--ttl", "10m"]);
+    ok(&["set", d, "bin\\x00key", "\\xff\\x00"]);
+    ok(&["set", d, "big", &"x".repeat(20_000)]);
+    assert_eq!(ok(&["get", d, "user:1"]), "ada\n");
+    assert_eq!(ok(&["get", d, "bin\\x00key"]), "\\xff\\x00\n");
+    assert_eq!(ok(&["get", d, "62696e006b6579", "--hex"]), "ff00\n");
+    let json = ok(&["get", d, "user:2", "--json"]);
+    assert!(
+        json.starts_with("{\"key\": \"user:2\", \"value\": \"bob\", \"ttl_ms\": "),
+        "{json}"
+    );
+
+    assert_eq!(
+        ok(&["scan", d, "--prefix", "user:"]),
+        "user:1\tada\nuser:2\tbob\n"
+    );
+    assert_eq!(ok(&["scan", d, "--limit", "1"]).lines().count(), 1);
+    assert_eq!(
+        ok(&["scan", d, "--prefix", "user:1", "--json"]),
+        "{\"key\": \"user:1\", \"value\": \"ada\"}\n"
+    );
+
+    let stats = ok(&["stats", d]);
+    assert!(stats.contains("keys               4"), "{stats}");
+    assert!(stats.contains("blob values      1"), "{stats}");
+    assert!(stats.contains("keys with a TTL    1"), "{stats}");
+    assert!(ok(&["stats", d, "--json"]).contains("\"keys\": 4"));
+
+    ok(&["del", d, "user:1"]);
+    let out = millpond(&["del", d, "user:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = millpond(&["get", d, "user:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no value for key user:1"));
+}
+
+#[test]
+fn bad_input_gets_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("not-a-store");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    for cmd in ["stats", "verify", "scan", "dump"] {
+        let out = millpond(&[cmd, p(&other)]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a millpond store"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+    let out = millpond(&["set", p(&other), "k", "v"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a millpond store"));
+    let out = millpond(&["set", p(&tmp.path().join("s")), "k", "v", "--ttl", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+    let out = millpond(&["get", p(&tmp.path().join("s")), "zz", "--hex"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not hex"));
+}
+
+#[test]
+fn a_store_held_by_another_engine_is_refused_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let engine = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
+    let out = millpond(&["get", p(&dir), "k"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another engine"), "{err}");
+    assert!(!err.contains("panicked"));
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn dump_and_load_move_keys_values_and_deadlines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for i in 0..40 {
+        ok(&["set", p(&a), &format!("k{i:03}"), &format!("value {i}")]);
+        if i == 0 {
+            ok(&["set", p(&a), "big", &"y".repeat(30_000)]);
+            ok(&["set", p(&a), "temp", "t", "--ttl", "1h"]);
+            ok(&["set", p(&a), "gone", "g", "--ttl", "1ms"]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    let dump = millpond(&["dump", p(&a)]);
+    assert!(dump.status.success());
+    assert!(dump.stdout.starts_with(b"millpond-dump 1\n"));
+
+    let mut load = Command::new(env!("CARGO_BIN_EXE_millpond"))
+        .args(["load", p(&b)])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loaded 42 keys"));
+    assert_eq!(ok(&["scan", p(&a)]), ok(&["scan", p(&b)]));
+    let ttl = ok(&["get", p(&b), "temp", "--json"]);
+    assert!(
+        !ttl.contains("\"ttl_ms\": null"),
+        "the deadline moved too: {ttl}"
+    );
+    assert_eq!(millpond(&["get", p(&b), "gone"]).status.code(), Some(1));
+
+    // A damaged or truncated dump is refused.
+    for bad in [
+        dump.stdout[..dump.stdout.len() - 3].to_vec(),
+        b"something else\n".to_vec(),
+    ] {
+        let mut load = Command::new(env!("CARGO_BIN_EXE_millpond"))
+            .args(["load", p(&tmp.path().join("c"))])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        load.stdin.take().unwrap().write_all(&bad).unwrap();
+        let out = load.wait_with_output().unwrap();
+        assert!(!out.status.success());
+    }
+}
+
+#[test]
+fn verify_catches_a_damaged_store_and_repair_fixes_what_it_can() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let d = p(&dir);
+    for i in 0..20 {
+        ok(&["set", d, &format!("k{i}"), &format!("v{i}")]);
+    }
+    // Written twice: the first blob is freed, so an id below the committed
+    // next id is free for the orphan below (ids at or above it are swept at
+    // open).
+    ok(&["set", d, "big", &"z".repeat(40_000)]);
+    ok(&["set", d, "big", &"w".repeat(40_000)]);
+    assert!(ok(&["verify", d]).contains("clean: no problem found"));
+
+    // Damage a record and add an orphan blob, directly in the sled trees.
+    {
+        let db = sled::open(&dir).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        let mut rec = meta.get(b"\x01k7").unwrap().unwrap().to_vec();
+        rec[2] ^= 0x10;
+        meta.insert(b"\x01k7", rec).unwrap();
+        let blob = db.open_tree("blob").unwrap();
+        let ids: Vec<u64> = blob
+            .iter()
+            .map(|kv| u64::from_be_bytes(kv.unwrap().0[..].try_into().unwrap()))
+            .collect();
+        let orphan = (0..).find(|i| !ids.contains(i)).unwrap();
+        assert!(orphan < *ids.iter().max().unwrap());
+        blob.insert(orphan.to_be_bytes(), vec![1; 10]).unwrap();
+        db.flush().unwrap();
+    }
+    let out = millpond(&["verify", d]);
+    assert_eq!(out.status.code(), Some(2));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("2 problem(s)"), "{report}");
+    assert!(report.contains("corrupt record \"k7\""), "{report}");
+    assert!(report.contains("belongs to no record"), "{report}");
+
+    let out = millpond(&["verify", d, "--repair"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the report is of what was found"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("repaired: 1"));
+    // The orphan is gone; the corrupt record (live data) is kept and
+    // reported.
+    let out = millpond(&["verify", d, "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("corrupt record"), "{json}");
+    assert!(!json.contains("belongs to no record"), "{json}");
+    assert_eq!(ok(&["get", d, "k8"]), "v8\n");
+}
