@@ -620,7 +620,6 @@ mod tests {
         t.apply(&changes).unwrap();
         // The same change again: its expectations no longer hold.
         assert!(t.apply(&changes).is_err());
-        assert!(t.set_with_ttl(b"c", b"1", Duration::from_secs(1)).is_err());
         let closed = t.close().unwrap();
         let t = T::reopen(dir, &tuning(), closed.handle).unwrap();
         assert!(t.get(b"a").unwrap().is_none());
