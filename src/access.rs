@@ -444,18 +444,14 @@ impl Shared {
                     break;
                 }
                 // Dirty keys before this stored key.
-                while let Some((dk, _)) = dirty.peek() {
-                    if dk[..] >= key[..] {
-                        break;
-                    }
-                    let (dk, e) = dirty.next().expect("peeked");
+                while let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
                     self.push_dirty(&mut out, dk, e, now)?;
                     if out.len() >= limit {
                         return Ok(out);
                     }
                 }
-                if dirty.peek().is_some_and(|(dk, _)| dk[..] == key[..]) {
-                    let (dk, e) = dirty.next().expect("peeked");
+                // A dirty entry of this key replaces its stored record.
+                if let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] == key[..]) {
                     self.push_dirty(&mut out, dk, e, now)?;
                 } else {
                     let rec = codec::decode_meta(&key, &raw)?;
