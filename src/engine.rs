@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::access::{deadline_after, Change};
 use crate::buffer::{DirtyMap, Slot};
+use crate::clock::UnixMillis;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
@@ -169,15 +170,7 @@ impl Engine {
     /// [`Error::TooLarge`], [`Error::Closed`], and [`Error::FlushFailing`] or
     /// [`Error::Poisoned`] when the engine cannot persist writes.
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_value(value.len())?;
-        s.write(
-            key,
-            Slot::Value(Bytes::copy_from_slice(value)),
-            s.default_deadline(),
-        )
+        self.put(key, value, Shared::default_deadline)
     }
 
     /// Sets `key` to `value`, to expire `ttl` from now (by the engine's
@@ -185,15 +178,21 @@ impl Engine {
     /// the purger deletes it from memory and disk. A zero `ttl` expires the
     /// key at once.
     pub fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.put(key, value, |s| Some(deadline_after(s.now(), ttl)))
+    }
+
+    /// A blind write of a value, with the deadline `deadline` gives.
+    fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        deadline: impl FnOnce(&Shared) -> Option<UnixMillis>,
+    ) -> Result<()> {
         not_reentrant()?;
         let s = self.shared();
         s.check_key(key)?;
         s.check_value(value.len())?;
-        s.write(
-            key,
-            Slot::Value(Bytes::copy_from_slice(value)),
-            Some(deadline_after(s.now(), ttl)),
-        )
+        s.write(key, Slot::Value(Bytes::copy_from_slice(value)), deadline(s))
     }
 
     /// Gives an existing key a new deadline, `ttl` from now, without

@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::workload::{self, check_bank, matching_prefix, read_all, value_for, Spec};
+use common::workload::{self, assert_one_point_in_history, check_bank, value_for, Spec};
 use common::{Rng, Store};
 use millpond::{Config, Engine};
 
@@ -55,16 +55,7 @@ fn killed_at_random_moments_recovers_one_point_in_history() {
         t.kill();
         let what = format!("trial {trial} (child seed {child_seed})");
         let e = reopen(&store, &what);
-        let n = matching_prefix(child_seed, &read_all(&e), t.checkpoint);
-        eprintln!(
-            "{what}: last checkpoint {}, recovered prefix {n:?}",
-            t.checkpoint
-        );
-        assert!(
-            n.is_some(),
-            "{what}: the recovered state is not the state after any prefix of at least {} operations",
-            t.checkpoint
-        );
+        assert_one_point_in_history(&e, child_seed, t.checkpoint, &what);
         e.shutdown().unwrap();
     }
 }
@@ -143,16 +134,7 @@ fn crashed_at_each_point_of_a_flush_cycle_recovers_one_point_in_history() {
             );
             let what = format!("{action} trial {trial} (child seed {child_seed})");
             let e = reopen(&store, &what);
-            let n = matching_prefix(child_seed, &read_all(&e), t.checkpoint);
-            eprintln!(
-                "{what}: last checkpoint {}, recovered prefix {n:?}",
-                t.checkpoint
-            );
-            assert!(
-                n.is_some(),
-                "{what}: not the state after any prefix of at least {} operations",
-                t.checkpoint
-            );
+            assert_one_point_in_history(&e, child_seed, t.checkpoint, &what);
             e.shutdown().unwrap();
         }
     }

@@ -139,6 +139,20 @@ pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u
     None
 }
 
+/// Asserts that the store holds the history's state after some prefix of at
+/// least `checkpoint` operations (one point in history, none of it lost);
+/// returns the prefix length.
+pub fn assert_one_point_in_history(e: &Engine, seed: u64, checkpoint: u64, what: &str) -> u64 {
+    let n = matching_prefix(seed, &read_all(e), checkpoint);
+    eprintln!("{what}: last checkpoint {checkpoint}, recovered prefix {n:?}");
+    n.unwrap_or_else(|| {
+        panic!(
+            "{what}: the recovered state is not the state after any prefix of at least \
+             {checkpoint} operations"
+        )
+    })
+}
+
 pub fn account(i: u64) -> Vec<u8> {
     format!("account-{i:02}").into_bytes()
 }
