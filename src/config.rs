@@ -73,7 +73,10 @@ impl Config {
 
     /// Bound on buffered (not yet persisted) data, counting keys, values and a
     /// fixed per-entry overhead. A flush starts early when half of it is used;
-    /// writers wait when all of it is used. Default: 64 MiB. At least 64 KiB.
+    /// writers wait when all of it is used. While a flush cycle runs, a hot
+    /// key can be buffered twice (the copy being flushed and a newer one), so
+    /// give it about twice the data you rewrite within `write_delay`.
+    /// Default: 64 MiB. At least 64 KiB.
     pub fn max_dirty_bytes(mut self, bytes: usize) -> Config {
         self.max_dirty_bytes = bytes;
         self
