@@ -431,6 +431,7 @@ fn measured_run<W: Workload, T: Target>(
     let verify_started = Instant::now();
     let t = T::reopen(dir, tuning, closed.handle).context("reopening the store to check it")?;
     let checked = w.verify(&t);
+    report.notes.extend(w.verify_notes());
     t.close().context("closing the store after checking it")?;
     report.verified_keys = checked?;
     report.verify_secs = verify_started.elapsed().as_secs_f64();

@@ -17,7 +17,7 @@ pub enum Status {
     Ok,
     /// Failed: an error, or the store's contents were wrong.
     Failed,
-    /// Not run (a stub workload).
+    /// Not run (the workload needs an op the store cannot do).
     NotRun,
 }
 
@@ -513,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn the_report_shows_ratios_failures_and_stubs() {
+    fn the_report_shows_ratios_failures_and_runs_not_run() {
         let mut failed = run("journal", TargetKind::Sled, 1.0, 1);
         failed.status = Status::Failed;
         failed.error = Some("verification failed: 3 of 10 keys differ".into());
@@ -541,12 +541,12 @@ mod tests {
                 RunReport::not_run(
                     WorkloadKind::TtlChurn,
                     TargetKind::Millpond,
-                    "TTL not implemented yet",
+                    "an op the store cannot do",
                 ),
                 RunReport::not_run(
                     WorkloadKind::TtlChurn,
                     TargetKind::Sled,
-                    "TTL not implemented yet",
+                    "an op the store cannot do",
                 ),
             ],
         };
@@ -558,7 +558,10 @@ mod tests {
         assert!(ratio_line.contains("10.0x"), "{ratio_line}");
         assert!(ratio_line.contains("0.25x"), "{ratio_line}");
         assert!(ratio_line.contains("(20.0x fewer)"), "{ratio_line}");
-        assert_eq!(text.matches("not run: TTL not implemented yet").count(), 1);
+        assert_eq!(
+            text.matches("not run: an op the store cannot do").count(),
+            1
+        );
         assert!(text.contains("ttl-churn  all"));
         assert!(text.contains("FAILURES:"));
         assert!(text.contains("journal on sled: verification failed"));

@@ -1,19 +1,32 @@
 //! The stores a workload runs against, behind one trait: millpond, raw sled
 //! with the same staleness, and an in-memory sharded map (the upper bound).
 //!
-//! A workload only uses the ops in [`Target`]. An op a store cannot do yet
-//! (a TTL) answers [`Unsupported`]; a multi-key change says through
-//! [`Atomicity`] whether it was atomic, so the report can say so.
+//! A workload only uses the ops in [`Target`]. An op a store cannot do
+//! answers [`Unsupported`] (the driver reports the run as not run); a
+//! multi-key change says through [`Atomicity`] whether it was atomic, so the
+//! report can say so.
+//!
+//! Expiry: millpond has TTLs (`set_with_ttl`, its purger thread). sled and
+//! the in-memory map have none, so both emulate them the way an application
+//! would: the deadline is stored with the value, an ordered index
+//! `(deadline, key)` is written with it atomically, every read checks the
+//! deadline, and a [`Sweeper`] thread deletes expired entries every 100 ms
+//! (millpond's purger tick). All three read the same clock
+//! ([`unix_millis`], the system clock in whole milliseconds, as millpond).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
-use parking_lot::{RwLock, RwLockWriteGuard};
+use anyhow::{anyhow, bail, Context, Result};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 /// Which store a run uses.
@@ -64,6 +77,32 @@ pub struct Tuning {
 /// so that a workload's atomic change spanning both is a two-tree sled
 /// transaction. The other stores have one keyspace.
 pub const SECOND_TREE_PREFIX: &[u8] = b"t2/";
+
+/// Keys starting with this prefix live in the sled baseline's expiring
+/// tree, where every value carries its deadline; only they can be given a
+/// TTL there (`set_with_ttl` of another key is [`Unsupported`] on sled).
+/// The other stores take a TTL on any key.
+pub const TTL_TREE_PREFIX: &[u8] = b"ttl/";
+
+/// Now, as whole milliseconds since the Unix epoch (by the system clock,
+/// rounded down): the clock every target's deadlines are kept in, the same
+/// as millpond's `SystemClock`.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `now + ttl` in milliseconds, saturating (millpond's rule: a value is
+/// live while `now < deadline`, so a zero TTL expires at once).
+fn deadline_after(now: u64, ttl: Duration) -> u64 {
+    now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether a value with this deadline (0: none) is live at `now`.
+fn live(deadline: u64, now: impl FnOnce() -> u64) -> bool {
+    deadline == 0 || deadline > now()
+}
 
 /// What a key's current value must be for a [`Change`] to apply.
 #[derive(Debug, Clone, Copy)]
@@ -156,10 +195,14 @@ pub trait Target: Sized + Sync {
     /// A change of several keys. An unmet [`Expect`] is an error (the store
     /// does not hold what the workload wrote: the run fails).
     fn apply(&self, changes: &[Change<'_>]) -> Result<Atomicity>;
-    /// A set with a time to live. No store supports it yet.
-    fn set_with_ttl(&self, _key: &[u8], _value: &[u8], _ttl: Duration) -> Result<()> {
-        Err(Unsupported("TTL not implemented yet").into())
-    }
+    /// A set with a time to live: the value is absent to every read once
+    /// `ttl` has passed (deadline = [`unix_millis`] + `ttl`), and the store
+    /// deletes it in the background.
+    fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()>;
+    /// Entries with a deadline that the store still holds, live or expired
+    /// (millpond: `stats().ttl_keys`, its expiry index; the emulations:
+    /// their index entries). Untimed use only (it may scan).
+    fn ttl_entries(&self) -> Result<u64>;
 
     /// Makes every write so far durable (used after a workload's untimed
     /// preload).
@@ -198,6 +241,103 @@ pub fn describe(value: Option<&[u8]>) -> String {
                 if v.len() > 16 { ".." } else { "" }
             )
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Expiry for the emulations
+
+/// Most expired entries a sweeper deletes at once (per shard, or per sled
+/// transaction), as millpond's purger slice.
+const SWEEP_SLICE: usize = 256;
+
+/// A background thread that runs a sweep every 100 ms (millpond's purger
+/// tick) until it is finished or dropped. A failed sweep stops it; the error
+/// is reported by [`Sweeper::finish`].
+pub struct Sweeper {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    error: Arc<Mutex<Option<String>>>,
+    /// Expired entries deleted so far.
+    swept: Arc<AtomicU64>,
+}
+
+impl Sweeper {
+    const TICK: Duration = Duration::from_millis(100);
+
+    /// Starts the thread; `sweep` returns how many entries it deleted.
+    fn start(name: &str, mut sweep: impl FnMut() -> Result<u64> + Send + 'static) -> Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let error = Arc::new(Mutex::new(None));
+        let swept = Arc::new(AtomicU64::new(0));
+        let (e, n) = (Arc::clone(&error), Arc::clone(&swept));
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(Sweeper::TICK) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+                match sweep() {
+                    Ok(k) => {
+                        n.fetch_add(k, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        *e.lock() = Some(format!("{err:#}"));
+                        return;
+                    }
+                }
+            })
+            .context("starting the expiry sweeper thread")?;
+        Ok(Sweeper {
+            stop: Some(stop),
+            thread: Some(thread),
+            error,
+            swept,
+        })
+    }
+
+    fn halt(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops the thread; an error if a sweep failed.
+    fn finish(mut self) -> Result<u64> {
+        self.halt();
+        if let Some(e) = self.error.lock().take() {
+            bail!("the expiry sweeper failed: {e}");
+        }
+        Ok(self.swept.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Starts `slot`'s sweeper unless it runs already (two racing starters:
+/// the loser's thread is stopped at once).
+fn ensure_sweeper<F: FnMut() -> Result<u64> + Send + 'static>(
+    slot: &OnceLock<Sweeper>,
+    name: &str,
+    sweep: impl FnOnce() -> F,
+) -> Result<()> {
+    if slot.get().is_none() {
+        let _ = slot.set(Sweeper::start(name, sweep())?);
+    }
+    Ok(())
+}
+
+/// Stops a target's sweeper, if it ran; an error if a sweep failed.
+fn finish_sweeper(slot: OnceLock<Sweeper>) -> Result<()> {
+    match slot.into_inner() {
+        Some(s) => s.finish().map(drop),
+        None => Ok(()),
     }
 }
 
@@ -272,6 +412,10 @@ impl Target for MillpondTarget {
         Ok(self.engine.set_with_ttl(key, value, ttl)?)
     }
 
+    fn ttl_entries(&self) -> Result<u64> {
+        Ok(self.engine.stats().ttl_keys as u64)
+    }
+
     fn sync(&self) -> Result<()> {
         self.engine.checkpoint().context("millpond checkpoint")?;
         Ok(())
@@ -300,10 +444,130 @@ impl Target for MillpondTarget {
 // sled
 
 /// Raw sled with the same staleness as millpond: the log is flushed every
-/// `write_delay`; each op is one sled call.
+/// `write_delay`; each op is one sled call (a transaction where the
+/// emulated expiry needs two trees).
+///
+/// Keys under [`TTL_TREE_PREFIX`] live in the `expiring` tree as an 8-byte
+/// big-endian deadline (0: none) followed by the value; the `deadlines` tree
+/// holds `deadline || key -> ()` for each one with a deadline, written in
+/// the same sled transaction. Reads check the deadline; a [`Sweeper`]
+/// (started by the first `set_with_ttl`, or at open when the index is not
+/// empty) deletes expired entries from both trees, up to 256 per
+/// transaction.
 pub struct SledTarget {
     db: sled::Db,
     second: sled::Tree,
+    expiring: sled::Tree,
+    deadlines: sled::Tree,
+    sweeper: OnceLock<Sweeper>,
+}
+
+type TxResult<T> = sled::transaction::ConflictableTransactionResult<T, String>;
+
+/// `deadline || value`, as the expiring tree stores it.
+fn sled_record(deadline: u64, value: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(8 + value.len());
+    r.extend_from_slice(&deadline.to_be_bytes());
+    r.extend_from_slice(value);
+    r
+}
+
+/// The deadline of a stored record (0 for a record too short to have one,
+/// which this target never writes).
+fn sled_deadline(record: &[u8]) -> u64 {
+    record
+        .get(..8)
+        .map_or(0, |d| u64::from_be_bytes(d.try_into().unwrap_or([0; 8])))
+}
+
+/// The index entry of `key` with `deadline`: `deadline (big endian) || key`.
+fn sled_index_key(deadline: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&deadline.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Inside a transaction: the live value of a key of the expiring tree and
+/// its deadline.
+fn sled_tx_get(
+    values: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    now: u64,
+) -> TxResult<Option<(u64, sled::IVec)>> {
+    Ok(values.get(key)?.and_then(|r| {
+        let d = sled_deadline(&r);
+        live(d, || now).then(|| (d, r.subslice(8, r.len() - 8)))
+    }))
+}
+
+/// Inside a transaction: sets (`Some`) or removes (`None`) a key of the
+/// expiring tree, keeping the deadline index in step.
+fn sled_tx_put(
+    values: &sled::transaction::TransactionalTree,
+    index: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    value: Option<&[u8]>,
+    deadline: u64,
+) -> TxResult<()> {
+    let old = match value {
+        Some(v) => values.insert(key, sled_record(deadline, v))?,
+        None => values.remove(key)?,
+    };
+    let old_deadline = old.as_deref().map_or(0, sled_deadline);
+    let kept = value.is_some() && old_deadline == deadline;
+    if old_deadline != 0 && !kept {
+        index.remove(sled_index_key(old_deadline, key))?;
+    }
+    if value.is_some() && deadline != 0 && !kept {
+        index.insert(sled_index_key(deadline, key), &[][..])?;
+    }
+    Ok(())
+}
+
+fn sled_tx<T>(r: sled::transaction::TransactionResult<T, String>) -> Result<T> {
+    use sled::transaction::TransactionError;
+    match r {
+        Ok(t) => Ok(t),
+        Err(TransactionError::Abort(msg)) => Err(anyhow!(msg)),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+    }
+}
+
+/// One sweep: deletes every entry whose deadline has passed, from both
+/// trees, `SWEEP_SLICE` per transaction. Returns how many.
+fn sled_sweep(values: &sled::Tree, index: &sled::Tree) -> Result<u64> {
+    use sled::Transactional;
+    // Expired: deadline <= now, i.e. index keys below (now + 1).
+    let end = unix_millis().saturating_add(1).to_be_bytes();
+    let mut swept = 0;
+    loop {
+        let batch = index
+            .range(..&end[..])
+            .keys()
+            .take(SWEEP_SLICE)
+            .collect::<sled::Result<Vec<sled::IVec>>>()?;
+        if batch.is_empty() {
+            return Ok(swept);
+        }
+        sled_tx((values, index).transaction(|(v, i)| {
+            for entry in &batch {
+                let (d, key) = (sled_deadline(entry), &entry[8..]);
+                if let Some(record) = v.get(key)? {
+                    // A rewrite with another deadline has its own entry.
+                    if sled_deadline(&record) == d {
+                        v.remove(key)?;
+                    }
+                }
+                i.remove(entry.clone())?;
+            }
+            Ok(())
+        }))?;
+        swept += batch.len() as u64;
+        if batch.len() < SWEEP_SLICE {
+            return Ok(swept);
+        }
+    }
 }
 
 impl SledTarget {
@@ -313,6 +577,13 @@ impl SledTarget {
         } else {
             &self.db
         }
+    }
+
+    fn start_sweeper(&self) -> Result<()> {
+        ensure_sweeper(&self.sweeper, "sled-expiry", || {
+            let (v, i) = (self.expiring.clone(), self.deadlines.clone());
+            move || sled_sweep(&v, &i)
+        })
     }
 }
 
@@ -332,7 +603,23 @@ impl Target for SledTarget {
         let second = db
             .open_tree("second")
             .context("opening sled's second tree")?;
-        Ok(SledTarget { db, second })
+        let expiring = db
+            .open_tree("expiring")
+            .context("opening sled's expiring tree")?;
+        let deadlines = db
+            .open_tree("deadlines")
+            .context("opening sled's deadline index tree")?;
+        let t = SledTarget {
+            db,
+            second,
+            expiring,
+            deadlines,
+            sweeper: OnceLock::new(),
+        };
+        if !t.deadlines.is_empty() {
+            t.start_sweeper()?;
+        }
+        Ok(t)
     }
 
     fn reopen(dir: &Path, tuning: &Tuning, (): ()) -> Result<Self> {
@@ -340,15 +627,42 @@ impl Target for SledTarget {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
+        if key.starts_with(TTL_TREE_PREFIX) {
+            return Ok(self.expiring.get(key)?.and_then(|r| {
+                live(sled_deadline(&r), unix_millis).then(|| r.subslice(8, r.len() - 8))
+            }));
+        }
         Ok(self.tree(key).get(key)?)
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.starts_with(TTL_TREE_PREFIX) {
+            // A plain set clears the key's deadline (as in millpond).
+            use sled::Transactional;
+            return sled_tx(
+                (&self.expiring, &self.deadlines)
+                    .transaction(|(v, i)| sled_tx_put(v, i, key, Some(value), 0)),
+            );
+        }
         self.tree(key).insert(key, value)?;
         Ok(())
     }
 
     fn modify<R>(&self, key: &[u8], mut f: impl FnMut(&mut Option<Vec<u8>>) -> R) -> Result<R> {
+        if key.starts_with(TTL_TREE_PREFIX) {
+            // As millpond: a live key keeps its deadline, an expired key is
+            // `None`, a created key has no deadline.
+            use sled::Transactional;
+            let f = RefCell::new(f);
+            return sled_tx((&self.expiring, &self.deadlines).transaction(|(v, i)| {
+                let found = sled_tx_get(v, key, unix_millis())?;
+                let deadline = found.as_ref().map_or(0, |(d, _)| *d);
+                let mut value = found.map(|(_, val)| val.to_vec());
+                let r = (f.borrow_mut())(&mut value);
+                sled_tx_put(v, i, key, value.as_deref(), deadline)?;
+                Ok(r)
+            }));
+        }
         let mut out = None;
         self.tree(key).update_and_fetch(key, |old| {
             let mut v = old.map(<[u8]>::to_vec);
@@ -358,11 +672,48 @@ impl Target for SledTarget {
         out.ok_or_else(|| anyhow!("sled's update_and_fetch did not call the closure"))
     }
 
-    /// A two-tree sled transaction.
+    /// A two-tree sled transaction (four trees when a key of the expiring
+    /// tree is involved).
     fn apply(&self, changes: &[Change<'_>]) -> Result<Atomicity> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
         let main: &sled::Tree = &self.db;
+        if changes.iter().any(|c| c.key.starts_with(TTL_TREE_PREFIX)) {
+            let trees = (main, &self.second, &self.expiring, &self.deadlines);
+            sled_tx(trees.transaction(|(m, s, v, i)| {
+                let now = unix_millis();
+                for c in changes {
+                    let ttl = c.key.starts_with(TTL_TREE_PREFIX);
+                    let current = if ttl {
+                        sled_tx_get(v, c.key, now)?.map(|(_, val)| val)
+                    } else if c.key.starts_with(SECOND_TREE_PREFIX) {
+                        s.get(c.key)?
+                    } else {
+                        m.get(c.key)?
+                    };
+                    if !c.expect.matches(current.as_deref()) {
+                        let e = expect_failed(c.key, &c.expect, current.as_deref());
+                        return Err(ConflictableTransactionError::Abort(e.to_string()));
+                    }
+                    let tree = if c.key.starts_with(SECOND_TREE_PREFIX) {
+                        s
+                    } else {
+                        m
+                    };
+                    match (ttl, c.new) {
+                        (true, new) => sled_tx_put(v, i, c.key, new, 0)?,
+                        (false, Some(new)) => {
+                            tree.insert(c.key, new)?;
+                        }
+                        (false, None) => {
+                            tree.remove(c.key)?;
+                        }
+                    }
+                }
+                Ok(())
+            }))?;
+            return Ok(Atomicity::Atomic);
+        }
         let result = (main, &self.second).transaction(|(m, s)| {
             for c in changes {
                 let tree = if c.key.starts_with(SECOND_TREE_PREFIX) {
@@ -386,11 +737,25 @@ impl Target for SledTarget {
             }
             Ok(())
         });
-        match result {
-            Ok(()) => Ok(Atomicity::Atomic),
-            Err(TransactionError::Abort(msg)) => Err(anyhow!(msg)),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+        sled_tx(result)?;
+        Ok(Atomicity::Atomic)
+    }
+
+    fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        use sled::Transactional;
+        if !key.starts_with(TTL_TREE_PREFIX) {
+            return Err(Unsupported("the sled baseline gives TTLs only to keys under ttl/").into());
         }
+        self.start_sweeper()?;
+        let deadline = deadline_after(unix_millis(), ttl);
+        sled_tx(
+            (&self.expiring, &self.deadlines)
+                .transaction(|(v, i)| sled_tx_put(v, i, key, Some(value), deadline)),
+        )
+    }
+
+    fn ttl_entries(&self) -> Result<u64> {
+        Ok(self.deadlines.len() as u64)
     }
 
     fn sync(&self) -> Result<()> {
@@ -399,8 +764,11 @@ impl Target for SledTarget {
     }
 
     fn close(self) -> Result<Closed<()>> {
-        self.db.flush().context("sled flush")?;
-        drop(self);
+        let SledTarget { db, sweeper, .. } = self;
+        // The sweeper first, so that its last deletions are flushed too.
+        finish_sweeper(sweeper)?;
+        db.flush().context("sled flush")?;
+        drop(db);
         Ok(Closed {
             handle: (),
             engine: None,
@@ -438,11 +806,102 @@ impl Hasher for FxHasher {
     }
 }
 
-type Shard = HashMap<Box<[u8]>, Arc<Vec<u8>>, BuildHasherDefault<FxHasher>>;
+/// A value of the in-memory store with its deadline (0: none).
+struct MemEntry {
+    value: Arc<Vec<u8>>,
+    deadline: u64,
+}
+
+/// One shard of the in-memory store: the map and, under the same lock, its
+/// keys with a deadline ordered by deadline.
+#[derive(Default)]
+pub struct Shard {
+    map: HashMap<Box<[u8]>, MemEntry, BuildHasherDefault<FxHasher>>,
+    expiry: BTreeSet<(u64, Box<[u8]>)>,
+}
+
+impl Shard {
+    /// The live value of `key` (the clock is read only for a key with a
+    /// deadline).
+    fn live(&self, key: &[u8]) -> Option<&Arc<Vec<u8>>> {
+        self.map
+            .get(key)
+            .filter(|e| live(e.deadline, unix_millis))
+            .map(|e| &e.value)
+    }
+
+    /// Sets `key` (deadline 0: none), keeping the index in step.
+    fn put(&mut self, key: &[u8], value: Arc<Vec<u8>>, deadline: u64) {
+        match self.map.get_mut(key) {
+            Some(e) => {
+                if e.deadline != deadline {
+                    if e.deadline != 0 {
+                        self.expiry.remove(&(e.deadline, Box::from(key)));
+                    }
+                    if deadline != 0 {
+                        self.expiry.insert((deadline, Box::from(key)));
+                    }
+                }
+                *e = MemEntry { value, deadline };
+            }
+            None => {
+                if deadline != 0 {
+                    self.expiry.insert((deadline, Box::from(key)));
+                }
+                self.map.insert(key.into(), MemEntry { value, deadline });
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(e) = self.map.remove(key) {
+            if e.deadline != 0 {
+                self.expiry.remove(&(e.deadline, Box::from(key)));
+            }
+        }
+    }
+
+    /// Deletes up to `max` expired entries; returns how many.
+    fn sweep(&mut self, now: u64, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.expiry.first() {
+                Some((d, _)) if *d <= now => {}
+                _ => break,
+            }
+            let Some((_, key)) = self.expiry.pop_first() else {
+                break;
+            };
+            self.map.remove(&key);
+            n += 1;
+        }
+        n
+    }
+}
 
 /// The map behind [`MemoryTarget`].
 pub struct MemStore {
     shards: Vec<RwLock<Shard>>,
+}
+
+impl MemStore {
+    /// One sweep over every shard, a bounded slice at a time (as millpond's
+    /// purger).
+    fn sweep(&self) -> u64 {
+        let mut total = 0;
+        loop {
+            let now = unix_millis();
+            let mut full = false;
+            for shard in &self.shards {
+                let n = shard.write().sweep(now, SWEEP_SLICE);
+                full |= n == SWEEP_SLICE;
+                total += n as u64;
+            }
+            if !full {
+                return total;
+            }
+        }
+    }
 }
 
 /// A value of the in-memory store (shared, not copied, by `get`).
@@ -455,9 +914,13 @@ impl AsRef<[u8]> for MemVal {
 }
 
 /// A sharded `HashMap` behind `parking_lot` read-write locks. Nothing is
-/// written to disk: the upper bound for the other two.
+/// written to disk: the upper bound for the other two. A TTL is a deadline
+/// beside the value plus an entry in the shard's ordered expiry index;
+/// reads check the deadline, and a [`Sweeper`] (started by the first
+/// `set_with_ttl`) deletes expired entries every 100 ms.
 pub struct MemoryTarget {
     store: Arc<MemStore>,
+    sweeper: OnceLock<Sweeper>,
 }
 
 impl MemoryTarget {
@@ -471,6 +934,13 @@ impl MemoryTarget {
     fn shard(&self, key: &[u8]) -> &RwLock<Shard> {
         &self.store.shards[MemoryTarget::shard_of(key)]
     }
+
+    fn start_sweeper(&self) -> Result<()> {
+        ensure_sweeper(&self.sweeper, "mem-expiry", || {
+            let store = Arc::clone(&self.store);
+            move || Ok(store.sweep())
+        })
+    }
 }
 
 impl Target for MemoryTarget {
@@ -481,49 +951,58 @@ impl Target for MemoryTarget {
         let shards = (0..MEM_SHARDS).map(|_| RwLock::default()).collect();
         Ok(MemoryTarget {
             store: Arc::new(MemStore { shards }),
+            sweeper: OnceLock::new(),
         })
     }
 
     fn reopen(_dir: &Path, _tuning: &Tuning, store: Arc<MemStore>) -> Result<Self> {
-        Ok(MemoryTarget { store })
+        let t = MemoryTarget {
+            store,
+            sweeper: OnceLock::new(),
+        };
+        if t.store.shards.iter().any(|s| !s.read().expiry.is_empty()) {
+            t.start_sweeper()?;
+        }
+        Ok(t)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<MemVal>> {
-        Ok(self.shard(key).read().get(key).cloned().map(MemVal))
+        Ok(self.shard(key).read().live(key).cloned().map(MemVal))
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let value = Arc::new(value.to_vec());
-        let mut shard = self.shard(key).write();
-        match shard.get_mut(key) {
-            Some(slot) => *slot = value,
-            None => {
-                shard.insert(key.into(), value);
-            }
-        }
+        self.shard(key).write().put(key, value, 0);
         Ok(())
     }
 
+    /// As millpond: a live key keeps its deadline, an expired key is
+    /// `None` to `f`, a key `f` creates has no deadline.
     fn modify<R>(&self, key: &[u8], mut f: impl FnMut(&mut Option<Vec<u8>>) -> R) -> Result<R> {
         let mut shard = self.shard(key).write();
-        match shard.get_mut(key) {
-            Some(slot) => {
+        let Shard { map, expiry } = &mut *shard;
+        match map.get_mut(key) {
+            Some(e) if live(e.deadline, unix_millis) => {
                 // Taken out without a copy unless a reader still holds it.
-                let mut v = Some(std::mem::take(Arc::make_mut(slot)));
+                let mut v = Some(std::mem::take(Arc::make_mut(&mut e.value)));
                 let r = f(&mut v);
                 match v {
-                    Some(v) => *slot = Arc::new(v),
+                    Some(v) => e.value = Arc::new(v),
                     None => {
-                        shard.remove(key);
+                        if e.deadline != 0 {
+                            expiry.remove(&(e.deadline, Box::from(key)));
+                        }
+                        map.remove(key);
                     }
                 }
                 Ok(r)
             }
-            None => {
+            _ => {
                 let mut v = None;
                 let r = f(&mut v);
-                if let Some(v) = v {
-                    shard.insert(key.into(), Arc::new(v));
+                match v {
+                    Some(v) => shard.put(key, Arc::new(v), 0),
+                    None => shard.remove(key),
                 }
                 Ok(r)
             }
@@ -549,7 +1028,7 @@ impl Target for MemoryTarget {
         };
         let slots: Vec<usize> = changes.iter().map(|c| guard_of(c.key)).collect();
         for (c, &g) in changes.iter().zip(&slots) {
-            let current = guards[g].1.get(c.key).map(|v| v.as_slice());
+            let current = guards[g].1.live(c.key).map(|v| v.as_slice());
             if !c.expect.matches(current) {
                 return Err(expect_failed(c.key, &c.expect, current));
             }
@@ -557,15 +1036,28 @@ impl Target for MemoryTarget {
         for (c, &g) in changes.iter().zip(&slots) {
             let shard = &mut guards[g].1;
             match c.new {
-                Some(v) => {
-                    shard.insert(c.key.into(), Arc::new(v.to_vec()));
-                }
-                None => {
-                    shard.remove(c.key);
-                }
+                Some(v) => shard.put(c.key, Arc::new(v.to_vec()), 0),
+                None => shard.remove(c.key),
             }
         }
         Ok(Atomicity::Atomic)
+    }
+
+    fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.start_sweeper()?;
+        let value = Arc::new(value.to_vec());
+        let deadline = deadline_after(unix_millis(), ttl);
+        self.shard(key).write().put(key, value, deadline);
+        Ok(())
+    }
+
+    fn ttl_entries(&self) -> Result<u64> {
+        Ok(self
+            .store
+            .shards
+            .iter()
+            .map(|s| s.read().expiry.len() as u64)
+            .sum())
     }
 
     fn sync(&self) -> Result<()> {
@@ -573,6 +1065,7 @@ impl Target for MemoryTarget {
     }
 
     fn close(self) -> Result<Closed<Arc<MemStore>>> {
+        finish_sweeper(self.sweeper)?;
         Ok(Closed {
             handle: self.store,
             engine: None,
@@ -632,6 +1125,92 @@ mod tests {
             std::env::temp_dir().join(format!("millpond-cli-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// Polls `f` for up to 2 s until it returns `want`.
+    fn eventually(want: u64, f: impl Fn() -> u64) -> u64 {
+        let started = std::time::Instant::now();
+        loop {
+            let got = f();
+            if got == want || started.elapsed() > Duration::from_secs(2) {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Expiry, the same on every store: reads, sweeping, deadlines kept by
+    /// modify and across reopen, cleared by plain writes.
+    fn ttl_script<T: Target>(dir: &Path) {
+        let hour = Duration::from_secs(3600);
+        let t = T::open(dir, &tuning()).unwrap();
+        t.set_with_ttl(b"ttl/a", b"1", Duration::from_millis(60))
+            .unwrap();
+        t.set_with_ttl(b"ttl/b", b"2", hour).unwrap();
+        t.set_with_ttl(b"ttl/c", b"3", Duration::ZERO).unwrap();
+        t.set(b"ttl/d", b"4").unwrap();
+        assert_eq!(t.get(b"ttl/a").unwrap().unwrap().as_ref(), b"1");
+        assert!(
+            t.get(b"ttl/c").unwrap().is_none(),
+            "a zero TTL expires at once"
+        );
+        t.modify(b"ttl/b", |v| v.as_mut().unwrap().push(b'x'))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(t.get(b"ttl/a").unwrap().is_none());
+        // An expired key is None to modify, and comes back without a TTL.
+        t.modify(b"ttl/c", |v| {
+            assert!(v.is_none());
+            *v = Some(b"5".to_vec());
+        })
+        .unwrap();
+        // Swept: only b keeps a deadline.
+        assert_eq!(eventually(1, || t.ttl_entries().unwrap()), 1);
+        let closed = t.close().unwrap();
+        let t = T::reopen(dir, &tuning(), closed.handle).unwrap();
+        assert!(t.get(b"ttl/a").unwrap().is_none());
+        assert_eq!(t.get(b"ttl/b").unwrap().unwrap().as_ref(), b"2x");
+        assert_eq!(t.get(b"ttl/c").unwrap().unwrap().as_ref(), b"5");
+        assert_eq!(t.get(b"ttl/d").unwrap().unwrap().as_ref(), b"4");
+        assert_eq!(t.ttl_entries().unwrap(), 1);
+        // A multi-key change writes plainly: the deadline goes.
+        let changes = [Change {
+            key: b"ttl/b",
+            expect: Expect::Equals(b"2x"),
+            new: Some(b"6"),
+        }];
+        t.apply(&changes).unwrap();
+        assert_eq!(t.ttl_entries().unwrap(), 0);
+        assert_eq!(t.get(b"ttl/b").unwrap().unwrap().as_ref(), b"6");
+        t.set_with_ttl(b"ttl/b", b"7", Duration::from_millis(30))
+            .unwrap();
+        t.set(b"ttl/b", b"8").unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(t.get(b"ttl/b").unwrap().unwrap().as_ref(), b"8");
+        assert_eq!(t.ttl_entries().unwrap(), 0);
+        t.close().unwrap();
+    }
+
+    #[test]
+    fn every_target_expires_keys_the_same_way() {
+        ttl_script::<MemoryTarget>(&tempdir("ttl-mem"));
+        for (name, run) in [
+            ("ttl-millpond", ttl_script::<MillpondTarget> as fn(&Path)),
+            ("ttl-sled", ttl_script::<SledTarget>),
+        ] {
+            let d = tempdir(name);
+            run(&d);
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+        // sled keeps TTL keys in their own tree, under their own prefix.
+        let d = tempdir("ttl-sled-prefix");
+        let t = SledTarget::open(&d, &tuning()).unwrap();
+        let err = t
+            .set_with_ttl(b"other", b"1", Duration::from_secs(1))
+            .unwrap_err();
+        assert!(err.downcast_ref::<Unsupported>().is_some());
+        t.close().unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -10,14 +10,14 @@
 //! unchanged value, so a constant value would measure nothing.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::measure::Latencies;
 use super::targets::{describe, show_key, Atomicity, Change, Expect, Target, Tuning};
-use super::targets::{TargetKind, SECOND_TREE_PREFIX};
+use super::targets::{unix_millis, TargetKind, SECOND_TREE_PREFIX};
 
 // ---------------------------------------------------------------------------
 // Randomness
@@ -146,7 +146,7 @@ pub enum WorkloadKind {
     UniformInsert,
     /// 90 % gets / 10 % sets over a working set larger than the buffer.
     ReadHeavy,
-    /// TTL churn (not implemented yet: the engine has no TTLs).
+    /// TTL churn: short-TTL keys expiring while new ones arrive, paced.
     TtlChurn,
 }
 
@@ -255,6 +255,10 @@ pub trait Workload {
     /// Compares the store's contents with what the run wrote. Returns how
     /// many keys were checked; any difference is an error.
     fn verify<T: Target>(&self, t: &T) -> Result<u64>;
+    /// Remarks from the last `verify`, for the report.
+    fn verify_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Runs `f(thread index)` on `n` threads and collects the results.
@@ -950,39 +954,403 @@ impl Workload for ReadHeavy {
 }
 
 // ---------------------------------------------------------------------------
-// 6. TTL churn (stub)
+// 6. TTL churn
 
-/// TTL churn: a stub until the engine has TTLs. Its run asks the target
-/// for a set with a time to live; every target answers
-/// [`Unsupported`](super::targets::Unsupported) today, which the driver
-/// reports as "not run". The workload body (keys written with short TTLs,
-/// expiring and being rewritten, reads checking that expired keys are
-/// gone) is to be written with `set_with_ttl` in millpond and an emulation
-/// (deadline inside the value plus a purge) for the baselines.
-pub struct TtlChurn;
+/// One key written by a ttl-churn thread (its id is its index in the
+/// thread's list): when it was written and with which TTL, which bound its
+/// deadline.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// [`unix_millis`] just before the write.
+    at: u64,
+    /// Milliseconds the clock moved during the write.
+    took: u32,
+    ttl: u32,
+}
+
+impl Written {
+    /// The earliest deadline the store can have given the key.
+    fn earliest(&self) -> u64 {
+        self.at + u64::from(self.ttl)
+    }
+
+    /// The latest.
+    fn latest(&self) -> u64 {
+        self.earliest() + u64::from(self.took)
+    }
+
+    /// What a read between `r0` and `r1` (the clock just before and just
+    /// after it) must find. A store treats a value as live while its clock
+    /// is before the deadline, and its clock read during the op lies in
+    /// `[r0, r1]`.
+    fn due(&self, r0: u64, r1: u64) -> Due {
+        if r1 < self.earliest() {
+            Due::Live
+        } else if r0 >= self.latest() {
+            Due::Expired
+        } else {
+            Due::Either
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The deadline has not passed: the value must be there.
+    Live,
+    /// The deadline has passed: the key must be absent.
+    Expired,
+    /// The read and the deadline fell in the same millisecond or two:
+    /// either is right (a value, if there, must still be the right one).
+    Either,
+}
+
+/// Checked reads, by what they had to find.
+#[derive(Debug, Default, Clone, Copy)]
+struct DueCounts {
+    live: u64,
+    expired: u64,
+    either: u64,
+}
+
+impl DueCounts {
+    fn add(&mut self, d: Due) {
+        match d {
+            Due::Live => self.live += 1,
+            Due::Expired => self.expired += 1,
+            Due::Either => self.either += 1,
+        }
+    }
+
+    fn merge(&mut self, o: DueCounts) {
+        self.live += o.live;
+        self.expired += o.expired;
+        self.either += o.either;
+    }
+}
+
+/// A session store or task-lease table: 2 threads write new keys
+/// (`ttl/{thread}/{id}`, 100-300 B) with short TTLs, and read back keys
+/// written in the last 3 s, checking each read against the key's deadline:
+/// present with its value while the TTL has not passed, absent once it
+/// has. Most TTLs are 250 ms to 2 s, so the live set stays bounded while
+/// most keys written have expired; 5 % are 20-40 s leases, still live when
+/// the store is reopened and checked.
+///
+/// The ops are paced (`RATE` ops/s over both threads), because expiry runs
+/// on wall-clock time: at the same pace every target holds the same live
+/// set and has the same number of keys to expire, so device bytes, disk
+/// space and memory compare like for like. A target that cannot keep the
+/// pace runs flat out and falls behind (reported); the share of the
+/// threads' time spent inside ops is reported as well.
+pub struct TtlChurn {
+    seed: u64,
+    ops: u64,
+    threads: usize,
+    /// Ops per second, all threads together.
+    rate: f64,
+    /// Per mille of the ops that write a new key (the rest read).
+    write_per_mille: u64,
+    /// TTL range of most keys (ms, inclusive).
+    short_ttl: (u32, u32),
+    /// TTL range of the leases (ms, inclusive).
+    lease_ttl: (u32, u32),
+    lease_per_mille: u64,
+    /// Reads pick a key written within this many ms.
+    read_window_ms: u64,
+    /// Per thread, every key written, after the run.
+    written: Vec<Vec<Written>>,
+    /// What `verify` found, for the report.
+    verified: parking_lot::Mutex<Vec<String>>,
+}
 
 impl TtlChurn {
-    pub fn new(_p: Params) -> TtlChurn {
-        TtlChurn
+    pub const OPS: u64 = 500_000;
+    pub const RATE: f64 = 100_000.0;
+    const MIN_VALUE: usize = 100;
+    const MAX_VALUE: usize = 300;
+
+    pub fn new(p: Params) -> TtlChurn {
+        TtlChurn {
+            seed: p.seed,
+            ops: p.scaled(TtlChurn::OPS, 1_000),
+            threads: 2,
+            rate: TtlChurn::RATE,
+            write_per_mille: 600,
+            short_ttl: (250, 2_000),
+            lease_ttl: (20_000, 40_000),
+            lease_per_mille: 50,
+            read_window_ms: 3_000,
+            written: Vec::new(),
+            verified: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// `ttl/TT/IIIIIIIIII`: thread and id in decimal, fixed width.
+    fn key(th: usize, id: u64) -> [u8; 17] {
+        let mut k = *b"ttl/00/0000000000";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for b in k[at..at + width].iter_mut().rev() {
+                *b = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(4, 2, th as u64);
+        put(7, 10, id);
+        k
+    }
+
+    fn ttl_ms(&self, th: usize, id: u64) -> u32 {
+        let h = hash3(self.seed, 60 + th as u64, id);
+        let (lo, hi) = if h % 1000 < self.lease_per_mille {
+            self.lease_ttl
+        } else {
+            self.short_ttl
+        };
+        lo + ((h >> 16) % u64::from(hi - lo + 1)) as u32
+    }
+
+    fn value(&self, th: usize, id: u64, buf: &mut Vec<u8>) {
+        let h = hash3(self.seed, 70 + th as u64, id);
+        let span = (TtlChurn::MAX_VALUE - TtlChurn::MIN_VALUE + 1) as u64;
+        buf.resize(TtlChurn::MIN_VALUE + (h % span) as usize, 0);
+        fill(buf, h);
+        buf[..8].copy_from_slice(&id.to_le_bytes());
+    }
+
+    /// Checks what a read of key `id` of thread `th` found.
+    #[allow(clippy::too_many_arguments)]
+    fn check_read(
+        &self,
+        th: usize,
+        id: u64,
+        w: &Written,
+        (r0, r1): (u64, u64),
+        found: Option<&[u8]>,
+        counts: &mut DueCounts,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let due = w.due(r0, r1);
+        self.value(th, id, buf);
+        let ok = match (due, found) {
+            (Due::Expired, None) | (Due::Either, None) => true,
+            (Due::Live, Some(v)) | (Due::Either, Some(v)) => v == &buf[..],
+            _ => false,
+        };
+        if !ok {
+            bail!(
+                "ttl-churn: get of {} returned {}, expected {} (TTL {} ms, deadline between {} \
+                 and {} ms since the epoch, read between {r0} and {r1})",
+                show_key(&TtlChurn::key(th, id)),
+                describe(found),
+                match due {
+                    Due::Expired => "no value (expired)".to_string(),
+                    _ => describe(Some(buf)),
+                },
+                w.ttl,
+                w.earliest(),
+                w.latest()
+            );
+        }
+        counts.add(due);
+        Ok(())
     }
 }
 
 impl Workload for TtlChurn {
     fn describe(&self) -> String {
-        "stub: keys written with short TTLs, expiring and rewritten".into()
+        format!(
+            "{} ops paced at {} ops/s: {} % set_with_ttl of new keys x 100-300 B (TTL {}-{} ms; \
+             {} % leases of {}-{} s), {} % gets of keys written in the last {} s, each checked \
+             against its deadline",
+            self.ops,
+            self.rate,
+            self.write_per_mille / 10,
+            self.short_ttl.0,
+            self.short_ttl.1,
+            self.lease_per_mille / 10,
+            self.lease_ttl.0 / 1000,
+            self.lease_ttl.1 / 1000,
+            100 - self.write_per_mille / 10,
+            self.read_window_ms / 1000
+        )
     }
 
     fn threads(&self) -> usize {
-        1
+        self.threads
+    }
+
+    fn tuning(&self, base: Tuning, target: TargetKind) -> (Tuning, Option<String>) {
+        let how = match target {
+            TargetKind::Millpond => {
+                "expiry: Engine::set_with_ttl; the engine's purger (every 100 ms) deletes expired \
+                 keys from memory, the next flush from disk"
+            }
+            TargetKind::Sled => {
+                "expiry emulated: 8-byte deadline + value in one tree, deadline||key in an index \
+                 tree, both written in one sled transaction; gets check the deadline; a \
+                 background thread sweeps expired entries every 100 ms (256 per transaction)"
+            }
+            TargetKind::InMemory => {
+                "expiry emulated: deadline beside each value, an ordered (deadline, key) index \
+                 per shard under the shard's lock; gets check the deadline; a background thread \
+                 sweeps expired entries every 100 ms"
+            }
+        };
+        (base, Some(how.into()))
     }
 
     fn run<T: Target>(&mut self, t: &T) -> Result<Outcome> {
-        t.set_with_ttl(b"ttl/probe", b"1", std::time::Duration::from_secs(60))?;
-        bail!("ttl-churn: the target supports TTLs, but the workload is still a stub")
+        let threads = self.threads;
+        let this = &*self;
+        // Between two ops of one thread.
+        let interval = Duration::from_secs_f64(threads as f64 / this.rate);
+        let started = Instant::now();
+        let results = in_threads(threads, |th| {
+            let ops =
+                this.ops / threads as u64 + u64::from((th as u64) < this.ops % threads as u64);
+            let mut rng = Rng::new(hash3(this.seed, 62, th as u64));
+            let mut meter = Meter::new(ops);
+            let mut written: Vec<Written> =
+                Vec::with_capacity((ops * this.write_per_mille / 1000 + 64) as usize);
+            let mut counts = DueCounts::default();
+            let mut max_lag = Duration::ZERO;
+            let mut value = Vec::with_capacity(TtlChurn::MAX_VALUE);
+            for i in 0..ops {
+                if i % 64 == 0 {
+                    let due = started + interval.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    } else {
+                        max_lag = max_lag.max(now - due);
+                    }
+                }
+                if written.is_empty() || rng.below(1000) < this.write_per_mille {
+                    let id = written.len() as u64;
+                    let key = TtlChurn::key(th, id);
+                    let ttl = this.ttl_ms(th, id);
+                    this.value(th, id, &mut value);
+                    let at = unix_millis();
+                    meter.op(|| t.set_with_ttl(&key, &value, Duration::from_millis(ttl.into())))?;
+                    let took = unix_millis().saturating_sub(at);
+                    written.push(Written {
+                        at,
+                        took: u32::try_from(took).unwrap_or(u32::MAX),
+                        ttl,
+                    });
+                    meter.logical_bytes += (key.len() + value.len()) as u64;
+                } else {
+                    let now = unix_millis();
+                    let from = written
+                        .partition_point(|w| w.at + this.read_window_ms < now)
+                        .min(written.len() - 1);
+                    let id = (from + rng.below((written.len() - from) as u64) as usize) as u64;
+                    let key = TtlChurn::key(th, id);
+                    let r0 = unix_millis();
+                    let got = meter.op(|| t.get(&key))?;
+                    let r1 = unix_millis();
+                    let w = &written[id as usize];
+                    let found = got.as_ref().map(AsRef::as_ref);
+                    this.check_read(th, id, w, (r0, r1), found, &mut counts, &mut value)?;
+                }
+            }
+            Ok((meter, written, counts, max_lag))
+        })?;
+        let elapsed = started.elapsed();
+        let mut out = Outcome::default();
+        let mut counts = DueCounts::default();
+        let mut lag = Duration::ZERO;
+        self.written.clear();
+        for (meter, written, c, max_lag) in results {
+            out.absorb(meter);
+            self.written.push(written);
+            counts.merge(c);
+            lag = lag.max(max_lag);
+        }
+        let planned = Duration::from_secs_f64(self.ops as f64 / self.rate);
+        out.notes.push(format!(
+            "gets checked during the run: {} live and present, {} expired and absent, {} within \
+             a millisecond of their deadline (either accepted)",
+            counts.live, counts.expired, counts.either
+        ));
+        let busy = out.latencies.mean() as f64 * out.ops as f64
+            / (threads as f64 * elapsed.as_secs_f64() * 1e9);
+        let pace = if lag > Duration::from_millis(50) {
+            format!(
+                "FELL BEHIND the pace: ops took {:.2} s for a planned {:.2} s (up to {:.0} ms late)",
+                elapsed.as_secs_f64(),
+                planned.as_secs_f64(),
+                lag.as_secs_f64() * 1e3
+            )
+        } else {
+            format!(
+                "kept the pace ({:.2} s for a planned {:.2} s, at most {:.1} ms late)",
+                elapsed.as_secs_f64(),
+                planned.as_secs_f64(),
+                lag.as_secs_f64() * 1e3
+            )
+        };
+        out.notes.push(format!(
+            "{pace}; the threads spent {:.1} % of that time inside ops",
+            busy * 100.0
+        ));
+        Ok(out)
     }
 
-    fn verify<T: Target>(&self, _t: &T) -> Result<u64> {
-        Ok(0)
+    fn verify<T: Target>(&self, t: &T) -> Result<u64> {
+        // First, before the store's purger or sweeper gets going again:
+        // what it still holds with a deadline.
+        let held = t.ttl_entries()?;
+        let now = unix_millis();
+        let all = || self.written.iter().flatten();
+        let surely_live = all().filter(|w| w.earliest() > now).count() as u64;
+        let maybe_live = all().filter(|w| w.latest() > now).count() as u64;
+        let total = all().count() as u64;
+
+        let mut checker = Checker::default();
+        let mut counts = DueCounts::default();
+        let mut buf = Vec::with_capacity(TtlChurn::MAX_VALUE);
+        for (th, written) in self.written.iter().enumerate() {
+            for (id, w) in written.iter().enumerate() {
+                let key = TtlChurn::key(th, id as u64);
+                let r0 = unix_millis();
+                let got = t.get(&key)?;
+                let r1 = unix_millis();
+                let found = got.as_ref().map(AsRef::as_ref);
+                let due = w.due(r0, r1);
+                counts.add(due);
+                self.value(th, id as u64, &mut buf);
+                let want = match (due, found) {
+                    (Due::Expired, _) | (Due::Either, None) => None,
+                    (Due::Live, _) | (Due::Either, Some(_)) => Some(&buf[..]),
+                };
+                checker.check(&key, found, want);
+            }
+        }
+        let mut notes = self.verified.lock();
+        notes.clear();
+        notes.push(format!(
+            "final check after reopening: {} keys live and present, {} expired and absent, {} \
+             within a millisecond of their deadline (either accepted)",
+            counts.live, counts.expired, counts.either
+        ));
+        let lingering = held.saturating_sub(maybe_live);
+        let live = if surely_live == maybe_live {
+            format!("{surely_live}")
+        } else {
+            format!("{surely_live}-{maybe_live}")
+        };
+        notes.push(format!(
+            "expired entries still held at reopen: {lingering} ({held} entries with a deadline, \
+             {live} of the {total} keys written still live)"
+        ));
+        drop(notes);
+        checker.finish()
+    }
+
+    fn verify_notes(&self) -> Vec<String> {
+        self.verified.lock().clone()
     }
 }
 
@@ -1108,12 +1476,123 @@ mod tests {
         let mut w = ReadHeavy::new(p);
         let t = run_on_memory(&mut w);
         assert_eq!(w.verify(&t).unwrap(), ReadHeavy::KEYS as u64);
-        // The TTL stub answers Unsupported.
-        let t = MemoryTarget::open(Path::new("unused"), &tuning()).unwrap();
-        let err = TtlChurn.run(&t).unwrap_err();
-        assert!(err
-            .downcast_ref::<crate::bench::targets::Unsupported>()
-            .is_some());
+        let mut w = quick_ttl_churn(5);
+        let t = run_on_memory(&mut w);
+        let written: u64 = w.written.iter().map(|v| v.len() as u64).sum();
+        assert_eq!(w.verify(&t).unwrap(), written);
+    }
+
+    /// A ttl-churn of ~0.4 s with TTLs of 20-80 ms (leases of 10 s), so
+    /// that keys expire during the run.
+    fn quick_ttl_churn(seed: u64) -> TtlChurn {
+        let mut w = TtlChurn::new(Params { scale: 1.0, seed });
+        w.ops = 8_000;
+        w.rate = 20_000.0;
+        w.short_ttl = (20, 80);
+        w.lease_ttl = (10_000, 10_000);
+        w.read_window_ms = 300;
+        w
+    }
+
+    /// The number in a note, after `what`.
+    fn count_in(notes: &[String], what: &str) -> u64 {
+        notes
+            .iter()
+            .find_map(|n| {
+                let at = n.find(what)?;
+                n[..at].split_whitespace().last()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no \"{what}\" in {notes:?}"))
+    }
+
+    #[test]
+    fn ttl_churn_checks_expiry_on_every_target() {
+        use crate::bench::targets::{MillpondTarget, SledTarget};
+        fn on<T: Target>(dir: &Path) {
+            let mut w = quick_ttl_churn(8);
+            let t = T::open(dir, &tuning()).unwrap();
+            let out = w.run(&t).unwrap();
+            assert_eq!(out.ops, 8_000);
+            // Reads found both live and expired keys.
+            assert!(
+                count_in(&out.notes, "live and present") > 100,
+                "{:?}",
+                out.notes
+            );
+            assert!(
+                count_in(&out.notes, "expired and absent") > 100,
+                "{:?}",
+                out.notes
+            );
+            let closed = t.close().unwrap();
+            let t = T::reopen(dir, &tuning(), closed.handle).unwrap();
+            let checked = w.verify(&t).unwrap();
+            assert_eq!(
+                checked,
+                w.written.iter().map(|v| v.len() as u64).sum::<u64>()
+            );
+            let notes = w.verify_notes();
+            // The leases are live at the end, the short keys are not.
+            assert!(count_in(&notes, "keys live and present") > 50, "{notes:?}");
+            assert!(count_in(&notes, "expired and absent") > 2_000, "{notes:?}");
+            assert!(notes
+                .iter()
+                .any(|n| n.contains("expired entries still held")));
+            t.close().unwrap();
+        }
+        let base = std::env::temp_dir().join(format!("millpond-ttl-churn-{}", std::process::id()));
+        on::<MemoryTarget>(&base.join("mem"));
+        on::<MillpondTarget>(&base.join("millpond"));
+        on::<SledTarget>(&base.join("sled"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn ttl_churn_fails_on_a_resurrected_or_lost_key() {
+        let mut w = quick_ttl_churn(9);
+        let t = run_on_memory(&mut w);
+        w.verify(&t).unwrap();
+        // An expired key written back without a TTL.
+        let expired = (0..w.written[0].len())
+            .find(|&id| w.written[0][id].latest() < unix_millis())
+            .unwrap();
+        let key = TtlChurn::key(0, expired as u64);
+        let mut v = Vec::new();
+        w.value(0, expired as u64, &mut v);
+        t.set(&key, &v).unwrap();
+        let err = w.verify(&t).unwrap_err().to_string();
+        assert!(err.contains("1 of"), "{err}");
+        t.modify(&key, |v| *v = None).unwrap();
+        w.verify(&t).unwrap();
+        // A live lease lost.
+        let lease = (0..w.written[1].len())
+            .find(|&id| w.written[1][id].earliest() > unix_millis() + 1_000)
+            .unwrap();
+        t.modify(&TtlChurn::key(1, lease as u64), |v| *v = None)
+            .unwrap();
+        let err = w.verify(&t).unwrap_err().to_string();
+        assert!(err.contains("1 of"), "{err}");
+    }
+
+    #[test]
+    fn ttl_churn_keys_and_ttls() {
+        assert_eq!(&TtlChurn::key(3, 1_234_567), b"ttl/03/0001234567");
+        let w = TtlChurn::new(Params {
+            scale: 1.0,
+            seed: 1,
+        });
+        let ttls: Vec<u32> = (0..10_000).map(|id| w.ttl_ms(0, id)).collect();
+        let leases = ttls.iter().filter(|&&t| t >= 20_000).count();
+        assert!((400..600).contains(&leases), "{leases} leases");
+        assert!(ttls
+            .iter()
+            .all(|&t| (250..=2_000).contains(&t) || (20_000..=40_000).contains(&t)));
+        let mut v = Vec::new();
+        w.value(1, 5, &mut v);
+        assert!((100..=300).contains(&v.len()));
+        let first = v.clone();
+        w.value(1, 6, &mut v);
+        assert_ne!(first, v);
     }
 
     #[test]
