@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use crate::buffer::DirtyMap;
 use crate::config::Config;
@@ -43,10 +43,17 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
 }
 
+/// The storage backend, borrowed: shutdown waits for it to be dropped
+/// before it closes the store.
+pub(crate) type StorageRef<'a> = MappedRwLockReadGuard<'a, dyn Storage>;
+
 impl Shared {
-    /// The storage backend, or [`Error::Closed`] after shutdown.
-    pub(crate) fn storage(&self) -> Result<Arc<dyn Storage>> {
-        self.storage.read().clone().ok_or(Error::Closed)
+    /// The storage backend, or [`Error::Closed`] after shutdown. Recursive:
+    /// a caller may hold one while taking another, even with shutdown
+    /// waiting to close the store.
+    pub(crate) fn storage(&self) -> Result<StorageRef<'_>> {
+        RwLockReadGuard::try_map(self.storage.read_recursive(), |s| s.as_deref())
+            .map_err(|_| Error::Closed)
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) struct SledStorage {
     db: ::sled::Db,
     meta: ::sled::Tree,
     blob: ::sled::Tree,
+    /// Commit log records (`Storage::commit`), present only between a commit
+    /// point and the end of applying it.
+    log: ::sled::Tree,
     dir: PathBuf,
     /// The descriptors and bookkeeping [`Storage::sync`] uses.
     syncer: Mutex<Syncer>,
@@ -137,6 +140,20 @@ fn storage_error(e: ::sled::Error) -> Error {
     }
 }
 
+/// Runs `f` with `[0x01] ++ key` (a user record's key in the metadata
+/// tree), built on the stack for keys up to 255 bytes: reads do not
+/// allocate it.
+fn with_user_key<R>(key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [USER; 256];
+    match buf.get_mut(1..=key.len()) {
+        Some(rest) => {
+            rest.copy_from_slice(key);
+            f(&buf[..=key.len()])
+        }
+        None => f(&user_key(key)),
+    }
+}
+
 fn user_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(USER);
@@ -166,11 +183,21 @@ fn ttl_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-const LOG_PREFIX: &[u8] = b"\x00log";
+/// A commit log record is split into parts of at most this size, so that
+/// sled keeps each inline in its log rather than in a file of its own (sled
+/// moves values over about 128 KiB to files under `blobs/`, and reads them
+/// back whenever it rebuilds a page that once held them).
+const LOG_PART: usize = 64 * 1024;
 
-fn log_key(id: u64) -> Vec<u8> {
-    let mut k = LOG_PREFIX.to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
+/// The part index of a commit's marker: written after every part, it is the
+/// commit point; its value is the number of parts.
+const LOG_MARKER: u32 = u32::MAX;
+
+/// Key of part `part` of commit `id` in the `log` tree.
+fn log_key(id: u64, part: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&part.to_be_bytes());
     k
 }
 
@@ -270,10 +297,12 @@ impl SledStorage {
         };
         let meta = db.open_tree("meta").map_err(storage_error)?;
         let blob = db.open_tree("blob").map_err(storage_error)?;
+        let log = db.open_tree("log").map_err(storage_error)?;
         let storage = SledStorage {
             db,
             meta,
             blob,
+            log,
             dir: dir.to_path_buf(),
             syncer: Mutex::new(Syncer::open(dir)?),
             next_log: AtomicU64::new(0),
@@ -326,25 +355,70 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies, in order, every commit log record a crash left behind, then
-    /// removes them. A log record that does not decode is a committed change
-    /// that cannot be applied: the store is refused as corrupt rather than
-    /// opened without it.
+    /// Applies, in order, every commit a crash left logged but not fully
+    /// applied, then removes its log; removes the parts of a commit whose
+    /// marker was never written (it did not happen). A logged commit that
+    /// does not decode cannot be applied: the store is refused as corrupt
+    /// rather than opened without it.
     fn replay_logs(&self) -> Result<()> {
-        let logs: Vec<(::sled::IVec, ::sled::IVec)> = self
-            .meta
-            .scan_prefix(LOG_PREFIX)
+        let entries: Vec<(::sled::IVec, ::sled::IVec)> = self
+            .log
+            .iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(storage_error)?;
-        for (key, raw) in &logs {
-            let log = codec::decode_commit_log(raw)?;
-            self.apply(&log.ops)?;
-            self.meta.remove(key).map_err(storage_error)?;
+        if entries.is_empty() {
+            return Ok(());
         }
-        if !logs.is_empty() {
-            self.flush()?;
+        // Parts by commit id (keys are in order: id, then part).
+        let mut commits: std::collections::BTreeMap<u64, Vec<(u32, ::sled::IVec)>> =
+            std::collections::BTreeMap::new();
+        for (key, value) in &entries {
+            let (Ok(id), Ok(part)) = (
+                <[u8; 8]>::try_from(key.get(..8).unwrap_or_default()),
+                <[u8; 4]>::try_from(key.get(8..).unwrap_or_default()),
+            ) else {
+                return Err(Error::corrupt(None, "a malformed commit log key"));
+            };
+            commits
+                .entry(u64::from_be_bytes(id))
+                .or_default()
+                .push((u32::from_be_bytes(part), value.clone()));
         }
-        Ok(())
+        for (id, parts) in commits {
+            let marker = parts.iter().find(|(p, _)| *p == LOG_MARKER);
+            if let Some((_, count)) = marker {
+                let count = <[u8; 4]>::try_from(&count[..])
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| Error::corrupt(None, format!("commit {id}: a bad log marker")))?;
+                let mut raw = Vec::new();
+                for n in 0..count {
+                    let Some((_, part)) = parts.iter().find(|(p, _)| *p == n) else {
+                        return Err(Error::corrupt(
+                            None,
+                            format!("commit {id}: log part {n} of {count} is missing"),
+                        ));
+                    };
+                    raw.extend_from_slice(part);
+                }
+                let log = codec::decode_commit_log(&raw)?;
+                self.apply(&log.ops)?;
+            }
+            self.remove_log(id, parts.iter().map(|(p, _)| *p))?;
+        }
+        self.flush()
+    }
+
+    /// Removes the log of commit `id`: the marker first, so that no half
+    /// removed log is ever taken for a whole one.
+    fn remove_log(&self, id: u64, parts: impl Iterator<Item = u32>) -> Result<()> {
+        self.log
+            .remove(log_key(id, LOG_MARKER))
+            .map_err(storage_error)?;
+        let mut batch = ::sled::Batch::default();
+        for part in parts.filter(|p| *p != LOG_MARKER) {
+            batch.remove(&log_key(id, part));
+        }
+        self.log.apply_batch(batch).map_err(storage_error)
     }
 
     fn sync_files(&self) -> io::Result<()> {
@@ -358,9 +432,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Storage for SledStorage {
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self
-            .meta
-            .get(user_key(key))
+        Ok(with_user_key(key, |k| self.meta.get(k))
             .map_err(storage_error)?
             .map(bytes))
     }
@@ -442,13 +514,17 @@ impl Storage for SledStorage {
     }
 
     fn is_blank(&self) -> Result<bool> {
-        let known: [&[u8]; 3] = [b"__sled__default", b"meta", b"blob"];
+        let known: [&[u8]; 4] = [b"__sled__default", b"meta", b"blob", b"log"];
         let only_known = self
             .db
             .tree_names()
             .iter()
             .all(|name| known.contains(&name.as_ref()));
-        Ok(only_known && self.db.is_empty() && self.meta.is_empty() && self.blob.is_empty())
+        Ok(only_known
+            && self.db.is_empty()
+            && self.meta.is_empty()
+            && self.blob.is_empty()
+            && self.log.is_empty())
     }
 
     fn blobs_empty(&self) -> Result<bool> {
@@ -498,8 +574,18 @@ impl Storage for SledStorage {
         }
         let log = CommitLog { ops };
         let id = self.next_log.fetch_add(1, Ordering::SeqCst);
-        self.meta
-            .insert(log_key(id), codec::encode_commit_log(&log)?)
+        let raw = codec::encode_commit_log(&log)?;
+        let mut parts = 0u32;
+        for chunk in raw.chunks(LOG_PART) {
+            self.log
+                .insert(log_key(id, parts), chunk)
+                .map_err(storage_error)?;
+            parts += 1;
+        }
+        // The commit point: sled recovers a prefix of its log, so a marker
+        // found at open means every part before it is there too.
+        self.log
+            .insert(log_key(id, LOG_MARKER), &parts.to_le_bytes())
             .map_err(storage_error)?;
         // In key order: sled inserts neighbouring keys into the same cached
         // leaf, about 1.5x faster than in random order.
@@ -515,8 +601,7 @@ impl Storage for SledStorage {
             std::process::abort()
         });
         self.apply(rest.iter().copied())?;
-        self.meta.remove(log_key(id)).map_err(storage_error)?;
-        Ok(())
+        self.remove_log(id, 0..parts)
     }
 
     fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
@@ -680,8 +765,23 @@ mod tests {
                     },
                 ],
             };
-            s.meta
-                .insert(log_key(7), codec::encode_commit_log(&log).unwrap())
+            // Logged in two parts, with its marker; and a second commit whose
+            // marker was never written (it never happened).
+            let raw = codec::encode_commit_log(&log).unwrap();
+            let (a, b) = raw.split_at(raw.len() / 2);
+            s.log.insert(log_key(7, 0), a).unwrap();
+            s.log.insert(log_key(7, 1), b).unwrap();
+            s.log
+                .insert(log_key(7, LOG_MARKER), &2u32.to_le_bytes())
+                .unwrap();
+            let never = CommitLog {
+                ops: vec![LoggedOp::Remove {
+                    key: b"\x01new",
+                    deadline: LoggedDeadline::Clear,
+                }],
+            };
+            s.log
+                .insert(log_key(8, 0), codec::encode_commit_log(&never).unwrap())
                 .unwrap();
             s.flush().unwrap();
         }
@@ -690,7 +790,7 @@ mod tests {
         assert!(s.get_meta(b"old").unwrap().is_none());
         assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"s"[..]);
         assert_eq!(s.scan_deadlines(b"", 10).unwrap().len(), 1);
-        assert_eq!(s.meta.scan_prefix(LOG_PREFIX).count(), 0, "the log is gone");
+        assert!(s.log.is_empty(), "the logs are gone");
     }
 
     #[test]

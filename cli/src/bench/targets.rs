@@ -595,11 +595,25 @@ impl Target for SledTarget {
         let ms = u64::try_from(tuning.write_delay.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(ms))
-            .open()
-            .with_context(|| format!("opening sled at {}", dir.display()))?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(ms));
+        // sled 0.34 may hold its file lock a moment after the previous `Db`
+        // was dropped (sled issues 1289, 1234): retry a lock conflict
+        // briefly, as millpond's own open does.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening sled at {}", dir.display()))
+                }
+            }
+        };
         let second = db
             .open_tree("second")
             .context("opening sled's second tree")?;
