@@ -184,10 +184,11 @@ fn ttl_key(key: &[u8]) -> Vec<u8> {
 }
 
 /// A commit log record is split into parts of at most this size, so that
-/// sled keeps each inline in its log rather than in a file of its own (sled
-/// moves values over about 128 KiB to files under `blobs/`, and reads them
-/// back whenever it rebuilds a page that once held them).
-const LOG_PART: usize = 64 * 1024;
+/// sled keeps the log tree's pages inline in its log rather than in files of
+/// their own: sled moves anything over about 128 KiB to a file under
+/// `blobs/` (and reads it back whenever it rebuilds a page that once held
+/// it), and a leaf holds up to 16 entries before it splits.
+const LOG_PART: usize = 6 * 1024;
 
 /// The part index of a commit's marker: written after every part, it is the
 /// commit point; its value is the number of parts.
