@@ -55,7 +55,7 @@ impl Config {
             cache_capacity: 1024 * 1024 * 1024,
             max_key_len: 16 * KIB,
             max_value_len: None,
-            inline_threshold: 8 * KIB,
+            inline_threshold: KIB,
             default_ttl: None,
             clock: Arc::new(SystemClock),
             faults: None,
@@ -119,9 +119,9 @@ impl Config {
     }
 
     /// Values up to this length are stored inside their metadata record (one
-    /// lookup per read, one write per flush); longer ones are written once to
-    /// the blob tree, so that a metadata-only change (a new deadline) does
-    /// not rewrite them. Default: 8 KiB. At most 64 KiB.
+    /// lookup per read); longer ones are written once to the blob tree, so
+    /// that neither a flush's commit log nor a metadata-only change (a new
+    /// deadline) rewrites them. Default: 1 KiB. At most 64 KiB.
     pub fn inline_threshold(mut self, bytes: usize) -> Config {
         self.inline_threshold = bytes;
         self
@@ -241,6 +241,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.value_limit(), 128 * KIB);
         assert_eq!(Config::new("x").value_limit(), 16 * MIB);
+        assert_eq!(Config::new("x").inline_threshold, KIB);
     }
 
     #[test]
