@@ -29,6 +29,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # What else it does
+//!
+//! - **Expiry**: [`Engine::set_with_ttl`], [`Engine::expire`],
+//!   [`Engine::persist`], [`Engine::ttl`]; an expired key is absent to every
+//!   read at once, and a background purger removes it from memory and disk.
+//!   Time comes from a [`Clock`] ([`MockClock`] in tests).
+//! - **Transactions**: [`Engine::transaction`] runs a closure over any number
+//!   of keys, serializably, retrying it on conflict; a flush never splits
+//!   one.
+//! - **Listing and checking**: [`Engine::scan_prefix`] lists keys in order;
+//!   [`Engine::verify`] checks every stored record and blob, and
+//!   [`Engine::repair`] fixes what it can without touching live data.
+//! - **Typed values**: [`Engine::get_as`], [`Engine::set_as`] (postcard).
+//!
+//! Size [`Config::max_dirty_bytes`] to about twice the data rewritten within
+//! `write_delay`: a flush cycle holds the copy it is writing while new writes
+//! go on.
+//!
 //! # Durability contract
 //!
 //! - A write acknowledged by `set`, `delete` or `modify` is visible to every
