@@ -9,7 +9,7 @@ use bytes::Bytes;
 /// A value read from the engine. Dereferences to `[u8]`.
 ///
 /// Cloning is cheap (a reference count), and a value read from the dirty map
-/// shares the buffer of the write that produced it. Use [`Value::to_vec`]
+/// shares the buffer of the write that produced it. Use `to_vec()`
 /// (through `Deref`) or `Vec::from` for an owned copy.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Value(pub(crate) Bytes);
