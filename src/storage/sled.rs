@@ -5,9 +5,12 @@
 //! - tree `meta`: user key `k` is stored under `[0x01] ++ k`; its entry in
 //!   the deadline index under `[0x00] "ttl" ++ k`; system records under
 //!   `[0x00] ++ name` (`format`, `state`, `gc` ++ id as 8 big-endian bytes).
-//!   One tree, so that a cycle's user records, deadline entries and state
-//!   record are one atomic `apply_batch`.
 //! - tree `blob`: value bytes under the blob id as 8 big-endian bytes.
+//! - tree `log`: commit log records. [`Storage::commit`] writes a commit's
+//!   changes there (in 6 KiB parts, then a marker: the commit point, atomic
+//!   because sled recovers a prefix of its log), applies them to `meta` with
+//!   plain inserts in key order, then removes them; `open` applies any log
+//!   a crash left behind (see DESIGN.md, "Flush cycle").
 //!
 //! Durability: sled's `flush` writes its log with `sync_file_range`, which
 //! neither flushes the device cache nor file metadata, and sled never fsyncs
