@@ -210,12 +210,11 @@ impl DirtyMap {
     ) -> Inserted {
         let seq = Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
         let had_deadline = shard.expiry.set(key, deadline);
-        let old_rewrite = shard.active.get(key).is_some_and(|e| e.rewrite_deadline);
-        let entry = Entry {
+        let mut entry = Entry {
             slot,
             seq,
             deadline,
-            rewrite_deadline: deadline.is_some() || had_deadline || old_rewrite,
+            rewrite_deadline: deadline.is_some() || had_deadline,
         };
         let new_cost = entry.cost(key.len());
         shard.writes += u64::from(user);
@@ -223,6 +222,9 @@ impl DirtyMap {
             Some(old) => {
                 shard.coalesced += u64::from(user);
                 let old_cost = old.cost(key.len());
+                // A deadline entry the replaced write was to rewrite still
+                // needs rewriting.
+                entry.rewrite_deadline |= old.rewrite_deadline;
                 *old = entry;
                 old_cost
             }
