@@ -133,7 +133,7 @@ impl Shared {
         let max = self.config.max_dirty_bytes;
         loop {
             self.check_open()?;
-            self.health.check_writable()?;
+            self.health().check_writable()?;
             let bytes = self.buffer.bytes();
             if bytes == 0 || bytes + incoming <= max {
                 return Ok(());
@@ -371,7 +371,7 @@ impl Shared {
     /// expired is not touched; a key held by a `modify` is not either (the
     /// purge waits for the shard lock). Returns the keys purged.
     pub(crate) fn purge(&self, slice: Option<usize>) -> u64 {
-        if self.check_open().is_err() || self.health.is_poisoned() {
+        if self.check_open().is_err() || self.health().is_poisoned() {
             return 0;
         }
         let now = self.now();

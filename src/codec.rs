@@ -29,6 +29,7 @@ const TAG_STATE_V1: u8 = 0x11;
 const TAG_GC_V1: u8 = 0x12;
 const TAG_DEADLINE_V1: u8 = 0x13;
 const TAG_COMMIT_LOG_V1: u8 = 0x14;
+const TAG_STATE_V2: u8 = 0x15;
 
 const CRC_LEN: usize = 4;
 
@@ -105,7 +106,7 @@ pub(crate) struct FormatRecord {
 }
 
 /// Engine state committed with every flush cycle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct StateRecord {
     /// Highest write sequence number included in the committed state.
     pub last_seq: u64,
@@ -113,6 +114,106 @@ pub(crate) struct StateRecord {
     /// attempt whose blobs a gc record lists); ids from here up are orphans
     /// of a cycle that never committed.
     pub next_blob: u64,
+    /// The digest of every user record committed with this state; `None` in
+    /// a version 1 record (written before digests existed).
+    pub digest: Option<Digest>,
+}
+
+/// Body of a version 1 state record (tag `0x11`).
+#[derive(Serialize, Deserialize)]
+struct StateV1 {
+    last_seq: u64,
+    next_blob: u64,
+}
+
+/// Body of a version 2 state record (tag `0x15`).
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    last_seq: u64,
+    next_blob: u64,
+    digest: Digest,
+}
+
+/// The **store digest**: a summary of every user record in the metadata
+/// tree, cheap to keep up to date per commit and independent of order: the
+/// number of records and the wrapping sum of a 64-bit hash of each (key and
+/// record bytes). A commit adds the hash of each record it writes and
+/// subtracts the hash of the record it replaces or removes.
+///
+/// Two sets of records with the same digest are, in practice, the same set:
+/// a lost, added, rolled back or changed record moves the sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Digest {
+    pub records: u64,
+    pub sum: u64,
+}
+
+impl Digest {
+    /// The hash of one stored record (`key` is the user key).
+    pub(crate) fn hash(key: &[u8], record: &[u8]) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(key.len() as u64).to_le_bytes());
+        h.update(key);
+        h.update(record);
+        h.digest()
+    }
+
+    /// Counts one more record.
+    pub(crate) fn add(&mut self, key: &[u8], record: &[u8]) {
+        self.records = self.records.wrapping_add(1);
+        self.sum = self.sum.wrapping_add(Digest::hash(key, record));
+    }
+
+    /// Counts one record less.
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, key: &[u8], record: &[u8]) {
+        self.records = self.records.wrapping_sub(1);
+        self.sum = self.sum.wrapping_sub(Digest::hash(key, record));
+    }
+
+    /// The digest after applying `delta` (a [`DigestDelta`]).
+    pub(crate) fn apply(self, delta: DigestDelta) -> Digest {
+        Digest {
+            records: self.records.wrapping_add(delta.records as u64),
+            sum: self.sum.wrapping_add(delta.sum),
+        }
+    }
+}
+
+/// A change to a [`Digest`], as a commit computes it: records added minus
+/// records removed, and the wrapping sum of the hashes added minus removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DigestDelta {
+    pub records: i64,
+    pub sum: u64,
+}
+
+impl DigestDelta {
+    /// A record stored under `key` (replacing `old`, if there was one).
+    pub(crate) fn put(&mut self, key: &[u8], old: Option<&[u8]>, new: &[u8]) {
+        if let Some(old) = old {
+            self.remove(key, old);
+        }
+        self.records += 1;
+        self.sum = self.sum.wrapping_add(Digest::hash(key, new));
+    }
+
+    /// The record `old` of `key` removed.
+    pub(crate) fn remove(&mut self, key: &[u8], old: &[u8]) {
+        self.records -= 1;
+        self.sum = self.sum.wrapping_sub(Digest::hash(key, old));
+    }
+
+    pub(crate) fn merge(&mut self, other: DigestDelta) {
+        self.records += other.records;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records, digest {:016x}", self.records, self.sum)
+    }
 }
 
 /// Blobs that a committed cycle made unreachable, to be removed.
@@ -198,14 +299,44 @@ pub(crate) fn decode_format(raw: &[u8]) -> Result<FormatRecord> {
     body(None, "format record", bytes)
 }
 
+/// Encodes a state record (always the current version; its digest must be
+/// known).
 pub(crate) fn encode_state(state: &StateRecord) -> Result<Vec<u8>> {
-    frame(TAG_STATE_V1, state)
+    let digest = state
+        .digest
+        .ok_or_else(|| Error::Storage("a state record without a digest".into()))?;
+    frame(
+        TAG_STATE_V2,
+        &StateV2 {
+            last_seq: state.last_seq,
+            next_blob: state.next_blob,
+            digest,
+        },
+    )
 }
 
+/// Decodes a state record of either version.
 pub(crate) fn decode_state(raw: &[u8]) -> Result<StateRecord> {
     let (tag, bytes) = unframe(None, raw)?;
-    expect_tag(None, "state record", tag, TAG_STATE_V1)?;
-    body(None, "state record", bytes)
+    match tag {
+        TAG_STATE_V1 => {
+            let v1: StateV1 = body(None, "state record", bytes)?;
+            Ok(StateRecord {
+                last_seq: v1.last_seq,
+                next_blob: v1.next_blob,
+                digest: None,
+            })
+        }
+        _ => {
+            expect_tag(None, "state record", tag, TAG_STATE_V2)?;
+            let v2: StateV2 = body(None, "state record", bytes)?;
+            Ok(StateRecord {
+                last_seq: v2.last_seq,
+                next_blob: v2.next_blob,
+                digest: Some(v2.digest),
+            })
+        }
+    }
 }
 
 /// A change to a key's deadline index entry, as logged.
@@ -291,6 +422,65 @@ pub(crate) fn decode_gc(raw: &[u8]) -> Result<GcRecord> {
     body(None, "gc record", bytes)
 }
 
+/// The **durable record**: what the last durable point (checkpoint,
+/// shutdown, creation of the store) made durable, kept outside the store's
+/// own log so that a store that comes back older than it promised can be
+/// told apart from one that is as it was left.
+///
+/// Fixed layout, little endian, [`DURABLE_RECORD_LEN`] bytes:
+/// `magic "mpdurabl" (8) | version u32 | generation u64 | seq u64 |
+/// records u64 | digest sum u64 | crc32 of everything before (4)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DurableRecord {
+    /// Increases with every record written; the newest valid one wins.
+    pub generation: u64,
+    /// Every write with a seq up to this was durable when it was written.
+    pub seq: u64,
+    /// The store digest of the state at `seq`.
+    pub digest: Digest,
+}
+
+pub(crate) const DURABLE_RECORD_LEN: usize = 48;
+const DURABLE_MAGIC: [u8; 8] = *b"mpdurabl";
+const DURABLE_VERSION: u32 = 1;
+
+pub(crate) fn encode_durable(r: &DurableRecord) -> [u8; DURABLE_RECORD_LEN] {
+    let mut out = [0u8; DURABLE_RECORD_LEN];
+    out[0..8].copy_from_slice(&DURABLE_MAGIC);
+    out[8..12].copy_from_slice(&DURABLE_VERSION.to_le_bytes());
+    out[12..20].copy_from_slice(&r.generation.to_le_bytes());
+    out[20..28].copy_from_slice(&r.seq.to_le_bytes());
+    out[28..36].copy_from_slice(&r.digest.records.to_le_bytes());
+    out[36..44].copy_from_slice(&r.digest.sum.to_le_bytes());
+    let crc = crc32fast::hash(&out[..44]);
+    out[44..48].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a durable record; `None` if `raw` is not one (wrong length,
+/// magic, version or checksum). Never panics.
+pub(crate) fn decode_durable(raw: &[u8]) -> Option<DurableRecord> {
+    let raw: &[u8; DURABLE_RECORD_LEN] = raw.get(..DURABLE_RECORD_LEN)?.try_into().ok()?;
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+    };
+    let crc = u32::from_le_bytes(raw[44..48].try_into().ok()?);
+    if raw[0..8] != DURABLE_MAGIC
+        || u32::from_le_bytes(raw[8..12].try_into().ok()?) != DURABLE_VERSION
+        || crc32fast::hash(&raw[..44]) != crc
+    {
+        return None;
+    }
+    Some(DurableRecord {
+        generation: u64_at(12)?,
+        seq: u64_at(20)?,
+        digest: Digest {
+            records: u64_at(28)?,
+            sum: u64_at(36)?,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +543,7 @@ mod tests {
         let state = encode_state(&StateRecord {
             last_seq: 1,
             next_blob: 2,
+            digest: Some(Digest::default()),
         })
         .unwrap();
         assert!(decode_meta(b"k", &state).is_err());
@@ -388,5 +579,66 @@ mod tests {
         assert!(decode_gc(&d).is_err());
         let f = decode_format(&encode_format().unwrap()).unwrap();
         assert_eq!((f.magic, f.version), (MAGIC, FORMAT_VERSION));
+    }
+
+    #[test]
+    fn a_version_1_state_record_decodes_without_a_digest() {
+        let raw = frame(
+            TAG_STATE_V1,
+            &StateV1 {
+                last_seq: 7,
+                next_blob: 9,
+            },
+        )
+        .unwrap();
+        let s = decode_state(&raw).unwrap();
+        assert_eq!((s.last_seq, s.next_blob, s.digest), (7, 9, None));
+        assert!(encode_state(&s).is_err(), "a digest is needed to write one");
+    }
+
+    #[test]
+    fn the_digest_is_independent_of_order_and_sees_every_change() {
+        let mut a = Digest::default();
+        let mut b = Digest::default();
+        a.add(b"k1", b"r1");
+        a.add(b"k2", b"r2");
+        b.add(b"k2", b"r2");
+        b.add(b"k1", b"r1");
+        assert_eq!(a, b);
+        let mut c = a;
+        c.remove(b"k1", b"r1");
+        c.add(b"k1", b"r1'");
+        assert_ne!(a, c, "a changed record moves the digest");
+        let mut d = DigestDelta::default();
+        d.put(b"k1", Some(b"r1"), b"r1'");
+        assert_eq!(a.apply(d), c);
+        // The key is part of the hash: the same record under another key differs.
+        assert_ne!(Digest::hash(b"k1", b"r"), Digest::hash(b"k2", b"r"));
+        assert_ne!(Digest::hash(b"k", b"1r"), Digest::hash(b"k1", b"r"));
+    }
+
+    #[test]
+    fn durable_records_round_trip_and_reject_every_damage() {
+        let r = DurableRecord {
+            generation: 3,
+            seq: 1234,
+            digest: Digest {
+                records: 10,
+                sum: 0xdead_beef,
+            },
+        };
+        let raw = encode_durable(&r);
+        assert_eq!(decode_durable(&raw), Some(r));
+        for i in 0..raw.len() {
+            for bit in 0..8 {
+                let mut bad = raw;
+                bad[i] ^= 1 << bit;
+                assert_eq!(decode_durable(&bad), None, "flip of bit {bit} of byte {i}");
+            }
+        }
+        for len in 0..raw.len() {
+            assert_eq!(decode_durable(&raw[..len]), None);
+        }
+        assert_eq!(decode_durable(&[0u8; DURABLE_RECORD_LEN]), None);
     }
 }

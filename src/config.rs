@@ -40,6 +40,7 @@ pub struct Config {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) faults: Option<Arc<Faults>>,
+    pub(crate) accept_data_loss: bool,
 }
 
 impl Config {
@@ -59,6 +60,7 @@ impl Config {
             default_ttl: None,
             clock: Arc::new(SystemClock),
             faults: None,
+            accept_data_loss: false,
         }
     }
 
@@ -151,6 +153,21 @@ impl Config {
         self
     }
 
+    /// Opens a store that came back damaged: older than its last durable
+    /// point (a checkpoint or shutdown that returned `Ok`), blank where a
+    /// store existed, with records that differ from what was made durable,
+    /// or with its durable record missing or damaged. By default `open`
+    /// refuses such a store with [`Error::Corrupt`], saying what was
+    /// promised and what was found. With `true`, it opens the store at the
+    /// state its files hold, logs a warning, and records that state as the
+    /// new durable baseline (the loss is accepted for good). Default:
+    /// `false`. `millpond repair --accept-loss` does this from the command
+    /// line.
+    pub fn accept_data_loss(mut self, accept: bool) -> Config {
+        self.accept_data_loss = accept;
+        self
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -222,6 +239,7 @@ impl fmt::Debug for Config {
             .field("inline_threshold", &self.inline_threshold)
             .field("default_ttl", &self.default_ttl)
             .field("clock", &self.clock)
+            .field("accept_data_loss", &self.accept_data_loss)
             .finish()
     }
 }

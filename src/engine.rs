@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -29,11 +29,9 @@ use crate::flush::{FlushControl, Flusher};
 use crate::purger::Purger;
 use crate::recovery;
 use crate::scan::Scan;
-use crate::shared::{BlobIds, Health, Shared};
+use crate::shared::Shared;
 use crate::stats::{Checkpoint, Counters, Stats};
-use crate::storage::faulty::FaultyStorage;
-use crate::storage::sled::SledStorage;
-use crate::storage::Storage;
+use crate::storage::{self, keeper::Keeper};
 use crate::txn::{self, Transaction};
 use crate::value::Value;
 use crate::verify::VerifyReport;
@@ -108,26 +106,17 @@ impl Engine {
         // Resolved once, so a later change of working directory cannot move
         // the store.
         let dir = std::path::absolute(&config.dir)?;
-        let mut storage: Arc<dyn Storage> =
-            Arc::new(SledStorage::open(&dir, config.cache_capacity)?);
-        if let Some(faults) = &config.faults {
-            storage = Arc::new(FaultyStorage::new(storage, Arc::clone(faults)));
-        }
-        Engine::open_with(config, &dir, storage)
-    }
-
-    fn open_with(config: Config, dir: &Path, storage: Arc<dyn Storage>) -> Result<Engine> {
-        let recovered = recovery::recover(&*storage, dir)?;
+        let backend = storage::backend(&config, &dir);
+        let (keeper, recovered) =
+            Keeper::open(backend, config.faults.clone(), config.accept_data_loss)?;
         let buffer = DirtyMap::new(recovered.last_seq);
-        recovery::load_deadlines(&*storage, &buffer)?;
+        recovery::load_deadlines(&*keeper.storage()?, &buffer)?;
         let shared = Arc::new(Shared {
-            dir: dir.to_path_buf(),
-            storage: RwLock::new(Some(storage)),
+            dir,
+            keeper,
             buffer,
             counters: Counters::default(),
             flush: FlushControl::new(),
-            health: Health::default(),
-            blobs: BlobIds::new(recovered.next_blob, recovered.blobs_exist),
             txn_lane: Mutex::new(()),
             cycle_lock: Mutex::new(()),
             closed: Default::default(),
@@ -135,7 +124,7 @@ impl Engine {
         });
         Counters::set_max(&shared.counters.flushed_seq, recovered.last_seq.0);
         Counters::set_max(&shared.counters.durable_seq, recovered.last_seq.0);
-        let cycles = Cycles::new(recovered.last_seq, recovered.next_gc_id);
+        let cycles = Cycles::new(&recovered);
         let flusher = Flusher::start(&shared, cycles)?;
         let purger = Purger::start(&shared)?;
         Ok(Engine {
@@ -428,8 +417,8 @@ impl Engine {
         not_reentrant()?;
         let s = self.shared();
         s.check_open()?;
-        if s.health.is_poisoned() {
-            return Err(s.health.poison_error());
+        if s.health().is_poisoned() {
+            return Err(s.health().poison_error());
         }
         let started = Instant::now();
         let rx = s.flush.request_sync()?;
@@ -474,6 +463,7 @@ impl Engine {
             dirty_entries,
             dirty_bytes: s.buffer.bytes(),
             flush_errors: Counters::get(&c.flush_errors),
+            storage_reopens: s.keeper.reopens(),
             last_flush_duration: c.last_flush(),
             syncs: Counters::get(&c.syncs),
             expired: Counters::get(&c.expired),
@@ -542,7 +532,7 @@ impl Handle {
             Lifecycle::Stopped(_) => Ok(()),
         };
         // Closing storage releases the store's lock.
-        let closed = close_storage(s);
+        let closed = s.keeper.close();
         let outcome = flushed.and(joined).and(closed);
         *life = Lifecycle::Stopped(match &outcome {
             Ok(()) => Ok(()),
@@ -575,21 +565,9 @@ pub fn halt(engine: &Engine) {
             log::error!("millpond: halting: {e}");
         }
     }
-    if let Err(e) = close_storage(s) {
+    if let Err(e) = s.keeper.close() {
         log::error!("millpond: halting: {e}");
     }
-}
-
-/// Takes the storage out of `shared` and drops it, which closes the store.
-/// sled 0.34 panics in its drop when its final fsync fails (it unwraps the
-/// result); that is an I/O error here, not a crash.
-fn close_storage(s: &Shared) -> Result<()> {
-    let storage = s.storage.write().take();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(storage))).map_err(|_| {
-        Error::Io(std::io::Error::other(
-            "closing the store failed (its final fsync failed)",
-        ))
-    })
 }
 
 impl Drop for Handle {

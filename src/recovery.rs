@@ -1,24 +1,39 @@
-//! What `open` does to a store before the engine serves it.
+//! What `open` does to a store before the engine serves it (and what the
+//! keeper does again after replacing a failed storage).
 //!
-//! 1. The format record: a blank store gets one (and is synced); a store
-//!    without one, or with a foreign magic, is refused as not a millpond
-//!    store; an unknown version is refused as unsupported.
-//! 2. The state record: the last committed cut and the next blob id.
-//! 3. Orphans of a cycle that never committed: every blob with an id at or
+//! 1. The format record: a blank store gets one, with an empty state record
+//!    (made durable by the keeper before the engine serves); a store without
+//!    one, or with a foreign magic, is refused as not a millpond store; an
+//!    unknown version is refused as unsupported.
+//! 2. The state record: the last committed cut, the next blob id and the
+//!    store digest. A version 1 state record (no digest) gets its digest
+//!    from one pass over the records.
+//! 3. **The durable record** (kept by the backend outside its own log): a
+//!    store whose state is older than the last durable point, or blank
+//!    where a store existed, or whose digest differs from the durable
+//!    record's at the same seq, or whose durable record is gone or damaged,
+//!    is refused with [`Error::Corrupt`] saying what was promised and what
+//!    was found - unless the caller accepts the loss
+//!    (`Config::accept_data_loss`), in which case the state found becomes
+//!    the new baseline.
+//! 4. Orphans of a cycle that never committed: every blob with an id at or
 //!    above the committed next blob id is removed.
-//! 4. Gc records left by cycles that committed but did not finish removing
+//! 5. Gc records left by cycles that committed but did not finish removing
 //!    the blobs they made unreachable: the blobs are removed, then the record.
 //!
-//! 5. The expiry index is rebuilt from the stored deadline index
+//! 6. The expiry index is rebuilt from the stored deadline index
 //!    ([`load_deadlines`]).
 //!
-//! None of this reads user records or values, so open does not scan the
-//! store (step 5 reads one small entry per key that has a deadline). Steps 3 and 4 end with a sync, so their effects do not have to be
-//! redone after another crash (they are idempotent in any case).
+//! Only step 2 of a version 1 store reads user records; otherwise open does
+//! not scan the store (step 6 reads one small entry per key that has a
+//! deadline). When anything changed, or the durable record does not cover
+//! the state found (a killed process left flushed but unsynced cycles),
+//! `Recovered::needs_sync` asks the keeper to sync and write a new durable
+//! record before the engine serves.
 
 use crate::buffer::{DirtyMap, Seq};
 use crate::clock::UnixMillis;
-use crate::codec::{self, StateRecord, FORMAT_VERSION, MAGIC};
+use crate::codec::{self, Digest, DurableRecord, StateRecord, FORMAT_VERSION, MAGIC};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, SysKey};
 
@@ -27,22 +42,106 @@ use crate::storage::{Storage, SysKey};
 pub(crate) struct Recovered {
     /// Sequence number of the last committed write.
     pub last_seq: Seq,
+    /// The store digest of the committed state.
+    pub digest: Digest,
     /// Next blob id to allocate.
     pub next_blob: u64,
     /// Next gc record id to use.
     pub next_gc_id: u64,
     /// Whether the blob tree holds any blob.
     pub blobs_exist: bool,
+    /// The durable record found (`None`: none, or one that was refused and
+    /// accepted as lost).
+    pub durable: Option<DurableRecord>,
+    /// The state found must be synced, and a durable record written for it,
+    /// before the engine serves.
+    pub needs_sync: bool,
 }
 
-pub(crate) fn recover(storage: &dyn Storage, dir: &std::path::Path) -> Result<Recovered> {
-    let created = check_format(storage, dir)?;
-    let state = match storage.get_sys(SysKey::State)? {
-        Some(raw) => codec::decode_state(&raw)?,
-        None => StateRecord::default(),
+pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recovered> {
+    let refuse = |what: String| -> Result<()> {
+        if accept_loss {
+            log::warn!("millpond: {what}; accepted (Config::accept_data_loss)");
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                None,
+                format!(
+                    "{what}; refusing to open it as if nothing were missing \
+                     (Config::accept_data_loss opens it anyway, at the state found)"
+                ),
+            ))
+        }
     };
-    let mut changed = storage.remove_blobs_from(state.next_blob)? > 0;
+    let durable = match storage.read_durable() {
+        Ok(d) => d,
+        Err(e) => {
+            refuse(e.to_string())?;
+            None
+        }
+    };
+    let created = match check_format(storage)? {
+        Format::Present => false,
+        Format::Blank => {
+            if let Some(d) = durable {
+                refuse(format!(
+                    "the store's files hold no data, but its durable record promises every \
+                     write up to seq {} ({})",
+                    d.seq, d.digest
+                ))?;
+            }
+            let empty = StateRecord {
+                digest: Some(Digest::default()),
+                ..StateRecord::default()
+            };
+            storage.put_sys(SysKey::Format, Some(&codec::encode_format()?))?;
+            storage.put_sys(SysKey::State, Some(&codec::encode_state(&empty)?))?;
+            true
+        }
+    };
+    let stored = storage.get_sys(SysKey::State)?;
+    let mut state = match &stored {
+        Some(raw) => codec::decode_state(raw)?,
+        // Created by a version that wrote no state record before the first
+        // cycle: nothing was ever committed.
+        None => StateRecord {
+            digest: Some(Digest::default()),
+            ..StateRecord::default()
+        },
+    };
+    let mut changed = false;
+    let had_digest = state.digest.is_some() && stored.is_some();
+    let digest = match state.digest {
+        Some(d) => d,
+        None => {
+            let d = digest_of_records(storage)?;
+            state.digest = Some(d);
+            storage.put_sys(SysKey::State, Some(&codec::encode_state(&state)?))?;
+            changed = true;
+            d
+        }
+    };
 
+    match durable {
+        None if had_digest && state.last_seq > 0 => refuse(format!(
+            "the store's durable record is missing, and its files hold writes up to seq {} ({})",
+            state.last_seq, digest
+        ))?,
+        None => {}
+        Some(d) if state.last_seq < d.seq => refuse(format!(
+            "the store came back older than its last durable point: writes up to seq {} ({}) \
+             were made durable, the store's files hold writes up to seq {} ({})",
+            d.seq, d.digest, state.last_seq, digest
+        ))?,
+        Some(d) if state.last_seq == d.seq && digest != d.digest => refuse(format!(
+            "the store's records differ from what its last durable point recorded at seq {}: \
+             {} promised, {} found",
+            d.seq, d.digest, digest
+        ))?,
+        Some(_) => {}
+    }
+
+    changed |= storage.remove_blobs_from(state.next_blob)? > 0;
     let gc_ids = storage.gc_ids()?;
     for &id in &gc_ids {
         let Some(raw) = storage.get_sys(SysKey::Gc(id))? else {
@@ -59,26 +158,51 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &std::path::Path) -> Result<Re
             Err(e) => log::warn!("millpond: unreadable gc record {id} left in place: {e}"),
         }
     }
-    if changed || created {
-        storage.sync()?;
-    }
+    let covered = durable.is_some_and(|d| d.seq == state.last_seq && d.digest == digest);
     Ok(Recovered {
         last_seq: Seq(state.last_seq),
+        digest,
         next_blob: state.next_blob,
         next_gc_id: gc_ids.last().map_or(0, |id| id + 1),
         blobs_exist: !storage.blobs_empty()?,
+        durable,
+        needs_sync: created || changed || !covered,
     })
 }
 
-/// Checks (or, on a blank store, writes) the format record. Returns whether
-/// the store was created.
-fn check_format(storage: &dyn Storage, dir: &std::path::Path) -> Result<bool> {
+/// The store digest of every user record, from one pass over them.
+pub(crate) fn digest_of_records(storage: &dyn Storage) -> Result<Digest> {
+    const PAGE: usize = 4096;
+    let mut digest = Digest::default();
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let page = storage.scan_meta(&from, PAGE)?;
+        for (key, raw) in &page {
+            digest.add(key, raw);
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                from = last.to_vec();
+                from.push(0);
+            }
+            _ => return Ok(digest),
+        }
+    }
+}
+
+enum Format {
+    Present,
+    Blank,
+}
+
+/// Checks the format record; a blank store has none (the caller writes it).
+fn check_format(storage: &dyn Storage) -> Result<Format> {
     match storage.get_sys(SysKey::Format)? {
         Some(raw) => {
             let format = codec::decode_format(&raw)?;
             if format.magic != MAGIC {
                 return Err(Error::NotAStore {
-                    path: dir.to_path_buf(),
+                    path: storage.path(),
                     reason: "its format record has a foreign marker".into(),
                 });
             }
@@ -88,14 +212,11 @@ fn check_format(storage: &dyn Storage, dir: &std::path::Path) -> Result<bool> {
                     supported: FORMAT_VERSION,
                 });
             }
-            Ok(false)
+            Ok(Format::Present)
         }
-        None if storage.is_blank()? => {
-            storage.put_sys(SysKey::Format, Some(&codec::encode_format()?))?;
-            Ok(true)
-        }
+        None if storage.is_blank()? => Ok(Format::Blank),
         None => Err(Error::NotAStore {
-            path: dir.to_path_buf(),
+            path: storage.path(),
             reason: "it holds a database without a millpond format record".into(),
         }),
     }

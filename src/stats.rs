@@ -24,6 +24,10 @@ pub struct Stats {
     pub dirty_bytes: usize,
     /// Failed flush attempts (each is retried), since open.
     pub flush_errors: u64,
+    /// Times the storage was closed and reopened in process after flush
+    /// attempts kept failing (for example on a full disk that was freed),
+    /// since open.
+    pub storage_reopens: u64,
     /// Duration of the last successful flush cycle.
     pub last_flush_duration: Option<Duration>,
     /// Flush cycles that ended with an fsync (checkpoints, shutdown).

@@ -10,7 +10,10 @@
 //!   record gives;
 //! - every blob is pointed at by a record (else: an orphan);
 //! - the deadline index and the records' deadlines agree;
-//! - every gc record decodes; the format version is known.
+//! - every gc record decodes; the format version is known;
+//! - the store digest of the records equals the one in the state record,
+//!   and the state is no older than the durable record (and, at the same
+//!   seq, has its digest).
 //!
 //! Repair removes orphan blobs, rewrites the deadline index where it
 //! disagrees with the records, and purges expired keys. Corrupt records and
@@ -20,8 +23,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::buffer::Seq;
 use crate::clock::UnixMillis;
-use crate::codec::{self, ValueRef, FORMAT_VERSION};
+use crate::codec::{self, Digest, ValueRef, FORMAT_VERSION};
 use crate::error::{DisplayKey, Result};
 use crate::shared::Shared;
 use crate::storage::{BlobId, Commit, DeadlineOp, MetaOp, SysKey};
@@ -77,6 +81,21 @@ pub enum Problem {
         /// Its id.
         id: u64,
     },
+    /// The records differ from what the committed state says they are (a
+    /// record lost, added or rolled back without its state record).
+    DigestMismatch {
+        /// The digest the state record holds.
+        expected: String,
+        /// The digest of the records found.
+        found: String,
+    },
+    /// The store is older than its last durable point.
+    RolledBack {
+        /// Every write up to this seq was made durable.
+        durable_seq: u64,
+        /// The store holds writes up to this seq.
+        found_seq: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -104,6 +123,19 @@ impl fmt::Display for Problem {
                 DisplayKey(key)
             ),
             Problem::CorruptGcRecord { id } => write!(f, "gc record {id} does not decode"),
+            Problem::DigestMismatch { expected, found } => write!(
+                f,
+                "the records do not match the committed state: it says {expected}, \
+                 the records give {found}"
+            ),
+            Problem::RolledBack {
+                durable_seq,
+                found_seq,
+            } => write!(
+                f,
+                "the store holds writes up to seq {found_seq}, older than its last durable \
+                 point (seq {durable_seq})"
+            ),
         }
     }
 }
@@ -160,6 +192,7 @@ impl Shared {
         };
 
         // Records, and the blobs they point at.
+        let mut digest = Digest::default();
         let mut referenced: HashSet<BlobId> = HashSet::new();
         let mut deadlines: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         let mut from: Vec<u8> = Vec::new();
@@ -169,6 +202,7 @@ impl Shared {
             for (key, raw) in &page {
                 r.records += 1;
                 r.metadata_bytes += (key.len() + raw.len()) as u64;
+                digest.add(key, raw);
                 let rec = match codec::decode_meta(key, raw) {
                     Ok(rec) => rec,
                     Err(e) => {
@@ -289,6 +323,37 @@ impl Shared {
             }
         }
 
+        // The records against the committed state, the state against the
+        // last durable point.
+        let state = match storage.get_sys(SysKey::State)? {
+            Some(raw) => Some(codec::decode_state(&raw)?),
+            None => None,
+        };
+        let (state_seq, state_digest) =
+            state.map_or((0, Some(Digest::default())), |s| (s.last_seq, s.digest));
+        if let Some(expected) = state_digest {
+            if expected != digest {
+                r.problems.push(Problem::DigestMismatch {
+                    expected: expected.to_string(),
+                    found: digest.to_string(),
+                });
+            }
+        }
+        if let Some(d) = self.keeper.durable() {
+            if state_seq < d.seq {
+                r.problems.push(Problem::RolledBack {
+                    durable_seq: d.seq,
+                    found_seq: state_seq,
+                });
+            } else if state_seq == d.seq && Some(d.digest) != state_digest && d.digest != digest {
+                // (Reported once when the state record agrees with it.)
+                r.problems.push(Problem::DigestMismatch {
+                    expected: d.digest.to_string(),
+                    found: digest.to_string(),
+                });
+            }
+        }
+
         if repair {
             if !orphans.is_empty() {
                 storage.remove_blobs(&orphans)?;
@@ -328,7 +393,16 @@ impl Shared {
                     sys: Vec::new(),
                 })?;
             }
-            storage.sync()?;
+            // Records are rewritten unchanged, so the digest stands; the
+            // durable point is the state's.
+            drop(storage);
+            let rolled_back = r
+                .problems
+                .iter()
+                .any(|p| matches!(p, Problem::RolledBack { .. }));
+            if let (Some(d), false) = (state_digest, rolled_back) {
+                self.keeper.sync(Seq(state_seq), d)?;
+            }
         }
         Ok(r)
     }

@@ -7,6 +7,12 @@
 //! - a checkpoint is waiting (the cycle then ends with a sync);
 //! - a cycle failed earlier and its backoff has passed;
 //! - shutdown was asked (final durable cycle, then exit).
+//!
+//! After [`REOPEN_AFTER`] failures in a row (other than a failed sync, which
+//! poisons), the keeper replaces the storage before the next attempt, once
+//! its probe shows the medium accepts writes again: a backend that keeps its
+//! first I/O error (sled) recovers from a full disk that was freed without a
+//! restart. The dirty map and the pending cycle stay in memory meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +23,7 @@ use crate::flush::worker::Pool;
 use crate::flush::SyncOutcome;
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::storage::keeper::REOPEN_AFTER;
 
 /// Longest sleep when nothing is dirty (a safety net; writers wake the
 /// coordinator when the buffer becomes dirty).
@@ -53,12 +60,12 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             || shared.flush.is_urgent()
             || dirty_for.is_some_and(|d| d >= shared.config.write_delay);
 
-        if shared.health.is_poisoned() {
+        if shared.health().is_poisoned() {
             // Nothing more may be reported durable: answer every waiter with
             // the poison and stop flushing once shutdown is asked.
             let syncs = std::mem::take(&mut shared.flush.requests().syncs);
             for tx in syncs {
-                let _ = tx.send(Err(shared.health.poison_error()));
+                let _ = tx.send(Err(shared.health().poison_error()));
             }
             if shutdown {
                 return;
@@ -79,16 +86,19 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
                 .map(|r| (r.committed, r.entries));
             match &outcome {
                 Ok(_) => {
-                    shared.health.flush_succeeded();
+                    shared.health().flush_succeeded();
                     retry_at = None;
                 }
                 Err(e) => {
                     Counters::add(&shared.counters.flush_errors, 1);
-                    let failures = shared.health.flush_failed(e);
+                    let failures = shared.health().flush_failed(e);
                     log::warn!("millpond: flush failed (attempt {failures}): {e}");
                     retry_at = Some(Instant::now() + backoff(failures));
                     // Writers blocked on a full buffer must see the failure.
                     shared.buffer.wake_waiters();
+                    if failures >= REOPEN_AFTER && !shared.health().is_poisoned() {
+                        reopen(shared, &mut cycles);
+                    }
                 }
             }
             answer(syncs, &outcome);
@@ -104,6 +114,24 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
         wait(shared, Some(timeout));
+    }
+}
+
+/// Replaces the storage through the keeper (between cycles: the cycle lock
+/// keeps verification out meanwhile).
+fn reopen(shared: &Shared, cycles: &mut Cycles) {
+    let _cycle = shared.cycle_lock.lock();
+    match shared.keeper.reopen() {
+        Ok(Some(recovered)) => {
+            log::warn!(
+                "millpond: storage reopened after failures (recovered at seq {})",
+                recovered.last_seq.0
+            );
+            cycles.reopened(&recovered);
+        }
+        // The medium still refuses writes: try again after the next failure.
+        Ok(None) => {}
+        Err(e) => log::warn!("millpond: reopening the storage failed: {e}"),
     }
 }
 
@@ -130,13 +158,14 @@ fn final_cycle(shared: &Shared, pool: &Pool, cycles: &mut Cycles) {
             Ok(r) => break Ok((r.committed, r.entries)),
             Err(e) => {
                 Counters::add(&shared.counters.flush_errors, 1);
-                shared.health.flush_failed(&e);
+                shared.health().flush_failed(&e);
                 log::warn!("millpond: final flush failed (attempt {attempt}): {e}");
-                if attempt >= SHUTDOWN_ATTEMPTS || shared.health.is_poisoned() {
+                if attempt >= SHUTDOWN_ATTEMPTS || shared.health().is_poisoned() {
                     log::error!("millpond: shutdown could not persist every buffered write: {e}");
                     break Err(e);
                 }
                 std::thread::sleep(backoff(attempt));
+                reopen(shared, cycles);
             }
         }
     };

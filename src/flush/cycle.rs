@@ -8,11 +8,12 @@
 //! 3. **Barrier**: if any blob was written, flush storage, so the blobs reach
 //!    the operating system before any record that points at them.
 //! 4. **Commit**: every record of the cycle, the state record (cut, next
-//!    blob id) and a gc record listing the blobs this cycle made
-//!    unreachable, applied atomically by `Storage::commit`. This is the
+//!    blob id, store digest) and a gc record listing the blobs this cycle
+//!    made unreachable, applied atomically by `Storage::commit`. This is the
 //!    commit point.
 //! 5. **Flush** storage (the cycle now survives a process crash); on a
-//!    durable cycle (checkpoint, shutdown) also **sync** (survives a power cut).
+//!    durable cycle (checkpoint, shutdown) also **sync** through the keeper
+//!    (survives a power cut; the durable record then names the cut).
 //! 6. **Release** the frozen maps: reads of those keys go to storage.
 //! 7. **Collect** the unreachable blobs, then remove the gc record.
 //!
@@ -23,16 +24,20 @@
 //!
 //! A failure in steps 2 to 5 keeps the frozen maps (nothing acknowledged is
 //! dropped) and the cycle is retried as a whole; blobs written by the failed
-//! attempt are listed in the gc record of the attempt that commits. A failed
-//! sync poisons the engine instead (see `Health`).
+//! attempt are listed in the gc record of the attempt that commits. Each
+//! attempt starts by settling a commit that failed after its commit point
+//! (`Storage::settle`) and reading the store digest it builds on from the
+//! stored state record. A failed sync poisons the engine instead (see
+//! `Keeper::sync`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::buffer::{Frozen, Seq};
-use crate::codec::{self, GcRecord, StateRecord};
+use crate::codec::{self, Digest, GcRecord, StateRecord};
 use crate::error::Result;
 use crate::flush::worker::{Pool, Prepared};
+use crate::recovery::Recovered;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::{BlobId, Commit, SysKey};
@@ -60,6 +65,10 @@ pub(crate) struct Cycles {
     next_gc_id: u64,
     /// Cut of the last committed cycle (or the recovered state).
     committed: Seq,
+    /// The store digest of the committed state; `None` when it must be read
+    /// again from the stored state record (after a failed attempt, which
+    /// may have committed without finishing, or a storage replacement).
+    digest: Option<Digest>,
     /// Cut of the last state made durable by a sync.
     synced: Seq,
     /// A commit happened since the last sync.
@@ -76,16 +85,27 @@ pub(crate) struct Report {
 }
 
 impl Cycles {
-    /// `recovered` is the cut of the state found at open (durable: recovery
-    /// syncs before the engine serves).
-    pub(crate) fn new(recovered: Seq, next_gc_id: u64) -> Cycles {
+    /// Starts from the state found at open, which the keeper made durable
+    /// before the engine serves (see `Keeper::open`).
+    pub(crate) fn new(recovered: &Recovered) -> Cycles {
         Cycles {
             pending: None,
-            next_gc_id,
-            committed: recovered,
-            synced: recovered,
+            next_gc_id: recovered.next_gc_id,
+            committed: recovered.last_seq,
+            digest: Some(recovered.digest),
+            synced: recovered.last_seq,
             unsynced: false,
         }
+    }
+
+    /// The keeper replaced the storage: continue from what the reopened
+    /// store holds. A pending cycle is kept (it is retried whole), and the
+    /// next durable cycle syncs whatever the state is.
+    pub(crate) fn reopened(&mut self, recovered: &Recovered) {
+        self.committed = recovered.last_seq;
+        self.digest = None;
+        self.next_gc_id = self.next_gc_id.max(recovered.next_gc_id);
+        self.unsynced = true;
     }
 
     /// Whether a frozen cycle is waiting to be retried.
@@ -122,13 +142,12 @@ impl Cycles {
         }
         if sync && self.unsynced {
             let started = Instant::now();
-            let storage = shared.storage()?;
+            let digest = match self.digest {
+                Some(d) => d,
+                None => stored_digest(shared)?,
+            };
             crash_point("flush-before-sync");
-            if let Err(e) = storage.sync() {
-                let reason = format!("fsync failed: {e}");
-                shared.health.poison(reason);
-                return Err(shared.health.poison_error());
-            }
+            shared.keeper.sync(self.committed, digest)?;
             self.unsynced = false;
             self.synced = self.committed;
             Counters::add(&shared.counters.syncs, 1);
@@ -150,6 +169,14 @@ impl Cycles {
         let orphans = pending.orphans.clone();
         let started = Instant::now();
 
+        // A commit that failed after its commit point is finished first, so
+        // the records this attempt reads (and replaces) are those it builds
+        // on.
+        if self.digest.is_none() {
+            shared.storage()?.settle()?;
+            self.digest = Some(stored_digest(shared)?);
+        }
+
         // 2. Prepare.
         crash_point("flush-before-blobs");
         let mut prepared = Prepared::default();
@@ -157,6 +184,7 @@ impl Cycles {
             prepared.ops.extend(part.ops);
             prepared.written.extend(part.written);
             prepared.superseded.extend(part.superseded);
+            prepared.digest.merge(part.digest);
             if prepared.error.is_none() {
                 prepared.error = part.error;
             }
@@ -173,6 +201,9 @@ impl Cycles {
                 if let Some(p) = self.pending.as_mut() {
                     p.orphans.extend(written);
                 }
+                // It may have committed without finishing: the next attempt
+                // reads the digest back.
+                self.digest = None;
                 Err(e)
             }
         }
@@ -199,6 +230,8 @@ impl Cycles {
         crash_point("flush-before-commit");
         let mut gc_blobs = prepared.superseded;
         gc_blobs.extend(orphans);
+        let base = self.digest.unwrap_or_default();
+        let digest = base.apply(prepared.digest);
         let mut commit = Commit {
             ops: prepared.ops,
             sys: Vec::with_capacity(2),
@@ -207,7 +240,8 @@ impl Cycles {
             SysKey::State,
             Some(codec::encode_state(&StateRecord {
                 last_seq: frozen.cut.0,
-                next_blob: shared.blobs.next(),
+                next_blob: shared.keeper.blobs().next(),
+                digest: Some(digest),
             })?),
         ));
         let gc_id = if gc_blobs.is_empty() {
@@ -227,6 +261,7 @@ impl Cycles {
         crash_point("flush-after-commit");
         self.unsynced = true;
         self.committed = frozen.cut;
+        self.digest = Some(digest);
         // 5. Flush.
         storage.flush()?;
         // 6. Release.
@@ -248,5 +283,17 @@ impl Cycles {
             }
         }
         Ok(frozen.entries as u64)
+    }
+}
+
+/// The store digest in the stored state record.
+fn stored_digest(shared: &Shared) -> Result<Digest> {
+    let storage = shared.storage()?;
+    match storage.get_sys(SysKey::State)? {
+        Some(raw) => match codec::decode_state(&raw)?.digest {
+            Some(d) => Ok(d),
+            None => crate::recovery::digest_of_records(&*storage),
+        },
+        None => Ok(Digest::default()),
     }
 }

@@ -3,9 +3,10 @@
 //! Each worker takes every `parts`-th frozen shard and, for each entry:
 //! 1. writes the value to the blob tree under a new blob id if it is longer
 //!    than the inline threshold (nothing points at it yet);
-//! 2. finds the blob the key's current record points at, if any, which the
-//!    new record will supersede;
-//! 3. encodes the new metadata record (or a removal, for a tombstone).
+//! 2. reads the key's current record: the blob it points at, if any, is
+//!    superseded by the new record, and the record leaves the store digest;
+//! 3. encodes the new metadata record (or a removal, for a tombstone), which
+//!    enters the store digest.
 //!
 //! Nothing a worker does is visible to readers: the records it encodes are
 //! applied later, atomically, by the coordinator.
@@ -16,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::buffer::{Entry, Frozen, Slot};
-use crate::codec::{self, BlobRef, MetaRecord, ValueRef};
+use crate::codec::{self, BlobRef, DigestDelta, MetaRecord, ValueRef};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -30,6 +31,8 @@ pub(crate) struct Prepared {
     pub written: Vec<BlobId>,
     /// Blobs the new records make unreachable.
     pub superseded: Vec<BlobId>,
+    /// What the new records change in the store digest.
+    pub digest: DigestDelta,
     /// The first error met; the share is then incomplete.
     pub error: Option<Error>,
 }
@@ -125,11 +128,8 @@ fn prepare_entry(
     entry: &Entry,
     out: &mut Prepared,
 ) -> Result<()> {
-    let old_blob = if shared.blobs.may_exist() {
-        current_blob(storage, key)?
-    } else {
-        None
-    };
+    let old = storage.get_meta(key)?;
+    let old_blob = old.as_deref().and_then(|raw| stored_blob(key, raw));
     let deadline = match (entry.deadline, entry.rewrite_deadline) {
         (Some(d), _) => DeadlineOp::Set(codec::encode_deadline(d.0)?),
         (None, true) => DeadlineOp::Clear,
@@ -138,7 +138,7 @@ fn prepare_entry(
     let value = match &entry.slot {
         Slot::Value(v) if v.len() <= shared.config.inline_threshold => ValueRef::Inline(v),
         Slot::Value(v) => {
-            let id = shared.blobs.allocate();
+            let id = shared.keeper.blobs().allocate();
             out.written.push(id);
             storage.put_blob(id, v)?;
             Counters::add(&shared.counters.blobs_written, 1);
@@ -151,6 +151,9 @@ fn prepare_entry(
                 key: Box::from(key),
                 deadline,
             });
+            if let Some(old) = &old {
+                out.digest.remove(key, old);
+            }
             if let Some(old) = old_blob {
                 out.superseded.push(old);
             }
@@ -162,6 +165,7 @@ fn prepare_entry(
         deadline: entry.deadline.map(|d| d.0),
         value,
     })?;
+    out.digest.put(key, old.as_deref(), &record);
     out.ops.push(MetaOp::Put {
         key: Box::from(key),
         record,
@@ -179,21 +183,18 @@ fn prepare_entry(
     Ok(())
 }
 
-/// The blob the committed record of `key` points at. A record that does not
+/// The blob a committed record of `key` points at. A record that does not
 /// decode is left alone (its blob, if any, stays until `verify` finds it).
-fn current_blob(storage: &dyn Storage, key: &[u8]) -> Result<Option<BlobId>> {
-    let Some(raw) = storage.get_meta(key)? else {
-        return Ok(None);
-    };
-    match codec::decode_meta(key, &raw) {
+fn stored_blob(key: &[u8], raw: &[u8]) -> Option<BlobId> {
+    match codec::decode_meta(key, raw) {
         Ok(MetaRecord {
             value: ValueRef::Blob(b),
             ..
-        }) => Ok(Some(b.id)),
-        Ok(_) => Ok(None),
+        }) => Some(b.id),
+        Ok(_) => None,
         Err(e) => {
             log::warn!("millpond: replacing an unreadable record: {e}");
-            Ok(None)
+            None
         }
     }
 }

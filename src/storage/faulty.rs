@@ -9,6 +9,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{BlobId, Commit, Storage, SysKey};
+use crate::codec::DurableRecord;
 use crate::error::{Error, Result};
 
 /// A kind of storage call that a fault plan can fail.
@@ -153,6 +154,10 @@ impl Storage for FaultyStorage {
         self.inner.remove_blobs_from(first)
     }
 
+    fn path(&self) -> std::path::PathBuf {
+        self.inner.path()
+    }
+
     fn is_blank(&self) -> Result<bool> {
         self.inner.is_blank()
     }
@@ -189,6 +194,18 @@ impl Storage for FaultyStorage {
         self.inner.flush()?;
         self.faults.check(StorageOp::Sync)?;
         self.inner.sync()
+    }
+
+    fn settle(&self) -> Result<()> {
+        self.inner.settle()
+    }
+
+    fn read_durable(&self) -> Result<Option<DurableRecord>> {
+        self.inner.read_durable()
+    }
+
+    fn write_durable(&self, record: &DurableRecord) -> Result<()> {
+        self.inner.write_durable(record)
     }
 }
 

@@ -19,13 +19,44 @@
 //!   write while losing an earlier one that was flushed before it.
 //! - **Durability**: after [`Storage::sync`] returns, everything written before
 //!   it survives a power cut.
+//! - **A durable record outside its own log** ([`Storage::write_durable`]):
+//!   what the last durable point promised, kept where a rollback of the
+//!   store's own files cannot take it along, so that `open` can tell a store
+//!   that came back older than promised from one left as it was.
+//!
+//! A backend is opened (and reopened after a storage failure) through a
+//! [`Backend`]; [`keeper::Keeper`] is the one owner of the open storage, its
+//! health, blob ids and what is durable.
 
 pub(crate) mod faulty;
+pub(crate) mod keeper;
 pub(crate) mod sled;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::codec::DurableRecord;
 use crate::error::Result;
+
+/// The backend `config` selects for the store in `dir` (absolute).
+pub(crate) fn backend(config: &crate::config::Config, dir: &std::path::Path) -> Box<dyn Backend> {
+    Box::new(sled::SledBackend {
+        dir: dir.to_path_buf(),
+        cache_capacity: config.cache_capacity,
+    })
+}
+
+/// How a storage backend is opened: once by `Engine::open`, again by the
+/// keeper after a storage failure (see `Keeper::reopen`).
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Opens the store (creating what the backend needs for a new one).
+    fn open(&self) -> Result<Arc<dyn Storage>>;
+
+    /// Cheaply checks whether the medium accepts writes again (for example
+    /// after a full disk was freed), without touching the store.
+    fn probe(&self) -> Result<()>;
+}
 
 /// Key of a value in the blob tree. Allocated by the flusher, increasing,
 /// never reused.
@@ -108,6 +139,9 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Removes every blob with an id `>= first`; returns how many there were.
     fn remove_blobs_from(&self, first: BlobId) -> Result<usize>;
 
+    /// Where the store is, for messages.
+    fn path(&self) -> std::path::PathBuf;
+
     /// Whether the store holds no data at all, not even outside millpond's
     /// keyspaces (a new database, or one whose creation never completed).
     fn is_blank(&self) -> Result<bool>;
@@ -135,4 +169,17 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// [`Storage::flush`], then makes every write made so far durable
     /// (survives a power cut).
     fn sync(&self) -> Result<()>;
+
+    /// Finishes a commit that failed after its commit point (applied only in
+    /// part): applies the rest. A later commit, and every read made to
+    /// prepare one, must see the store as if that commit had completed.
+    fn settle(&self) -> Result<()>;
+
+    /// The newest durable record, `None` if the store never had one.
+    /// A record that is present but unreadable is `Error::Corrupt`.
+    fn read_durable(&self) -> Result<Option<DurableRecord>>;
+
+    /// Replaces the durable record and makes it durable (survives a power
+    /// cut) before returning; a torn write leaves the previous one readable.
+    fn write_durable(&self, record: &DurableRecord) -> Result<()>;
 }

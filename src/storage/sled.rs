@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
+use std::sync::Arc;
+
+use super::{Backend, BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
 use crate::codec::{self, CommitLog, LoggedDeadline, LoggedOp};
 use crate::error::{Error, Result};
 
@@ -53,6 +55,15 @@ const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
 /// them is not a store.
 const SLED_FILES: [&str; 2] = ["conf", "db"];
 
+/// The durable record's file in the store directory (see [`DurableFile`]).
+pub(crate) const DURABLE_FILE: &str = "millpond.durable";
+
+/// Where the second of the durable file's two slots starts.
+const DURABLE_SLOT: u64 = 512;
+
+/// A file created and removed by [`SledBackend::probe`].
+const PROBE_FILE: &str = "millpond.probe";
+
 pub(crate) struct SledStorage {
     db: ::sled::Db,
     meta: ::sled::Tree,
@@ -65,6 +76,135 @@ pub(crate) struct SledStorage {
     syncer: Mutex<Syncer>,
     /// Id of the next commit log record.
     next_log: AtomicU64,
+    /// Commits that failed after their commit point (see [`Storage::settle`]).
+    unsettled: Mutex<bool>,
+    /// The durable record's file.
+    durable: Mutex<DurableFile>,
+    /// Test hook: the next commit fails after its commit point.
+    #[cfg(test)]
+    fail_next_apply: std::sync::atomic::AtomicBool,
+}
+
+/// The durable record's file: two slots of [`codec::DURABLE_RECORD_LEN`]
+/// bytes, at offsets 0 and [`DURABLE_SLOT`]. A new record goes to the slot
+/// that does not hold the newest one, and is fdatasynced; a torn write
+/// damages only that slot, and the other still holds the previous record.
+/// The newest valid slot (highest generation) is the record.
+struct DurableFile {
+    path: PathBuf,
+    /// Open once the file exists.
+    file: Option<File>,
+    newest: Option<codec::DurableRecord>,
+    /// The file exists but neither slot is valid.
+    damaged: bool,
+}
+
+impl DurableFile {
+    fn open(dir: &Path) -> Result<DurableFile> {
+        let path = dir.join(DURABLE_FILE);
+        let (file, newest) = match File::options().read(true).write(true).open(&path) {
+            // Created but never written (a crash while a store was being
+            // created): no record yet.
+            Ok(file) if file.metadata()?.len() == 0 => (Some(file), None),
+            Ok(file) => {
+                let newest = read_slots(&file)?;
+                (Some(file), newest)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        let damaged = file.is_some() && newest.is_none() && {
+            let len = fs::metadata(&path)?.len();
+            len > 0
+        };
+        Ok(DurableFile {
+            path,
+            file,
+            newest,
+            damaged,
+        })
+    }
+
+    fn read(&self) -> Result<Option<codec::DurableRecord>> {
+        if self.damaged {
+            return Err(Error::corrupt(
+                None,
+                format!(
+                    "the durable record {} is damaged: neither of its slots is valid",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(self.newest)
+    }
+
+    fn write(&mut self, record: &codec::DurableRecord) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let created = self.file.is_none();
+        let file = match &mut self.file {
+            Some(file) => file,
+            none => none.insert(
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.path)?,
+            ),
+        };
+        let offset = if record.generation % 2 == 0 {
+            0
+        } else {
+            DURABLE_SLOT
+        };
+        file.write_all_at(&codec::encode_durable(record), offset)?;
+        file.sync_data()?;
+        if created {
+            if let Some(dir) = self.path.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        self.newest = Some(*record);
+        self.damaged = false;
+        Ok(())
+    }
+}
+
+/// The newest valid record of the two slots of `file`.
+fn read_slots(file: &File) -> Result<Option<codec::DurableRecord>> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    (&*file).read_to_end(&mut raw)?;
+    let slot = |at: usize| raw.get(at..).and_then(codec::decode_durable);
+    Ok([slot(0), slot(DURABLE_SLOT as usize)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|r| r.generation))
+}
+
+/// Opens the sled store of a directory (see [`Backend`]).
+pub(crate) struct SledBackend {
+    pub dir: PathBuf,
+    pub cache_capacity: u64,
+}
+
+impl Backend for SledBackend {
+    fn open(&self) -> Result<Arc<dyn Storage>> {
+        Ok(Arc::new(SledStorage::open(&self.dir, self.cache_capacity)?))
+    }
+
+    fn probe(&self) -> Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(PROBE_FILE);
+        let probe = || -> io::Result<()> {
+            let mut f = File::create(&path)?;
+            f.write_all(&[0u8; 64 * 1024])?;
+            f.sync_all()
+        };
+        let outcome = probe();
+        let _ = fs::remove_file(&path);
+        outcome.map_err(Error::Io)
+    }
 }
 
 /// Long-lived descriptors for fsync (see the module documentation).
@@ -92,7 +232,8 @@ impl Syncer {
     }
 
     /// Opens descriptors for files that appeared, drops those of files
-    /// that are gone.
+    /// that are gone. A file removed between the listing and its open
+    /// (sled removes files of its own at any moment) is simply gone.
     fn refresh(&mut self, dir: &Path) -> io::Result<()> {
         let mut present = HashSet::new();
         for entry in fs::read_dir(dir)? {
@@ -100,7 +241,13 @@ impl Syncer {
             if entry.file_type()?.is_file() {
                 let name = entry.file_name();
                 if !self.files.contains_key(&name) {
-                    self.files.insert(name.clone(), File::open(entry.path())?);
+                    match File::open(entry.path()) {
+                        Ok(file) => {
+                            self.files.insert(name.clone(), file);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
                 present.insert(name);
             }
@@ -123,8 +270,9 @@ impl Syncer {
             for entry in fs::read_dir(dir.join("blobs"))? {
                 let entry = entry?;
                 let name = entry.file_name();
-                if !self.synced_blobs.contains(&name) && entry.file_type()?.is_file() {
-                    File::open(entry.path())?.sync_data()?;
+                if !self.synced_blobs.contains(&name) && !sync_blob_file(&entry.path())? {
+                    // sled removed it after the listing: not data to keep.
+                    continue;
                 }
                 present.insert(name);
             }
@@ -132,6 +280,18 @@ impl Syncer {
             blob_dir_file.sync_all()?;
         }
         self.dir.sync_all()
+    }
+}
+
+/// fdatasyncs one of sled's blob files. Returns `false` if the file is gone:
+/// sled deletes the ones it no longer needs, at any moment, so a file that
+/// vanished between the listing of `blobs/` and its open is no data to sync,
+/// never a failed fsync.
+fn sync_blob_file(path: &Path) -> io::Result<bool> {
+    match File::open(path) {
+        Ok(file) => file.sync_data().map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -231,7 +391,10 @@ fn check_dir(dir: &Path) -> Result<()> {
     }
     let mut names = HashSet::new();
     for entry in fs::read_dir(dir)? {
-        names.insert(entry?.file_name());
+        let name = entry?.file_name();
+        if name != PROBE_FILE {
+            names.insert(name);
+        }
     }
     if names.is_empty()
         || SLED_FILES
@@ -310,6 +473,10 @@ impl SledStorage {
             dir: dir.to_path_buf(),
             syncer: Mutex::new(Syncer::open(dir)?),
             next_log: AtomicU64::new(0),
+            unsettled: Mutex::new(false),
+            durable: Mutex::new(DurableFile::open(dir)?),
+            #[cfg(test)]
+            fail_next_apply: std::sync::atomic::AtomicBool::new(false),
         };
         storage.replay_logs()?;
         if !existed {
@@ -428,6 +595,32 @@ impl SledStorage {
     fn sync_files(&self) -> io::Result<()> {
         self.syncer.lock().sync(&self.dir)
     }
+
+    /// Applies a logged commit (whose marker is written), then removes its log.
+    fn apply_logged(&self, log: &CommitLog<'_>, id: u64, parts: u32) -> Result<()> {
+        // In key order: sled inserts neighbouring keys into the same cached
+        // leaf, about 1.5x faster than in random order.
+        let mut sorted: Vec<&LoggedOp<'_>> = log.ops.iter().collect();
+        sorted.sort_unstable_by_key(|op| op.key());
+        let (first, rest) = sorted.split_at(sorted.len() / 2);
+        self.apply(first.iter().copied())?;
+        #[cfg(test)]
+        if self
+            .fail_next_apply
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Error::Io(io::Error::other("injected: apply failed")));
+        }
+        #[cfg(feature = "failpoints")]
+        let _ = fail::eval("commit-mid-apply", |_| {
+            // Make the log and the first half reach the file, then die: the
+            // next open must apply the rest from the log.
+            let _ = self.db.flush();
+            std::process::abort()
+        });
+        self.apply(rest.iter().copied())?;
+        self.remove_log(id, 0..parts)
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -517,6 +710,10 @@ impl Storage for SledStorage {
         Ok(n)
     }
 
+    fn path(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     fn is_blank(&self) -> Result<bool> {
         let known: [&[u8]; 4] = [b"__sled__default", b"meta", b"blob", b"log"];
         let only_known = self
@@ -538,7 +735,10 @@ impl Storage for SledStorage {
     fn commit(&self, commit: Commit) -> Result<()> {
         // One insert, atomic in sled's log, is the commit point; the
         // changes it holds are then applied one by one, and the log record
-        // removed. `open` applies any log record a crash left behind.
+        // removed. `open` applies any log record a crash left behind, and
+        // `settle` one that a failure left behind (first, here too: a
+        // later commit must never be applied before an earlier one).
+        self.settle()?;
         let user_keys: Vec<Vec<u8>> = commit
             .ops
             .iter()
@@ -591,21 +791,13 @@ impl Storage for SledStorage {
         self.log
             .insert(log_key(id, LOG_MARKER), &parts.to_le_bytes())
             .map_err(storage_error)?;
-        // In key order: sled inserts neighbouring keys into the same cached
-        // leaf, about 1.5x faster than in random order.
-        let mut sorted: Vec<&LoggedOp<'_>> = log.ops.iter().collect();
-        sorted.sort_unstable_by_key(|op| op.key());
-        let (first, rest) = sorted.split_at(sorted.len() / 2);
-        self.apply(first.iter().copied())?;
-        #[cfg(feature = "failpoints")]
-        let _ = fail::eval("commit-mid-apply", |_| {
-            // Make the log and the first half reach the file, then die: the
-            // next open must apply the rest from the log.
-            let _ = self.db.flush();
-            std::process::abort()
-        });
-        self.apply(rest.iter().copied())?;
-        self.remove_log(id, 0..parts)
+        // From here on the commit has happened: if applying it fails, it
+        // stays logged and is settled before anything else is committed.
+        let applied = self.apply_logged(&log, id, parts);
+        if applied.is_err() {
+            *self.unsettled.lock() = true;
+        }
+        applied
     }
 
     fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
@@ -654,6 +846,25 @@ impl Storage for SledStorage {
     fn sync(&self) -> Result<()> {
         self.flush()?;
         self.sync_files().map_err(Error::Io)
+    }
+
+    fn settle(&self) -> Result<()> {
+        let mut unsettled = self.unsettled.lock();
+        if *unsettled {
+            // Every log left in the tree belongs to a commit that failed
+            // after its commit point (the others removed theirs).
+            self.replay_logs()?;
+            *unsettled = false;
+        }
+        Ok(())
+    }
+
+    fn read_durable(&self) -> Result<Option<codec::DurableRecord>> {
+        self.durable.lock().read()
+    }
+
+    fn write_durable(&self, record: &codec::DurableRecord) -> Result<()> {
+        self.durable.lock().write(record).map_err(Error::Io)
     }
 }
 

@@ -1,0 +1,311 @@
+//! [`Keeper`]: the one owner of the open storage, its health, the blob id
+//! allocator and what is durable.
+//!
+//! Everything else reaches storage through [`Keeper::storage`], reports
+//! failures through [`Keeper::health`], and makes a state durable only
+//! through [`Keeper::sync`], which always poisons the engine when it fails
+//! (DESIGN.md, invariant 12). The keeper also replaces the storage in
+//! process when it keeps failing ([`Keeper::reopen`]): the dirty map and the
+//! pending cycle stay in memory meanwhile.
+//!
+//! Locks: the storage `RwLock` is a leaf lock. Readers hold its read guard
+//! for the length of one storage call or one cycle step; `reopen` and
+//! `close` take it for writing, so they wait for those to finish, and
+//! readers wait (they do not fail) while the storage is being replaced.
+//! `durable` is a leaf lock held only by `sync`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
+
+use super::faulty::{Faults, FaultyStorage};
+use super::{Backend, BlobId, Storage};
+use crate::buffer::Seq;
+use crate::codec::{Digest, DurableRecord};
+use crate::error::{Error, Result};
+use crate::recovery::{self, Recovered};
+
+/// Consecutive failed flush attempts after which writes are refused.
+pub(crate) const FAILING_AFTER: u32 = 5;
+
+/// Consecutive failed flush attempts after which the keeper tries to replace
+/// the storage (a backend such as sled keeps its first I/O error for as long
+/// as it is open).
+pub(crate) const REOPEN_AFTER: u32 = 2;
+
+/// The storage backend, borrowed: `close` and `reopen` wait for it to be
+/// dropped.
+pub(crate) type StorageRef<'a> = MappedRwLockReadGuard<'a, dyn Storage>;
+
+/// The one owner of storage and durability. See the module documentation.
+pub(crate) struct Keeper {
+    backend: Box<dyn Backend>,
+    /// Wraps every storage the backend opens (tests only).
+    faults: Option<Arc<Faults>>,
+    /// The open storage; `None` once closed (shutdown), or while a reopen
+    /// could not open the backend again (then `lost` says why).
+    storage: RwLock<Option<Arc<dyn Storage>>>,
+    lost: Mutex<Option<String>>,
+    health: Health,
+    blobs: BlobIds,
+    /// The newest durable record written (or found at open).
+    durable: Mutex<Option<DurableRecord>>,
+    /// Storage replacements so far.
+    reopens: AtomicU64,
+}
+
+impl Keeper {
+    /// Opens the backend and recovers the store (see `recovery`), then makes
+    /// the state it found durable if the durable record does not already
+    /// cover it: what open serves is never less durable than what a
+    /// checkpoint would promise.
+    pub(crate) fn open(
+        backend: Box<dyn Backend>,
+        faults: Option<Arc<Faults>>,
+        accept_loss: bool,
+    ) -> Result<(Keeper, Recovered)> {
+        let storage = open_wrapped(&*backend, &faults)?;
+        let recovered = recovery::recover(&*storage, accept_loss)?;
+        let keeper = Keeper {
+            backend,
+            faults,
+            storage: RwLock::new(Some(storage)),
+            lost: Mutex::new(None),
+            health: Health::default(),
+            blobs: BlobIds::new(recovered.next_blob, recovered.blobs_exist),
+            durable: Mutex::new(recovered.durable),
+            reopens: AtomicU64::new(0),
+        };
+        if recovered.needs_sync {
+            keeper.sync(recovered.last_seq, recovered.digest)?;
+        }
+        Ok((keeper, recovered))
+    }
+
+    /// The storage, or [`Error::Closed`] after shutdown. Recursive: a caller
+    /// may hold one while taking another, even with a writer waiting.
+    pub(crate) fn storage(&self) -> Result<StorageRef<'_>> {
+        RwLockReadGuard::try_map(self.storage.read_recursive(), |s| s.as_deref()).map_err(|_| {
+            match &*self.lost.lock() {
+                Some(reason) => Error::Storage(format!(
+                    "the storage is being reopened after a failure: {reason}"
+                )),
+                None => Error::Closed,
+            }
+        })
+    }
+
+    pub(crate) fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub(crate) fn blobs(&self) -> &BlobIds {
+        &self.blobs
+    }
+
+    /// Storage replacements so far.
+    pub(crate) fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
+    }
+
+    /// Makes every write committed so far durable, and records that the
+    /// state at `seq` (whose store digest is `digest`) is: the storage's
+    /// sync, then a new durable record. The only way anything is made
+    /// durable. Any failure poisons the engine: after a failed fsync the
+    /// kernel may have dropped the pages it could not write, so no later
+    /// success may be trusted for them.
+    pub(crate) fn sync(&self, seq: Seq, digest: Digest) -> Result<()> {
+        if self.health.is_poisoned() {
+            return Err(self.health.poison_error());
+        }
+        let mut durable = self.durable.lock();
+        let outcome = self.storage().and_then(|storage| {
+            storage.sync()?;
+            let record = DurableRecord {
+                generation: durable.map_or(1, |d| d.generation + 1),
+                seq: seq.0,
+                digest,
+            };
+            storage.write_durable(&record)?;
+            Ok(record)
+        });
+        match outcome {
+            Ok(record) => {
+                *durable = Some(record);
+                Ok(())
+            }
+            Err(Error::Closed) => Err(Error::Closed),
+            Err(e) => {
+                self.health.poison(format!("fsync failed: {e}"));
+                Err(self.health.poison_error())
+            }
+        }
+    }
+
+    /// The last durable point: `(seq, digest)` of the newest durable record.
+    pub(crate) fn durable(&self) -> Option<DurableRecord> {
+        *self.durable.lock()
+    }
+
+    /// Replaces the storage with a freshly opened one, if the backend's
+    /// probe says the medium accepts writes again. Returns what recovery
+    /// found in the reopened store, or `None` if the probe failed (nothing
+    /// was changed). Called by the flush coordinator between cycles, never
+    /// during one.
+    pub(crate) fn reopen(&self) -> Result<Option<Recovered>> {
+        if self.backend.probe().is_err() {
+            return Ok(None);
+        }
+        let mut slot = self.storage.write();
+        let mut lost = self.lost.lock();
+        match slot.take() {
+            Some(old) => drop_storage(old)?,
+            // Closed by shutdown: nothing to reopen.
+            None if lost.is_none() => return Err(Error::Closed),
+            // A previous reopen could not open it: try again.
+            None => {}
+        }
+        let opened = open_wrapped(&*self.backend, &self.faults).and_then(|storage| {
+            // A reopened store must hold at least what was made durable.
+            let recovered = recovery::recover(&*storage, false)?;
+            Ok((storage, recovered))
+        });
+        match opened {
+            Ok((storage, recovered)) => {
+                *slot = Some(storage);
+                *lost = None;
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(recovered))
+            }
+            Err(e @ Error::Corrupt { .. }) => {
+                // The store came back damaged: nothing more may be written
+                // to it or reported durable.
+                *lost = Some(e.to_string());
+                self.health
+                    .poison(format!("the reopened store is damaged: {e}"));
+                Err(e)
+            }
+            Err(e) => {
+                *lost = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the storage (its lock is released). Later calls to
+    /// [`Keeper::storage`] return [`Error::Closed`].
+    pub(crate) fn close(&self) -> Result<()> {
+        let mut slot = self.storage.write();
+        *self.lost.lock() = None;
+        match slot.take() {
+            Some(storage) => drop_storage(storage),
+            None => Ok(()),
+        }
+    }
+}
+
+fn open_wrapped(backend: &dyn Backend, faults: &Option<Arc<Faults>>) -> Result<Arc<dyn Storage>> {
+    let storage = backend.open()?;
+    Ok(match faults {
+        Some(f) => Arc::new(FaultyStorage::new(storage, Arc::clone(f))),
+        None => storage,
+    })
+}
+
+/// Drops a storage, which closes it. sled 0.34 panics in its drop when its
+/// final fsync fails (it unwraps the result); that is an I/O error here, not
+/// a crash.
+fn drop_storage(storage: Arc<dyn Storage>) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(storage))).map_err(|_| {
+        Error::Io(std::io::Error::other(
+            "closing the store failed (its final fsync failed)",
+        ))
+    })
+}
+
+/// The blob id allocator.
+#[derive(Debug)]
+pub(crate) struct BlobIds {
+    /// The next id to hand out. Ids are never reused.
+    next: AtomicU64,
+    /// False only while the blob tree is known to be empty.
+    may_exist: AtomicBool,
+}
+
+impl BlobIds {
+    pub(crate) fn new(next: BlobId, may_exist: bool) -> BlobIds {
+        BlobIds {
+            next: AtomicU64::new(next),
+            may_exist: AtomicBool::new(may_exist),
+        }
+    }
+
+    pub(crate) fn allocate(&self) -> BlobId {
+        self.may_exist.store(true, Ordering::SeqCst);
+        self.next.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Every id below this has been handed out.
+    pub(crate) fn next(&self) -> BlobId {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether the engine may accept writes.
+///
+/// - Flush failures are counted; after [`FAILING_AFTER`] in a row, writes are
+///   refused with [`Error::FlushFailing`] until a flush succeeds.
+/// - A failed sync poisons the engine for good ([`Error::Poisoned`]); only
+///   [`Keeper::sync`] poisons.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    failures: AtomicU32,
+    last_failure: Mutex<String>,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<String>,
+}
+
+impl Health {
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(self.poison_error());
+        }
+        let failures = self.failures.load(Ordering::Acquire);
+        if failures >= FAILING_AFTER {
+            return Err(Error::FlushFailing {
+                attempts: failures,
+                reason: self.last_failure.lock().clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn poison_error(&self) -> Error {
+        Error::Poisoned {
+            reason: self.poison_reason.lock().clone(),
+        }
+    }
+
+    fn poison(&self, reason: String) {
+        let mut r = self.poison_reason.lock();
+        if !self.poisoned.load(Ordering::Acquire) {
+            *r = reason;
+            self.poisoned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Counts a failed flush attempt; returns the failures in a row.
+    pub(crate) fn flush_failed(&self, error: &Error) -> u32 {
+        *self.last_failure.lock() = error.to_string();
+        self.failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub(crate) fn flush_succeeded(&self) {
+        self.failures.store(0, Ordering::Release);
+    }
+}
