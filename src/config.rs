@@ -147,6 +147,7 @@ impl Config {
 
     /// Test support: storage calls fail as `faults` says (see
     /// [`testing::Faults`](crate::testing::Faults)). Not for production use.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn faults(mut self, faults: Arc<Faults>) -> Config {
         self.faults = Some(faults);

@@ -542,10 +542,12 @@ impl Handle {
     }
 }
 
-/// Test support: simulates a crash of the process at a flush-cycle boundary.
+/// Test support (feature `testing`): simulates a crash of the process at a
+/// flush-cycle boundary.
 /// The engine stops at once: its threads exit without flushing the dirty
 /// map, storage is closed, and every operation returns [`Error::Closed`].
 /// Writes not yet flushed are lost, as in a crash.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub fn halt(engine: &Engine) {
     let h = &engine.handle;

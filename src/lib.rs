@@ -92,7 +92,9 @@ pub use value::Value;
 pub use verify::{Problem, VerifyReport};
 
 /// Test support, for millpond's own tests and fuzz targets: a fault plan for
-/// the storage layer, and raw record decoding. Not part of the stable API.
+/// the storage layer, a simulated crash, and raw record decoding. Only with
+/// the `testing` feature; not part of the stable API.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing {
     pub use crate::engine::halt;

@@ -111,6 +111,7 @@ impl FlushControl {
     }
 
     /// Asks the coordinator to exit at once, flushing nothing.
+    #[cfg(feature = "testing")]
     pub(crate) fn request_halt(&self) {
         self.requests.lock().halt = true;
         self.wake();

@@ -28,6 +28,13 @@
 //! [`Backend`]; [`keeper::Keeper`] is the one owner of the open storage, its
 //! health, blob ids and what is durable.
 
+#[cfg_attr(
+    not(feature = "testing"),
+    allow(
+        dead_code,
+        reason = "the fault plan is reachable only with the testing feature"
+    )
+)]
 pub(crate) mod faulty;
 pub(crate) mod keeper;
 pub(crate) mod sled;
