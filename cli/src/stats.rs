@@ -28,6 +28,12 @@ pub struct VerifyArgs {
     /// index where it disagrees with the records (never live data).
     #[arg(long)]
     pub repair: bool,
+    /// With --repair: open a store that came back older than its last
+    /// checkpoint (or blank, or without its durable record), which is
+    /// otherwise refused, and accept its current state as the new baseline.
+    /// What was lost stays lost.
+    #[arg(long, requires = "repair")]
+    pub accept_loss: bool,
     /// Prints one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -95,7 +101,11 @@ pub fn stats(args: StatsArgs) -> Result<ExitCode> {
 
 /// Exit code 0 only when no problem was found (before any repair).
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
-    let e = store::open(&args.dir, Create::No)?;
+    let e = if args.accept_loss {
+        store::open_accepting_loss(&args.dir)?
+    } else {
+        store::open(&args.dir, Create::No)?
+    };
     let report = if args.repair {
         e.repair()?
     } else {

@@ -123,6 +123,21 @@ pub fn open(dir: &Path, create: Create) -> Result<Engine> {
         .with_context(|| format!("cannot open the store at {}", dir.display()))
 }
 
+/// Opens an existing store even if it came back older than its last
+/// durable point (`Config::accept_data_loss`): its state becomes the new
+/// baseline.
+pub fn open_accepting_loss(dir: &Path) -> Result<Engine> {
+    if !dir.is_dir() {
+        bail!("there is no store at {}", dir.display());
+    }
+    Engine::open(
+        Config::new(dir)
+            .write_delay(Duration::from_secs(3600))
+            .accept_data_loss(true),
+    )
+    .with_context(|| format!("cannot open the store at {}", dir.display()))
+}
+
 /// A quoted JSON string of `s` (which `show` made printable ASCII, so only
 /// `"` and `\` need escaping).
 pub fn json_string(s: &str) -> String {

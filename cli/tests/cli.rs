@@ -202,8 +202,10 @@ fn verify_catches_a_damaged_store_and_repair_fixes_what_it_can() {
     let out = millpond(&["verify", d]);
     assert_eq!(out.status.code(), Some(2));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("2 problem(s)"), "{report}");
+    // The damaged record also no longer matches the store digest.
+    assert!(report.contains("3 problem(s)"), "{report}");
     assert!(report.contains("corrupt record \"k7\""), "{report}");
+    assert!(report.contains("do not match the committed state"), "{report}");
     assert!(report.contains("belongs to no record"), "{report}");
 
     let out = millpond(&["verify", d, "--repair"]);
@@ -220,4 +222,33 @@ fn verify_catches_a_damaged_store_and_repair_fixes_what_it_can() {
     assert!(json.contains("corrupt record"), "{json}");
     assert!(!json.contains("belongs to no record"), "{json}");
     assert_eq!(ok(&["get", d, "k8"]), "v8\n");
+}
+
+#[test]
+fn a_rolled_back_store_is_refused_until_the_loss_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let d = p(&dir);
+    for i in 0..20 {
+        ok(&["set", d, &format!("k{i}"), &format!("v{i}")]);
+    }
+    // sled recovers an emptied log (and no snapshot) as an empty database.
+    std::fs::write(dir.join("db"), b"").unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let out = millpond(&["verify", d]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("durable record promises"), "{err}");
+    let out = millpond(&["get", d, "k1"]);
+    assert_ne!(out.status.code(), Some(0), "reads are refused too");
+    // --accept-loss needs --repair.
+    assert_ne!(millpond(&["verify", d, "--accept-loss"]).status.code(), Some(0));
+    millpond(&["verify", d, "--repair", "--accept-loss"]);
+    assert!(ok(&["verify", d]).contains("clean: no problem found"));
+    assert_eq!(millpond(&["get", d, "k1"]).status.code(), Some(1));
 }
