@@ -375,10 +375,7 @@ fn classify(t: &Template, path: &Path) -> (Outcome, String) {
             Outcome::Reported,
             format!("{} problems, first: {}", r.problems.len(), r.problems[0]),
         ),
-        Ok(_) => match {
-            STAGE.set("reads");
-            compare(t, &e)
-        } {
+        Ok(_) => match compare(t, &e) {
             Err(err) => (Outcome::ReadError, err),
             Ok(None) => (Outcome::Intact, String::new()),
             Ok(Some(diff)) => (Outcome::SilentLoss, diff),
@@ -394,6 +391,7 @@ fn classify(t: &Template, path: &Path) -> (Outcome, String) {
 /// Reads everything; `Ok(None)` if it equals the expected contents,
 /// `Ok(Some(what differs))` if not, `Err` if a read failed.
 fn compare(t: &Template, e: &Engine) -> Result<Option<String>, String> {
+    STAGE.set("reads");
     let (mut missing, mut extra, mut changed, mut ttl) = (0, 0, 0, 0);
     for k in &t.all_keys {
         let got = e.get(k).map_err(|err| format!("get: {err}"))?;
