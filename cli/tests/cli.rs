@@ -205,7 +205,10 @@ fn verify_catches_a_damaged_store_and_repair_fixes_what_it_can() {
     // The damaged record also no longer matches the store digest.
     assert!(report.contains("3 problem(s)"), "{report}");
     assert!(report.contains("corrupt record \"k7\""), "{report}");
-    assert!(report.contains("do not match the committed state"), "{report}");
+    assert!(
+        report.contains("do not match the committed state"),
+        "{report}"
+    );
     assert!(report.contains("belongs to no record"), "{report}");
 
     let out = millpond(&["verify", d, "--repair"]);
@@ -236,7 +239,12 @@ fn a_rolled_back_store_is_refused_until_the_loss_is_accepted() {
     std::fs::write(dir.join("db"), b"").unwrap();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("snap.") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("snap.")
+        {
             std::fs::remove_file(path).unwrap();
         }
     }
@@ -247,7 +255,10 @@ fn a_rolled_back_store_is_refused_until_the_loss_is_accepted() {
     let out = millpond(&["get", d, "k1"]);
     assert_ne!(out.status.code(), Some(0), "reads are refused too");
     // --accept-loss needs --repair.
-    assert_ne!(millpond(&["verify", d, "--accept-loss"]).status.code(), Some(0));
+    assert_ne!(
+        millpond(&["verify", d, "--accept-loss"]).status.code(),
+        Some(0)
+    );
     millpond(&["verify", d, "--repair", "--accept-loss"]);
     assert!(ok(&["verify", d]).contains("clean: no problem found"));
     assert_eq!(millpond(&["get", d, "k1"]).status.code(), Some(1));

@@ -66,7 +66,7 @@ impl Keeper {
         accept_loss: bool,
     ) -> Result<(Keeper, Recovered)> {
         let storage = open_wrapped(&*backend, &faults)?;
-        let recovered = recovery::recover(&*storage, accept_loss)?;
+        let recovered = recover(&*storage, accept_loss)?;
         let keeper = Keeper {
             backend,
             faults,
@@ -168,7 +168,7 @@ impl Keeper {
         }
         let opened = open_wrapped(&*self.backend, &self.faults).and_then(|storage| {
             // A reopened store must hold at least what was made durable.
-            let recovered = recovery::recover(&*storage, false)?;
+            let recovered = recover(&*storage, false)?;
             Ok((storage, recovered))
         });
         match opened {
@@ -203,6 +203,20 @@ impl Keeper {
             None => Ok(()),
         }
     }
+}
+
+/// [`recovery::recover`], with a panic inside the backend (sled panics on
+/// some damaged files) turned into [`Error::Corrupt`].
+fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recovered> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        recovery::recover(storage, accept_loss)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::corrupt(
+            None,
+            "the storage layer failed while recovering the store",
+        ))
+    })
 }
 
 fn open_wrapped(backend: &dyn Backend, faults: &Option<Arc<Faults>>) -> Result<Arc<dyn Storage>> {

@@ -414,6 +414,22 @@ fn is_lock_error(e: &::sled::Error) -> bool {
     matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
+/// Runs `f`, turning a panic inside sled into [`Error::Corrupt`]: sled 0.34
+/// panics on some damaged files (for example "cannot find pid .. in
+/// view_for_key") instead of returning an error, and a damaged store must be
+/// an error, never a crash of the caller.
+fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::corrupt(
+            None,
+            format!(
+                "the storage layer failed while {what}: {}",
+                panic_message(&*panic)
+            ),
+        ))
+    })
+}
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -462,9 +478,15 @@ impl SledStorage {
                 }
             }
         };
-        let meta = db.open_tree("meta").map_err(storage_error)?;
-        let blob = db.open_tree("blob").map_err(storage_error)?;
-        let log = db.open_tree("log").map_err(storage_error)?;
+        // sled may also panic on damaged files after its open returned (while
+        // it reads the pages of a tree): an error too.
+        let (meta, blob, log) = guard("opening the store's trees", || {
+            Ok((
+                db.open_tree("meta").map_err(storage_error)?,
+                db.open_tree("blob").map_err(storage_error)?,
+                db.open_tree("log").map_err(storage_error)?,
+            ))
+        })?;
         let storage = SledStorage {
             db,
             meta,
@@ -478,7 +500,7 @@ impl SledStorage {
             #[cfg(test)]
             fail_next_apply: std::sync::atomic::AtomicBool::new(false),
         };
-        storage.replay_logs()?;
+        guard("replaying the commit log", || storage.replay_logs())?;
         if !existed {
             // The store directory is new: make its entry in the parent durable.
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -592,6 +614,42 @@ impl SledStorage {
         self.log.apply_batch(batch).map_err(storage_error)
     }
 
+    fn scan_meta_inner(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.meta.range(user_key(from)..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            if k.first() != Some(&USER) {
+                break;
+            }
+            out.push((bytes(k).slice(1..), bytes(v)));
+        }
+        Ok(out)
+    }
+
+    fn scan_deadlines_inner(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut out = Vec::new();
+        for item in self.meta.range(ttl_key(from)..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            if !k.starts_with(TTL_PREFIX) {
+                break;
+            }
+            out.push((bytes(k).slice(TTL_PREFIX.len()..), bytes(v)));
+        }
+        Ok(out)
+    }
+
+    fn scan_blobs_inner(&self, from: BlobId, limit: usize) -> Result<Vec<(BlobId, Bytes)>> {
+        let mut out = Vec::new();
+        for item in self.blob.range(from.to_be_bytes()..).take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            let id: [u8; 8] = k[..]
+                .try_into()
+                .map_err(|_| Error::corrupt(None, format!("a blob key of {} bytes", k.len())))?;
+            out.push((u64::from_be_bytes(id), bytes(v)));
+        }
+        Ok(out)
+    }
+
     fn sync_files(&self) -> io::Result<()> {
         self.syncer.lock().sync(&self.dir)
     }
@@ -629,53 +687,35 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Storage for SledStorage {
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(with_user_key(key, |k| self.meta.get(k))
-            .map_err(storage_error)?
-            .map(bytes))
+        guard("reading a record", || {
+            Ok(with_user_key(key, |k| self.meta.get(k))
+                .map_err(storage_error)?
+                .map(bytes))
+        })
     }
 
     fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.meta.range(user_key(from)..).take(limit) {
-            let (k, v) = item.map_err(storage_error)?;
-            if k.first() != Some(&USER) {
-                break;
-            }
-            out.push((bytes(k).slice(1..), bytes(v)));
-        }
-        Ok(out)
+        guard("reading records", || self.scan_meta_inner(from, limit))
     }
 
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let mut out = Vec::new();
-        for item in self.meta.range(ttl_key(from)..).take(limit) {
-            let (k, v) = item.map_err(storage_error)?;
-            if !k.starts_with(TTL_PREFIX) {
-                break;
-            }
-            out.push((bytes(k).slice(TTL_PREFIX.len()..), bytes(v)));
-        }
-        Ok(out)
+        guard("reading the deadline index", || {
+            self.scan_deadlines_inner(from, limit)
+        })
     }
 
     fn scan_blobs(&self, from: BlobId, limit: usize) -> Result<Vec<(BlobId, Bytes)>> {
-        let mut out = Vec::new();
-        for item in self.blob.range(from.to_be_bytes()..).take(limit) {
-            let (k, v) = item.map_err(storage_error)?;
-            let id: [u8; 8] = k[..]
-                .try_into()
-                .map_err(|_| Error::corrupt(None, format!("a blob key of {} bytes", k.len())))?;
-            out.push((u64::from_be_bytes(id), bytes(v)));
-        }
-        Ok(out)
+        guard("reading blobs", || self.scan_blobs_inner(from, limit))
     }
 
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
-        Ok(self
-            .blob
-            .get(id.to_be_bytes())
-            .map_err(storage_error)?
-            .map(bytes))
+        guard("reading a blob", || {
+            Ok(self
+                .blob
+                .get(id.to_be_bytes())
+                .map_err(storage_error)?
+                .map(bytes))
+        })
     }
 
     fn put_blob(&self, id: BlobId, value: &[u8]) -> Result<()> {
