@@ -51,7 +51,7 @@ impl Config {
         Config {
             dir: dir.as_ref().to_path_buf(),
             write_delay: Duration::from_millis(500),
-            max_dirty_bytes: 64 * MIB,
+            max_dirty_bytes: default_max_dirty_bytes(),
             flush_threads: 2,
             cache_capacity: 1024 * 1024 * 1024,
             max_key_len: 16 * KIB,
@@ -78,7 +78,9 @@ impl Config {
     /// writers wait when all of it is used. While a flush cycle runs, a hot
     /// key can be buffered twice (the copy being flushed and a newer one), so
     /// give it about twice the data you rewrite within `write_delay`.
-    /// Default: 64 MiB. At least 64 KiB.
+    /// Default: 1/32 of the machine's physical memory, at least 64 MiB and at
+    /// most 512 MiB (64 MiB where the memory size cannot be read); see
+    /// DESIGN.md, "Sizing the buffer". At least 64 KiB.
     pub fn max_dirty_bytes(mut self, bytes: usize) -> Config {
         self.max_dirty_bytes = bytes;
         self
@@ -227,6 +229,29 @@ impl Config {
     }
 }
 
+/// The default `max_dirty_bytes`: a share of physical memory, with a floor
+/// and a cap. A buffer that holds the hot set twice keeps coalescing under
+/// load (cycles then run on the `write_delay` timer instead of the fill
+/// watermark); the cap keeps an embedded library's default footprint
+/// modest on large machines.
+fn default_max_dirty_bytes() -> usize {
+    const FLOOR: usize = 64 * MIB;
+    const CAP: usize = 512 * MIB;
+    physical_memory().map_or(FLOOR, |m| (m / 32).clamp(FLOOR, CAP))
+}
+
+/// Physical memory in bytes (Linux: `MemTotal` in `/proc/meminfo`).
+fn physical_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: usize = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -248,6 +273,15 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_buffer_is_a_bounded_share_of_memory() {
+        let d = default_max_dirty_bytes();
+        assert!((64 * MIB..=512 * MIB).contains(&d), "{d}");
+        if let Some(m) = physical_memory() {
+            assert_eq!(d, (m / 32).clamp(64 * MIB, 512 * MIB));
+        }
+    }
 
     #[test]
     fn defaults_are_valid() {
