@@ -100,6 +100,24 @@ pub mod testing {
     pub use crate::engine::halt;
     pub use crate::storage::faulty::{Faults, StorageOp};
 
+    /// Decodes `bytes` as every system record (format, state, gc, deadline,
+    /// commit log, durable record); returns how many accepted it. Never
+    /// panics.
+    pub fn decode_system_records(bytes: &[u8]) -> usize {
+        use crate::codec;
+        [
+            codec::decode_format(bytes).is_ok(),
+            codec::decode_state(bytes).is_ok(),
+            codec::decode_gc(bytes).is_ok(),
+            codec::decode_deadline(b"key", bytes).is_ok(),
+            codec::decode_commit_log(bytes).is_ok(),
+            codec::decode_durable(bytes).is_some(),
+        ]
+        .into_iter()
+        .filter(|ok| *ok)
+        .count()
+    }
+
     /// Decodes `bytes` as a stored metadata record of `key`; returns the
     /// inline value if it has one. Never panics.
     pub fn decode_record(key: &[u8], bytes: &[u8]) -> crate::Result<Option<Vec<u8>>> {

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use millpond::{Config, Engine};
 
-/// Decodes `data` as a metadata record; any outcome but a panic is fine.
-/// Returns whether it decoded.
+/// Decodes `data` as a metadata record and as every system record; any
+/// outcome but a panic is fine. Returns whether it decoded as a metadata
+/// record.
 pub fn check_record(data: &[u8]) -> bool {
+    millpond::testing::decode_system_records(data);
     millpond::testing::decode_record(b"key", data).is_ok()
 }
 
@@ -27,6 +29,8 @@ struct Template {
     path: PathBuf,
     /// Every value ever written, per key.
     written: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// The value of every key at the last checkpoint (`None`: deleted).
+    last: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Files of the store, relative to its directory, sorted.
     files: Vec<PathBuf>,
 }
@@ -43,6 +47,7 @@ fn template() -> &'static Template {
         )
         .expect("open");
         let mut written: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
+        let mut last: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         for round in 0..3u8 {
             for k in 0..24u8 {
                 let key = format!("key-{k}").into_bytes();
@@ -54,10 +59,15 @@ fn template() -> &'static Template {
                 } else {
                     e.set(&key, &value).expect("set");
                 }
-                written.entry(key).or_default().insert(value);
+                written
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(value.clone());
+                last.insert(key, Some(value));
             }
             for k in (round..24).step_by(7) {
                 e.delete(format!("key-{k}").as_bytes()).expect("delete");
+                last.insert(format!("key-{k}").into_bytes(), None);
             }
             e.checkpoint().expect("checkpoint");
         }
@@ -70,6 +80,7 @@ fn template() -> &'static Template {
             _dir: dir,
             path,
             written,
+            last,
             files,
         }
     })
@@ -145,18 +156,35 @@ pub fn check_damaged_store(data: &[u8]) -> Result<(), String> {
     let Ok(e) = Engine::open(Config::new(&path).write_delay(Duration::from_secs(3600))) else {
         return Ok(()); // Refusing a damaged store is a fine answer.
     };
+    // Every value read must have been written to its key; and a store that
+    // reads without error and verifies clean must be exactly as it was
+    // left (anything else is a silent rollback).
+    let mut intact = true;
     for (key, values) in &t.written {
-        if let Ok(Some(v)) = e.get(key) {
-            if !values.contains(&v[..]) {
-                return Err(format!(
-                    "key {:?} returned {} bytes that were never written to it",
-                    String::from_utf8_lossy(key),
-                    v.len()
-                ));
+        match e.get(key) {
+            Ok(Some(v)) => {
+                if !values.contains(&v[..]) {
+                    return Err(format!(
+                        "key {:?} returned {} bytes that were never written to it",
+                        String::from_utf8_lossy(key),
+                        v.len()
+                    ));
+                }
+                intact &= t.last.get(key).and_then(|l| l.as_deref()) == Some(&v[..]);
             }
+            Ok(None) => intact &= t.last.get(key).is_none_or(|l| l.is_none()),
+            Err(_) => return Ok(()), // Reported by a read.
         }
     }
+    let clean = e.verify().is_ok_and(|r| r.is_clean());
     let _ = e.set(b"after-damage", b"1");
     let _ = e.shutdown();
+    if clean && !intact {
+        return Err(
+            "the store opened at another state and verify found nothing: \
+                    a silent rollback"
+                .into(),
+        );
+    }
     Ok(())
 }
