@@ -21,9 +21,10 @@
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use millpond::{Clock, Engine, SystemClock};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{self, Create};
@@ -96,8 +97,10 @@ fn read_frame(input: &mut impl Read) -> Result<Option<Frame>> {
     ))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
+/// Milliseconds since the Unix epoch on `clock`.
+fn now_ms(clock: &dyn Clock) -> u64 {
+    clock
+        .now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -107,13 +110,23 @@ pub fn dump(args: DumpArgs) -> Result<ExitCode> {
     let e = store::open(&args.dir, Create::No)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let records = write_dump(&e, &mut out, &SystemClock)?;
+    out.flush()?;
+    e.shutdown()?;
+    eprintln!("millpond: dumped {records} keys");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the header, a frame per live key of `e` and the end frame;
+/// deadlines are made absolute with `clock`. Returns the keys written.
+fn write_dump(e: &Engine, out: &mut impl Write, clock: &dyn Clock) -> Result<u64> {
     out.write_all(HEADER)?;
     let mut records = 0u64;
     for item in e.scan_prefix(b"") {
         let (key, value) = item?;
-        let deadline_ms = e.ttl(&key)?.map(|t| now_ms() + t.as_millis() as u64);
+        let deadline_ms = e.ttl(&key)?.map(|t| now_ms(clock) + t.as_millis() as u64);
         write_frame(
-            &mut out,
+            out,
             &Frame::Record {
                 key,
                 value: value.to_vec(),
@@ -122,11 +135,8 @@ pub fn dump(args: DumpArgs) -> Result<ExitCode> {
         )?;
         records += 1;
     }
-    write_frame(&mut out, &Frame::End { records })?;
-    out.flush()?;
-    e.shutdown()?;
-    eprintln!("millpond: dumped {records} keys");
-    Ok(ExitCode::SUCCESS)
+    write_frame(out, &Frame::End { records })?;
+    Ok(records)
 }
 
 /// Reads a dump from stdin into the store; durable when it returns.
@@ -145,9 +155,19 @@ pub fn load(args: LoadArgs) -> Result<ExitCode> {
         bail!("the input is not a millpond dump");
     }
     let e = store::open(&args.dir, Create::Yes)?;
+    let (loaded, expired) = load_frames(&e, &mut input, &SystemClock)?;
+    e.shutdown()?;
+    eprintln!("millpond: loaded {loaded} keys ({expired} already expired, skipped)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the frames after the header into `e`, up to the end frame; a key
+/// whose deadline has passed on `clock` is skipped. Returns the keys loaded
+/// and the keys skipped.
+fn load_frames(e: &Engine, input: &mut impl Read, clock: &dyn Clock) -> Result<(u64, u64)> {
     let (mut loaded, mut expired) = (0u64, 0u64);
     loop {
-        match read_frame(&mut input)? {
+        match read_frame(input)? {
             None => bail!(
                 "the dump is cut short: no end frame after {} keys",
                 loaded + expired
@@ -170,17 +190,15 @@ pub fn load(args: LoadArgs) -> Result<ExitCode> {
                     e.set(&key, &value)?;
                     loaded += 1;
                 }
-                Some(d) if d <= now_ms() => expired += 1,
+                Some(d) if d <= now_ms(clock) => expired += 1,
                 Some(d) => {
-                    e.set_with_ttl(&key, &value, Duration::from_millis(d - now_ms()))?;
+                    e.set_with_ttl(&key, &value, Duration::from_millis(d - now_ms(clock)))?;
                     loaded += 1;
                 }
             },
         }
     }
-    e.shutdown()?;
-    eprintln!("millpond: loaded {loaded} keys ({expired} already expired, skipped)");
-    Ok(ExitCode::SUCCESS)
+    Ok((loaded, expired))
 }
 
 #[cfg(test)]
