@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, u64_value, Store};
+use common::{eventually, u64_value, Patience, Store};
 
 #[test]
 fn repeated_writes_to_a_key_are_persisted_once() {
@@ -33,16 +33,33 @@ fn repeated_writes_to_a_key_are_persisted_once() {
 fn coalescing_with_continuous_flushing_still_saves_writes() {
     let store = Store::new();
     let e = store.open(store.busy());
-    for i in 0..10_000u64 {
-        e.set(b"hot", &i.to_le_bytes()).unwrap();
+    // At least 10,000 writes, and on until several flushes ran under them
+    // and writes were coalesced between two of them: how many writes fit
+    // between two flushes depends on the machine, so the test waits for it.
+    let patience = Patience::new("flushes under the writes and a coalesced write");
+    let mut writes = 0u64;
+    loop {
+        e.set(b"hot", &writes.to_le_bytes()).unwrap();
+        writes += 1;
+        if writes >= 10_000 && writes % 100 == 0 {
+            let stats = e.stats();
+            if stats.flushes >= 3 && stats.coalesced_writes > 0 {
+                break;
+            }
+            patience.check();
+        }
     }
     e.checkpoint().unwrap();
     let stats = e.stats();
+    assert_eq!(stats.writes, writes, "{stats:?}");
     assert!(
-        stats.flushed_entries + stats.coalesced_writes >= 10_000,
+        stats.flushed_entries + stats.coalesced_writes >= writes,
         "{stats:?}"
     );
-    assert!(stats.flushed_entries < 10_000, "{stats:?}");
+    assert!(stats.flushed_entries < writes, "{stats:?}");
+    e.shutdown().unwrap();
+    let e = store.open(store.quiet());
+    assert_eq!(u64_value(&e.get(b"hot").unwrap().unwrap()), writes - 1);
 }
 
 /// The Reflex bug: a write made while its key is being flushed was dropped,
@@ -52,8 +69,16 @@ fn coalescing_with_continuous_flushing_still_saves_writes() {
 fn a_write_during_a_flush_of_its_key_is_never_lost() {
     let store = Store::new();
     let e = store.open(store.busy());
+    // At least 20,000 writes, and on until several flushes ran under them
+    // (however fast the machine writes).
+    let patience = Patience::new("flushes under the writes");
     let mut last = 0;
-    for i in 1..=20_000u64 {
+    let mut i = 0u64;
+    while i < 20_000 || i % 100 != 0 || e.stats().flushes < 3 {
+        if i % 100 == 0 {
+            patience.check();
+        }
+        i += 1;
         e.set(b"k", &i.to_le_bytes()).unwrap();
         // Large values take the blob path of the flush.
         if i % 7 == 0 {
@@ -64,10 +89,10 @@ fn a_write_during_a_flush_of_its_key_is_never_lost() {
         }
         assert_eq!(u64_value(&e.get(b"k").unwrap().unwrap()), i);
     }
-    assert!(e.stats().flushes > 1, "{:?}", e.stats());
+    assert!(e.stats().flushes >= 3, "{:?}", e.stats());
     e.shutdown().unwrap();
     let e = store.open(store.quiet());
-    assert_eq!(u64_value(&e.get(b"k").unwrap().unwrap()), 20_000);
+    assert_eq!(u64_value(&e.get(b"k").unwrap().unwrap()), i);
     let big = e.get(b"big").unwrap().unwrap();
     assert_eq!(u64_value(&big[..8]), last);
 }
@@ -83,8 +108,12 @@ fn concurrent_modifies_never_lose_an_update() {
             std::thread::spawn(move || {
                 // At least 2000 rounds, and on until flushes have run
                 // under the modifies.
+                let patience = Patience::new("flushes under the modifies");
                 let mut rounds = 0u64;
                 while rounds < 2_000 || rounds % 100 != 0 || e.stats().flushes < 3 {
+                    if rounds % 100 == 0 {
+                        patience.check();
+                    }
                     // Two shared counters and one of the thread's own.
                     let key = if rounds % 2 == 0 { "even" } else { "odd" };
                     for k in [key, &format!("own-{t}")] {
@@ -179,19 +208,28 @@ fn checkpoints_while_writers_keep_going() {
     let store = Store::new();
     let e = store.open(store.quiet().write_delay(Duration::from_millis(50)));
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (e, stop) = (e.clone(), stop.clone());
+        let (e, stop, written) = (e.clone(), stop.clone(), written.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 e.set(&(i % 1000).to_be_bytes(), &i.to_le_bytes()).unwrap();
                 i += 1;
+                written.store(i, Ordering::Relaxed);
             }
             i
         })
     };
-    let mut last = 0;
-    for _ in 0..20 {
+    // The checkpoints start once the writer runs, and go on (at least 20)
+    // until writes have landed during several of them: a thread may start
+    // late, and an empty checkpoint can be quicker than one write.
+    eventually("the writer started", || written.load(Ordering::Relaxed) > 0);
+    let patience = Patience::new("writes during the checkpoints");
+    let (mut checkpoints, mut overlapped, mut last) = (0, 0, 0);
+    while checkpoints < 20 || overlapped < 5 {
+        patience.check();
+        let writes_before = written.load(Ordering::Relaxed);
         let before = e.stats().last_seq;
         let cp = e.checkpoint().unwrap();
         assert!(
@@ -200,6 +238,10 @@ fn checkpoints_while_writers_keep_going() {
         );
         assert!(cp.seq >= last);
         last = cp.seq;
+        checkpoints += 1;
+        if written.load(Ordering::Relaxed) > writes_before {
+            overlapped += 1;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();

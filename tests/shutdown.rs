@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
-use common::{u64_value, Store};
+use common::{eventually, u64_value, Store};
 use millpond::Error;
 
 #[test]
@@ -65,9 +66,11 @@ fn writes_racing_with_shutdown_are_kept_or_refused_never_lost() {
     let e = store.open(store.busy());
     let threads = 4;
     let barrier = Arc::new(Barrier::new(threads + 1));
+    // Writes each writer has had acknowledged so far.
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect());
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (e, b) = (e.clone(), barrier.clone());
+            let (e, b, progress) = (e.clone(), barrier.clone(), progress.clone());
             std::thread::spawn(move || {
                 b.wait();
                 let key = format!("writer-{t}");
@@ -78,13 +81,18 @@ fn writes_racing_with_shutdown_are_kept_or_refused_never_lost() {
                         Err(Error::Closed) => break,
                         Err(other) => panic!("unexpected error: {other}"),
                     }
+                    progress[t].store(acked, Ordering::Relaxed);
                 }
                 acked
             })
         })
         .collect();
     barrier.wait();
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    // Shut down once every writer is writing (and flushes ran under them),
+    // however long the threads take to start.
+    eventually("every writer has written, and flushes ran", || {
+        progress.iter().all(|p| p.load(Ordering::Relaxed) > 0) && e.stats().flushes >= 1
+    });
     e.shutdown().unwrap();
     let acked: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     drop(e);
@@ -99,25 +107,38 @@ fn writes_racing_with_shutdown_are_kept_or_refused_never_lost() {
 #[test]
 fn writers_blocked_on_a_full_buffer_are_released_by_shutdown() {
     let store = Store::new();
-    let e = store.open(store.quiet().max_dirty_bytes(64 * 1024));
-    let handles: Vec<_> = (0..2)
+    let max = 64 * 1024;
+    let e = store.open(store.quiet().max_dirty_bytes(max));
+    // Bytes each writer has had acknowledged so far.
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..2).map(|_| AtomicU64::new(0)).collect());
+    let handles: Vec<_> = (0..2u8)
         .map(|t| {
-            let e = e.clone();
+            let (e, progress) = (e.clone(), progress.clone());
             std::thread::spawn(move || {
+                // Writes until shutdown refuses them: the writers are still
+                // running, and waiting for room most of the time, when
+                // shutdown comes, however fast the machine is.
                 let mut acked = Vec::new();
-                for i in 0..400u32 {
-                    let key = [t, (i >> 8) as u8, i as u8];
+                for i in 0u32.. {
+                    let key = [&[t][..], &i.to_be_bytes()].concat();
                     match e.set(&key, &[t; 1000]) {
                         Ok(()) => acked.push(key),
                         Err(Error::Closed) => break,
                         Err(other) => panic!("unexpected error: {other}"),
                     }
+                    progress[usize::from(t)].fetch_add(1000, Ordering::Relaxed);
                 }
                 acked
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Shut down once each writer alone has written more than the buffer
+    // holds (so flushes have had to make room under both).
+    eventually("the writers filled the buffer", || {
+        progress
+            .iter()
+            .all(|p| p.load(Ordering::Relaxed) > 2 * max as u64)
+    });
     e.shutdown().unwrap();
     let acked: Vec<_> = handles
         .into_iter()

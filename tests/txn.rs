@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{u64_value, Rng, Store};
+use common::{u64_value, Patience, Rng, Store};
 use millpond::{Engine, Error, MockClock, Transaction};
 
 const ACCOUNTS: u64 = 20;
@@ -68,40 +68,48 @@ fn concurrent_transfers_keep_the_total_for_every_auditor() {
     open_bank(&e);
     let stop = Arc::new(AtomicBool::new(false));
     let transfers = Arc::new(AtomicU64::new(0));
+    let audits = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..3u64)
         .map(|t| {
-            let (e, transfers) = (e.clone(), transfers.clone());
+            let (e, transfers, audits) = (e.clone(), transfers.clone(), audits.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng::new(t + 1);
-                for _ in 0..1500 {
+                // At least 1500 attempts, and on until audits and flushes
+                // have run under the transfers (threads start and run at
+                // the scheduler's pace, so the test waits for both).
+                let patience = Patience::new("audits and flushes under the transfers");
+                let mut attempts = 0u64;
+                while attempts < 1500 || audits.load(Ordering::Relaxed) < 3 || e.stats().flushes < 3
+                {
+                    patience.check();
                     let from = rng.below(ACCOUNTS);
                     let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
                     if transfer(&e, from, to, 1 + rng.below(50)) {
                         transfers.fetch_add(1, Ordering::Relaxed);
                     }
+                    attempts += 1;
                 }
             })
         })
         .collect();
     let auditor = {
-        let (e, stop) = (e.clone(), stop.clone());
+        let (e, stop, audits) = (e.clone(), stop.clone(), audits.clone());
         std::thread::spawn(move || {
-            let mut audits = 0;
             while !stop.load(Ordering::Relaxed) {
                 assert_eq!(total(&e), ACCOUNTS * INITIAL);
-                audits += 1;
+                audits.fetch_add(1, Ordering::Relaxed);
             }
-            audits
         })
     };
     for w in workers {
         w.join().unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    assert!(auditor.join().unwrap() > 0);
+    auditor.join().unwrap();
+    assert!(audits.load(Ordering::Relaxed) >= 3);
     assert!(transfers.load(Ordering::Relaxed) > 0);
     let stats = e.stats();
-    assert!(stats.flushes > 0, "transfers must overlap flushes");
+    assert!(stats.flushes >= 3, "transfers must overlap flushes");
     assert!(stats.transactions > 0);
     assert_eq!(total(&e), ACCOUNTS * INITIAL);
     e.shutdown().unwrap();

@@ -13,17 +13,19 @@
 //! ```
 //!
 //! `deadline_ms` is the absolute expiry time (milliseconds since the Unix
-//! epoch), so a key keeps its deadline across the move; a key whose deadline
-//! has passed when it is loaded is skipped. The `End` frame carries the
-//! number of records: a dump cut short, or with a damaged frame, is refused
-//! rather than loaded in part silently. Keys come in key order.
+//! epoch; `u64::MAX` for one too far to count), so a key keeps its deadline
+//! across the move; a key whose deadline has passed when it is loaded is
+//! skipped. The `End` frame carries the number of records: a dump cut
+//! short, or with a damaged frame, is refused rather than loaded in part
+//! silently. Keys come in key order.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use millpond::{Clock, Engine, SystemClock};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{self, Create};
@@ -96,10 +98,27 @@ fn read_frame(input: &mut impl Read) -> Result<Option<Frame>> {
     ))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
+/// Milliseconds since the Unix epoch on `clock`.
+fn now_ms(clock: &dyn Clock) -> u64 {
+    clock
+        .now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The absolute deadline of a key with `ttl` left at `now_ms`; a deadline
+/// too far to count saturates at the latest one (as the engine's do).
+fn deadline_after(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The time left before `deadline_ms` at `now_ms`; `None` once it has
+/// passed (a key is live while the time is before its deadline).
+fn time_left(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
+    match deadline_ms.checked_sub(now_ms) {
+        None | Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    }
 }
 
 /// Writes every live key to stdout.
@@ -107,13 +126,23 @@ pub fn dump(args: DumpArgs) -> Result<ExitCode> {
     let e = store::open(&args.dir, Create::No)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    let records = write_dump(&e, &mut out, &SystemClock)?;
+    out.flush()?;
+    e.shutdown()?;
+    eprintln!("millpond: dumped {records} keys");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the header, a frame per live key of `e` and the end frame;
+/// deadlines are made absolute with `clock`. Returns the keys written.
+fn write_dump(e: &Engine, out: &mut impl Write, clock: &dyn Clock) -> Result<u64> {
     out.write_all(HEADER)?;
     let mut records = 0u64;
     for item in e.scan_prefix(b"") {
         let (key, value) = item?;
-        let deadline_ms = e.ttl(&key)?.map(|t| now_ms() + t.as_millis() as u64);
+        let deadline_ms = e.ttl(&key)?.map(|t| deadline_after(now_ms(clock), t));
         write_frame(
-            &mut out,
+            out,
             &Frame::Record {
                 key,
                 value: value.to_vec(),
@@ -122,11 +151,8 @@ pub fn dump(args: DumpArgs) -> Result<ExitCode> {
         )?;
         records += 1;
     }
-    write_frame(&mut out, &Frame::End { records })?;
-    out.flush()?;
-    e.shutdown()?;
-    eprintln!("millpond: dumped {records} keys");
-    Ok(ExitCode::SUCCESS)
+    write_frame(out, &Frame::End { records })?;
+    Ok(records)
 }
 
 /// Reads a dump from stdin into the store; durable when it returns.
@@ -145,9 +171,19 @@ pub fn load(args: LoadArgs) -> Result<ExitCode> {
         bail!("the input is not a millpond dump");
     }
     let e = store::open(&args.dir, Create::Yes)?;
+    let (loaded, expired) = load_frames(&e, &mut input, &SystemClock)?;
+    e.shutdown()?;
+    eprintln!("millpond: loaded {loaded} keys ({expired} already expired, skipped)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the frames after the header into `e`, up to the end frame; a key
+/// whose deadline has passed on `clock` is skipped. Returns the keys loaded
+/// and the keys skipped.
+fn load_frames(e: &Engine, input: &mut impl Read, clock: &dyn Clock) -> Result<(u64, u64)> {
     let (mut loaded, mut expired) = (0u64, 0u64);
     loop {
-        match read_frame(&mut input)? {
+        match read_frame(input)? {
             None => bail!(
                 "the dump is cut short: no end frame after {} keys",
                 loaded + expired
@@ -170,22 +206,153 @@ pub fn load(args: LoadArgs) -> Result<ExitCode> {
                     e.set(&key, &value)?;
                     loaded += 1;
                 }
-                Some(d) if d <= now_ms() => expired += 1,
-                Some(d) => {
-                    e.set_with_ttl(&key, &value, Duration::from_millis(d - now_ms()))?;
-                    loaded += 1;
-                }
+                // One reading of the clock decides both whether the key is
+                // still live and how long it has left.
+                Some(d) => match time_left(d, now_ms(clock)) {
+                    None => expired += 1,
+                    Some(left) => {
+                        e.set_with_ttl(&key, &value, left)?;
+                        loaded += 1;
+                    }
+                },
             },
         }
     }
-    e.shutdown()?;
-    eprintln!("millpond: loaded {loaded} keys ({expired} already expired, skipped)");
-    Ok(ExitCode::SUCCESS)
+    Ok((loaded, expired))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use millpond::{Config, MockClock};
+
     use super::*;
+
+    /// Some time in 2027, in ms since the Unix epoch.
+    const T: u64 = 1_800_000_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    /// A clock that moves forward 2 ms every time it is read: time passes
+    /// between any two reads, as it may on a real machine.
+    #[derive(Debug)]
+    struct Ticking(AtomicU64);
+
+    impl Clock for Ticking {
+        fn now(&self) -> SystemTime {
+            at(self.0.fetch_add(2, Ordering::SeqCst))
+        }
+    }
+
+    /// An engine in a fresh directory whose clock stands at `T`.
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::new(tmp.path().join("store"))
+            .write_delay(Duration::from_secs(3600))
+            .clock(Arc::new(MockClock::new(at(T))));
+        let e = Engine::open(config).unwrap();
+        (tmp, e)
+    }
+
+    fn record(key: &[u8], deadline_ms: Option<u64>) -> Frame {
+        Frame::Record {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn a_deadline_passing_while_a_key_is_loaded_never_underflows() {
+        let mut dump = Vec::new();
+        for frame in [
+            // A deadline equal to the time it is read has passed.
+            record(b"at-deadline", Some(T)),
+            // Live when checked, passed 2 ms later.
+            record(b"just-live", Some(T + 3)),
+            record(b"passed", Some(T - 5)),
+            record(b"long-lived", Some(T + 60_000)),
+            record(b"no-deadline", None),
+            Frame::End { records: 5 },
+        ] {
+            write_frame(&mut dump, &frame).unwrap();
+        }
+        let (_tmp, e) = engine();
+        let clock = Ticking(AtomicU64::new(T));
+        let (loaded, expired) = load_frames(&e, &mut &dump[..], &clock).unwrap();
+        assert_eq!((loaded, expired), (3, 2));
+        // Loaded with the time it had left when it was read (at most 3 ms),
+        // never with a wrapped-around one.
+        let left = e.ttl(b"just-live").unwrap().unwrap();
+        assert!(left <= Duration::from_millis(3), "{left:?}");
+        assert_eq!(e.get(b"at-deadline").unwrap(), None);
+        assert_eq!(e.get(b"passed").unwrap(), None);
+        let left = e.ttl(b"long-lived").unwrap().unwrap();
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(59),
+            "{left:?}"
+        );
+        assert_eq!(e.ttl(b"no-deadline").unwrap(), None);
+        assert!(e.get(b"no-deadline").unwrap().is_some());
+    }
+
+    #[test]
+    fn deadline_arithmetic_saturates() {
+        assert_eq!(deadline_after(T, Duration::from_secs(1)), T + 1000);
+        assert_eq!(deadline_after(T, Duration::MAX), u64::MAX);
+        assert_eq!(
+            deadline_after(u64::MAX - 1, Duration::from_millis(5)),
+            u64::MAX
+        );
+        assert_eq!(time_left(T + 5, T), Some(Duration::from_millis(5)));
+        assert_eq!(time_left(T, T), None);
+        assert_eq!(time_left(T, T + 1), None);
+        assert_eq!(time_left(0, u64::MAX), None);
+        assert_eq!(
+            time_left(u64::MAX, 0),
+            Some(Duration::from_millis(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn a_deadline_too_far_to_count_is_dumped_as_the_latest_one() {
+        let (_tmp, e) = engine();
+        // The engine saturates this deadline at the end of time.
+        e.set_with_ttl(b"forever", b"v", Duration::MAX).unwrap();
+        e.set_with_ttl(b"ten-s", b"v", Duration::from_secs(10))
+            .unwrap();
+        e.set(b"plain", b"v").unwrap();
+        // The dump's clock is a little ahead of the engine's.
+        let clock = MockClock::new(at(T + 1));
+        let mut dump = Vec::new();
+        assert_eq!(write_dump(&e, &mut dump, &clock).unwrap(), 3);
+        let mut input = &dump[HEADER.len()..];
+        let mut deadlines = Vec::new();
+        while let Some(Frame::Record {
+            key, deadline_ms, ..
+        }) = read_frame(&mut input).unwrap()
+        {
+            deadlines.push((key, deadline_ms));
+        }
+        assert_eq!(
+            deadlines,
+            [
+                (b"forever".to_vec(), Some(u64::MAX)),
+                (b"plain".to_vec(), None),
+                (b"ten-s".to_vec(), Some(T + 1 + 10_000)),
+            ]
+        );
+        // Loaded back, the far deadline is still far.
+        let (_tmp2, copy) = engine();
+        let (loaded, expired) = load_frames(&copy, &mut &dump[HEADER.len()..], &clock).unwrap();
+        assert_eq!((loaded, expired), (3, 0));
+        assert!(copy.ttl(b"forever").unwrap().unwrap() > Duration::from_secs(1 << 40));
+    }
 
     #[test]
     fn frames_round_trip_and_damage_is_detected() {

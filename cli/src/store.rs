@@ -69,13 +69,24 @@ impl Encoding {
     }
 }
 
+/// Bytes from hex digits (two per byte, either case). Anything else - a
+/// sign, a space, a non-ASCII character - is an error, never a panic.
 fn parse_hex(s: &str) -> Result<Vec<u8>> {
+    if let Some(bad) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+        bail!("{s:?} is not hex: {bad:?} is not a hex digit");
+    }
     if s.len() % 2 != 0 {
         bail!("{s:?} is not hex: odd number of digits");
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| anyhow!("{s:?} is not hex")))
+    let digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+            .ok_or_else(|| anyhow!("{s:?} is not hex"))
+    };
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
 }
 
@@ -201,6 +212,33 @@ mod tests {
         assert_eq!(text.show(b"a\x00\\"), "a\\x00\\\\");
         assert!(text.parse("\\x0").is_err());
         assert!(Encoding { hex: true }.parse("abc").is_err());
+    }
+
+    #[test]
+    fn bad_hex_is_an_error_not_a_panic() {
+        let hex = Encoding { hex: true };
+        assert_eq!(hex.parse("00fFa5").unwrap(), [0x00, 0xff, 0xa5]);
+        assert_eq!(hex.parse("").unwrap(), b"");
+        // Non-ASCII characters: byte offsets that are not char boundaries.
+        for bad in [
+            "a\u{e9}0",
+            "\u{e9}",
+            "0\u{e9}",
+            "\u{1f600}00",
+            "0\u{1f600}0",
+        ] {
+            let err = hex.parse(bad).unwrap_err().to_string();
+            assert!(err.contains("is not hex"), "{bad:?}: {err}");
+        }
+        // A sign is not a digit (`u8::from_str_radix` would take "+f").
+        for bad in ["+f", "-1", " 1", "0x", "abc"] {
+            assert!(hex.parse(bad).is_err(), "{bad:?}");
+        }
+        let text = Encoding { hex: false };
+        for bad in ["\\x+f", "\\x\u{e9}", "a\\x\u{e9}0", "\\x0\u{e9}"] {
+            assert!(text.parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(text.parse("\u{e9}\\x41").unwrap(), "\u{e9}A".as_bytes());
     }
 
     #[test]

@@ -263,3 +263,79 @@ fn a_rolled_back_store_is_refused_until_the_loss_is_accepted() {
     assert!(ok(&["verify", d]).contains("clean: no problem found"));
     assert_eq!(millpond(&["get", d, "k1"]).status.code(), Some(1));
 }
+
+/// Makes sled 0.34 panic while opening the store in `dir`: with the
+/// snapshot files gone, sled rebuilds its state from the segment headers
+/// of its `db` file, and a header copied from segment 0 over segment 1
+/// (a duplicate sequence number) fails an assertion inside sled.
+fn damage_so_that_sled_panics_on_open(dir: &Path) {
+    // `conf` is text lines, then a checksum.
+    let conf = String::from_utf8_lossy(&std::fs::read(dir.join("conf")).unwrap()).into_owned();
+    let segment: usize = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: "))
+        .expect("a segment size in sled's conf")
+        .trim()
+        .parse()
+        .unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("snap.") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let mut db = std::fs::read(dir.join("db")).unwrap();
+    const SEGMENT_HEADER: usize = 20;
+    assert!(
+        db.len() > segment + SEGMENT_HEADER,
+        "the store needs two segments"
+    );
+    let header = db[..SEGMENT_HEADER].to_vec();
+    db[segment..segment + SEGMENT_HEADER].copy_from_slice(&header);
+    std::fs::write(dir.join("db"), db).unwrap();
+}
+
+#[test]
+fn a_store_on_which_sled_panics_gets_one_error_line_and_no_panic_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    {
+        // About 1.6 MB of values: several of sled's 512 KiB segments.
+        let e = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
+        for i in 0..16u8 {
+            e.set(&[i], &vec![i; 100_000]).unwrap();
+        }
+        e.shutdown().unwrap();
+    }
+    damage_so_that_sled_panics_on_open(&dir);
+    for args in [
+        &["stats", p(&dir)][..],
+        &["verify", p(&dir)],
+        &["get", p(&dir), "k"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_millpond"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run millpond");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        // sled did panic (the library reports the panic it caught) ...
+        assert!(
+            err.contains("the storage layer failed while opening"),
+            "{args:?}: {err}"
+        );
+        // ... and only the tool's own error line was printed.
+        assert!(err.starts_with("millpond: error: "), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for noise in [
+            "panicked at",
+            "stack backtrace",
+            "RUST_BACKTRACE",
+            "sled-0.34",
+        ] {
+            assert!(!err.contains(noise), "{args:?}: {noise:?} in {err}");
+        }
+    }
+}

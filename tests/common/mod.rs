@@ -45,16 +45,44 @@ impl Store {
     }
 }
 
-/// Polls `cond` until it holds; panics after a generous limit (a hang
-/// guard, not a timing assertion).
+/// How long a test waits for a condition before it calls the wait a hang.
+/// Tests never assume how much work fits in a time: they run until what
+/// they need has been observed, and this bound only catches a true hang (it
+/// is far beyond what any machine, debug build or loaded, needs).
+pub const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// Polls `cond` until it holds; panics after [`HANG_LIMIT`] (a hang guard,
+/// not a timing assertion).
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
+    let patience = Patience::new(what);
     while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "gave up waiting for: {what}"
-        );
+        patience.check();
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The hang guard of a loop that runs until a condition is observed (keep
+/// writing until flushes ran under the writes, and the like).
+pub struct Patience {
+    what: String,
+    started: Instant,
+}
+
+impl Patience {
+    pub fn new(what: &str) -> Patience {
+        Patience {
+            what: what.to_string(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Panics once [`HANG_LIMIT`] has passed since `new`.
+    pub fn check(&self) {
+        assert!(
+            self.started.elapsed() < HANG_LIMIT,
+            "gave up after {HANG_LIMIT:?} waiting for: {}",
+            self.what
+        );
     }
 }
 

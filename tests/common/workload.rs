@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use millpond::{Config, Engine, Error};
 
-use super::{u64_value, Rng};
+use super::{u64_value, Rng, HANG_LIMIT};
 
 pub const KEYS: u64 = 48;
 pub const OPS: u64 = 200_000;
@@ -294,10 +294,20 @@ impl Trial {
         stdin.flush().unwrap();
     }
 
-    /// Collects the lines printed so far.
+    /// Collects every line the (dead) child printed, up to the end of its
+    /// output: the reader thread may still be behind, however long ago the
+    /// child died.
     fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.note(&line);
+        let deadline = Instant::now() + HANG_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.note(&line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the dead child's output never ended")
+                }
+            }
         }
     }
 
@@ -305,14 +315,13 @@ impl Trial {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(10));
         self.drain();
     }
 
-    /// Waits (up to a minute) for the child to die by itself; kills it
+    /// Waits (up to [`HANG_LIMIT`]) for the child to die by itself; kills it
     /// otherwise. Returns whether it died by itself, unsuccessfully.
     pub fn wait_for_crash(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + HANG_LIMIT;
         let crashed = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break !status.success();
@@ -323,7 +332,6 @@ impl Trial {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        std::thread::sleep(Duration::from_millis(20));
         self.drain();
         crashed
     }

@@ -1482,14 +1482,15 @@ mod tests {
         assert_eq!(w.verify(&t).unwrap(), written);
     }
 
-    /// A ttl-churn of ~0.4 s with TTLs of 20-80 ms (leases of 10 s), so
-    /// that keys expire during the run.
+    /// A ttl-churn of ~0.4 s with TTLs of 20-80 ms, so that keys expire
+    /// during the run; leases of 10 minutes, so that they are live at the
+    /// end however slowly the machine runs it.
     fn quick_ttl_churn(seed: u64) -> TtlChurn {
         let mut w = TtlChurn::new(Params { scale: 1.0, seed });
         w.ops = 8_000;
         w.rate = 20_000.0;
         w.short_ttl = (20, 80);
-        w.lease_ttl = (10_000, 10_000);
+        w.lease_ttl = (600_000, 600_000);
         w.read_window_ms = 300;
         w
     }
