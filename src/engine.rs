@@ -473,6 +473,7 @@ impl Engine {
             flushed_entries: Counters::get(&c.flushed_entries),
             dirty_entries,
             dirty_bytes: s.buffer.bytes(),
+            peak_dirty_bytes: s.buffer.peak_bytes(),
             flush_errors: Counters::get(&c.flush_errors),
             last_flush_duration: c.last_flush(),
             syncs: Counters::get(&c.syncs),

@@ -22,6 +22,8 @@ pub struct Stats {
     /// Bytes buffered and not yet persisted, as counted against
     /// `max_dirty_bytes`.
     pub dirty_bytes: usize,
+    /// The highest `dirty_bytes` since open.
+    pub peak_dirty_bytes: usize,
     /// Failed flush attempts (each is retried), since open.
     pub flush_errors: u64,
     /// Duration of the last successful flush cycle.

@@ -157,6 +157,9 @@ pub(crate) struct DirtyMap {
     last_seq: AtomicU64,
     /// Sum of entry costs in all active and frozen maps.
     bytes: AtomicUsize,
+    /// The highest value `bytes` has had (raised with `fetch_max` on every
+    /// increase).
+    peak: AtomicUsize,
     /// When the active maps went from clean to dirty: milliseconds since
     /// `epoch`, plus one; 0 when every active map is empty. Written under a
     /// shard lock (first write) or all of them (freeze).
@@ -182,6 +185,7 @@ impl DirtyMap {
             hasher: RandomState::new(),
             last_seq: AtomicU64::new(last_seq.0),
             bytes: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             dirty_since: AtomicU64::new(0),
             epoch: Instant::now(),
             room: Mutex::new(()),
@@ -235,7 +239,9 @@ impl DirtyMap {
         };
         shard.active_bytes = shard.active_bytes + new_cost - old_cost;
         if new_cost >= old_cost {
-            self.bytes.fetch_add(new_cost - old_cost, Ordering::Relaxed);
+            let grown = new_cost - old_cost;
+            let now = self.bytes.fetch_add(grown, Ordering::Relaxed) + grown;
+            self.peak.fetch_max(now, Ordering::Relaxed);
         } else {
             self.bytes.fetch_sub(old_cost - new_cost, Ordering::Relaxed);
         }
@@ -342,6 +348,11 @@ impl DirtyMap {
     /// Bytes buffered (active and frozen).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The highest `bytes` since the map was made.
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// How long the oldest unfrozen write has been waiting, if any.
