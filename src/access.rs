@@ -1,16 +1,15 @@
-//! How the engine reads and writes one key: the read path, the write path and
-//! read-modify-write, as methods of [`Shared`].
+//! How the engine writes one key: admission, the write path and
+//! read-modify-write, as methods of [`Shared`]; the purge; the scan merge.
 //!
-//! - **Read**: the key's shard (active, then frozen), then storage. A value
-//!   whose deadline has passed is absent, wherever it is.
+//! - **Read**: [`Shared::read`] and [`Shared::deadline_of`] are thin wrappers
+//!   of the one read path, [`Shared::lookup`] (`src/lookup.rs`).
 //! - **Write** (blind): admission (closed, health, room in the buffer), then
 //!   the key's shard lock, then `DirtyMap::insert`.
 //! - **Read-modify-write** (`modify`, `delete`, `expire`, `persist`): the
-//!   current value is found as in the read path, and the change is decided
-//!   and made under the shard lock that showed it. A storage read is made
-//!   without the lock and trusted only if the shard's generation has not
-//!   moved meanwhile (DESIGN.md, invariant 6); a blob the change needs is
-//!   also loaded without the lock (blob contents never change under an id).
+//!   current value is found by a [`Lookup`], and the change is decided and
+//!   made under the shard lock of the lookup's answering probe (storage and
+//!   blob reads are made without the lock and confirmed by that probe:
+//!   DESIGN.md, invariant 6).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,64 +17,17 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::buffer::dirty::{ENTRY_OVERHEAD, SHARDS};
-use crate::buffer::{Seq, Slot};
+use crate::buffer::Slot;
 use crate::clock::UnixMillis;
-use crate::codec::{self, BlobRef, ValueRef};
 use crate::error::{Error, Result};
+use crate::lookup::{Found, Lookup, Step};
 use crate::shared::Shared;
 use crate::stats::Counters;
-
-/// Where a live value is.
-#[derive(Debug, Clone)]
-pub(crate) enum Held {
-    /// In memory (dirty, or read from storage).
-    Bytes(Bytes),
-    /// In the blob tree, not loaded.
-    Blob(BlobRef),
-}
-
-impl Held {
-    fn into_slot(self) -> Slot {
-        match self {
-            Held::Bytes(b) => Slot::Value(b),
-            Held::Blob(b) => Slot::Blob(b),
-        }
-    }
-}
-
-/// A live value and its deadline, as a read-modify-write sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Found {
-    pub held: Held,
-    pub deadline: Option<UnixMillis>,
-    /// Seq of the write that produced this value (its version).
-    pub seq: Seq,
-}
-
-impl Found {
-    /// The same value, unchanged, as a slot to write back with a new deadline.
-    pub(crate) fn slot(self) -> Slot {
-        self.held.into_slot()
-    }
-
-    /// The value's bytes; only valid when the read-modify-write asked for
-    /// them (`need_bytes`).
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match &self.held {
-            Held::Bytes(b) => b,
-            Held::Blob(_) => &[],
-        }
-    }
-}
 
 /// What a read-modify-write decided to write.
 pub(crate) struct Change {
     pub slot: Slot,
     pub deadline: Option<UnixMillis>,
-}
-
-pub(crate) fn live(deadline: Option<UnixMillis>, now: impl FnOnce() -> UnixMillis) -> bool {
-    deadline.is_none_or(|d| d > now())
 }
 
 /// `now + ttl`, saturating.
@@ -173,56 +125,15 @@ impl Shared {
 
     /// The live value of `key` (loaded, whatever its size) and its deadline.
     pub(crate) fn read(&self, key: &[u8]) -> Result<Option<(Bytes, Option<UnixMillis>)>> {
-        let mut missing: Option<Seq> = None;
-        loop {
-            let found = {
-                let shard = self.buffer.lock(self.buffer.shard_of(key));
-                shard.get(key).map(|e| (e.slot.clone(), e.deadline, e.seq))
-            };
-            let (slot, deadline, seq) = match found {
-                None => {
-                    return Ok(self.read_stored(key, true)?.and_then(|f| match f.held {
-                        Held::Bytes(b) if live(f.deadline, || self.now()) => Some((b, f.deadline)),
-                        _ => None,
-                    }))
-                }
-                Some(found) => found,
-            };
-            if !live(deadline, || self.now()) {
-                return Ok(None);
-            }
-            match slot {
-                Slot::Value(v) => return Ok(Some((v, deadline))),
-                Slot::Tombstone => return Ok(None),
-                Slot::Blob(b) => match self.load_blob(key, &b)? {
-                    Some(v) => return Ok(Some((v, deadline))),
-                    // The entry was replaced and its blob collected since it
-                    // was looked up: look again. Twice for the same entry
-                    // means the blob is really gone.
-                    None if missing == Some(seq) => return Err(missing_blob(key, &b)),
-                    None => missing = Some(seq),
-                },
-            }
-        }
+        let seen = self.lookup(key, true)?;
+        let deadline = seen.found.as_ref().and_then(|f| f.deadline);
+        Ok(seen.into_value().map(|v| (v, deadline)))
     }
 
     /// The deadline of `key`'s live value: `Ok(None)` if it has none or the
     /// key has no live value.
     pub(crate) fn deadline_of(&self, key: &[u8]) -> Result<Option<UnixMillis>> {
-        let found = {
-            let shard = self.buffer.lock(self.buffer.shard_of(key));
-            shard
-                .get(key)
-                .map(|e| (matches!(e.slot, Slot::Tombstone), e.deadline))
-        };
-        let (gone, deadline) = match found {
-            Some(found) => found,
-            None => match self.read_stored(key, false)? {
-                Some(f) => (false, f.deadline),
-                None => (true, None),
-            },
-        };
-        Ok(deadline.filter(|&d| !gone && live(Some(d), || self.now())))
+        Ok(self.lookup(key, false)?.found.and_then(|f| f.deadline))
     }
 
     /// A read-modify-write of one key: `f` sees the live value (`None` if
@@ -237,131 +148,28 @@ impl Shared {
         self.check_key(key)?;
         self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
-        // A storage read made without the lock, and the generation it is
-        // valid for.
-        let mut from_storage: Option<(u64, Option<Found>)> = None;
-        // A blob loaded without the lock.
-        let mut loaded: Option<(u64, Bytes)> = None;
-        let mut missing: Option<u64> = None;
-        loop {
-            let mut shard = self.buffer.lock(index);
+        let mut lookup = Lookup::new(key, need_bytes);
+        let (mut shard, seen) = loop {
+            let shard = self.buffer.lock(index);
             self.check_open()?;
-            let mut found = match shard.get(key) {
-                Some(e) => match &e.slot {
-                    Slot::Tombstone => None,
-                    _ if !live(e.deadline, || self.now()) => None,
-                    Slot::Value(v) => Some(Found {
-                        held: Held::Bytes(v.clone()),
-                        deadline: e.deadline,
-                        seq: e.seq,
-                    }),
-                    Slot::Blob(b) => Some(Found {
-                        held: Held::Blob(*b),
-                        deadline: e.deadline,
-                        seq: e.seq,
-                    }),
-                },
-                None => match &from_storage {
-                    Some((generation, stored)) if *generation == shard.generation() => {
-                        stored.clone().filter(|st| live(st.deadline, || self.now()))
-                    }
-                    _ => {
-                        let generation = shard.generation();
-                        drop(shard);
-                        from_storage = Some((generation, self.read_stored(key, need_bytes)?));
-                        continue;
-                    }
-                },
-            };
-            if let (
-                true,
-                Some(Found {
-                    held: Held::Blob(b),
-                    deadline,
-                    seq,
-                }),
-            ) = (need_bytes, &found)
-            {
-                match &loaded {
-                    Some((id, v)) if *id == b.id => {
-                        found = Some(Found {
-                            held: Held::Bytes(v.clone()),
-                            deadline: *deadline,
-                            seq: *seq,
-                        })
-                    }
-                    _ => {
-                        let b = *b;
-                        drop(shard);
-                        match self.load_blob(key, &b)? {
-                            Some(v) => loaded = Some((b.id, v)),
-                            None if missing == Some(b.id) => return Err(missing_blob(key, &b)),
-                            None => missing = Some(b.id),
-                        }
-                        continue;
-                    }
+            match lookup.probe(&shard, self)? {
+                Step::Seen(seen) => break (shard, seen),
+                Step::Fetch(fetch) => {
+                    drop(shard);
+                    lookup.fetch(self, fetch)?;
                 }
             }
-            let (change, r) = f(found)?;
-            let inserted = change.map(|c| {
-                self.buffer
-                    .insert(&mut shard, key, c.slot, c.deadline, true)
-            });
-            drop(shard);
-            if let Some(ins) = inserted {
-                self.after_write(ins.first_dirty);
-            }
-            return Ok(r);
+        };
+        let (change, r) = f(seen.found)?;
+        let inserted = change.map(|c| {
+            self.buffer
+                .insert(&mut shard, key, c.slot, c.deadline, true)
+        });
+        drop(shard);
+        if let Some(ins) = inserted {
+            self.after_write(ins.first_dirty);
         }
-    }
-
-    /// Reads `key`'s record from storage (deadline not checked). With
-    /// `load`, a blob value is loaded and checked.
-    pub(crate) fn read_stored(&self, key: &[u8], load: bool) -> Result<Option<Found>> {
-        let storage = self.storage()?;
-        loop {
-            let Some(raw) = storage.get_meta(key)? else {
-                return Ok(None);
-            };
-            let rec = codec::decode_meta(key, &raw)?;
-            let deadline = rec.deadline.map(UnixMillis);
-            let held = match rec.value {
-                ValueRef::Inline(v) => Held::Bytes(raw.slice_ref(v)),
-                ValueRef::Blob(b) if !load => Held::Blob(b),
-                ValueRef::Blob(b) => match self.load_blob(key, &b)? {
-                    Some(v) => Held::Bytes(v),
-                    None => {
-                        // A flush may have replaced the record and removed
-                        // its blob since it was read: read it again. If it
-                        // is unchanged, the blob is really missing.
-                        if storage.get_meta(key)?.as_deref() == Some(&raw[..]) {
-                            return Err(missing_blob(key, &b));
-                        }
-                        continue;
-                    }
-                },
-            };
-            return Ok(Some(Found {
-                held,
-                deadline,
-                seq: Seq(rec.seq),
-            }));
-        }
-    }
-
-    /// A blob, checked against its pointer; `None` if it is not there.
-    pub(crate) fn read_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
-        self.load_blob(key, b)
-    }
-
-    fn load_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
-        match self.storage()?.get_blob(b.id)? {
-            Some(v) => {
-                b.check(key, &v)?;
-                Ok(Some(v))
-            }
-            None => Ok(None),
-        }
+        Ok(r)
     }
 
     /// Deletes expired keys: for each shard, the keys its expiry index shows
@@ -403,16 +211,11 @@ impl Shared {
     }
 }
 
-fn missing_blob(key: &[u8], b: &BlobRef) -> Error {
-    Error::corrupt(
-        Some(key),
-        format!("the record points at blob {}, which is missing", b.id),
-    )
-}
-
 impl Shared {
     /// Up to `limit` live keys with `prefix`, greater than `after`, in key
-    /// order, with their values: dirty entries override stored records.
+    /// order, with their values: dirty entries override stored records. Each
+    /// candidate's value goes through the read path's last steps
+    /// ([`Shared::value_of`]: deadline, blob, look again if it was collected).
     pub(crate) fn scan(
         &self,
         prefix: &[u8],
@@ -432,7 +235,10 @@ impl Shared {
             _ => prefix.to_vec(),
         };
         // Stored records, page by page, merged with the dirty entries.
-        let mut dirty = dirty.into_iter().peekable();
+        let mut dirty = dirty
+            .into_iter()
+            .map(|(k, e)| (Bytes::from(Vec::from(k)), Found::from_entry(&e)))
+            .peekable();
         let page = limit.clamp(1, 1024);
         loop {
             let records = storage.scan_meta(&from, page)?;
@@ -444,36 +250,18 @@ impl Shared {
                     break;
                 }
                 // Dirty keys before this stored key.
-                while let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
-                    self.push_dirty(&mut out, dk, e, now)?;
+                while let Some((dk, found)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
+                    self.push_live(&mut out, dk, found, now)?;
                     if out.len() >= limit {
                         return Ok(out);
                     }
                 }
                 // A dirty entry of this key replaces its stored record.
-                if let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] == key[..]) {
-                    self.push_dirty(&mut out, dk, e, now)?;
-                } else {
-                    let rec = codec::decode_meta(&key, &raw)?;
-                    if live(rec.deadline.map(UnixMillis), || now) {
-                        let value = match rec.value {
-                            ValueRef::Inline(v) => raw.slice_ref(v),
-                            ValueRef::Blob(b) => match self.load_blob(&key, &b)? {
-                                Some(v) => v,
-                                // Replaced and collected since the page was
-                                // read: the new value is read by key.
-                                None => match self.read(&key)? {
-                                    Some((v, _)) => v,
-                                    None => {
-                                        last = Some(key);
-                                        continue;
-                                    }
-                                },
-                            },
-                        };
-                        out.push((key.clone(), value));
-                    }
-                }
+                let found = match dirty.next_if(|(dk, _)| dk[..] == key[..]) {
+                    Some((_, found)) => found,
+                    None => Some(Found::from_record(&key, &raw)?),
+                };
+                self.push_live(&mut out, key.clone(), found, now)?;
                 if out.len() >= limit {
                     return Ok(out);
                 }
@@ -487,8 +275,8 @@ impl Shared {
                 _ => break,
             }
         }
-        for (dk, e) in dirty {
-            self.push_dirty(&mut out, dk, e, now)?;
+        for (dk, found) in dirty {
+            self.push_live(&mut out, dk, found, now)?;
             if out.len() >= limit {
                 break;
             }
@@ -496,28 +284,17 @@ impl Shared {
         Ok(out)
     }
 
-    fn push_dirty(
+    /// Adds `key` and its value to `out` if the value is live.
+    fn push_live(
         &self,
         out: &mut Vec<(Bytes, Bytes)>,
-        key: crate::buffer::dirty::Key,
-        e: crate::buffer::Entry,
+        key: Bytes,
+        found: Option<Found>,
         now: UnixMillis,
     ) -> Result<()> {
-        if !live(e.deadline, || now) {
-            return Ok(());
+        if let Some(v) = self.value_of(&key, found, now)? {
+            out.push((key, v));
         }
-        let value = match e.slot {
-            Slot::Value(v) => v,
-            Slot::Tombstone => return Ok(()),
-            Slot::Blob(b) => match self.load_blob(&key, &b)? {
-                Some(v) => v,
-                None => match self.read(&key)? {
-                    Some((v, _)) => v,
-                    None => return Ok(()),
-                },
-            },
-        };
-        out.push((Bytes::from(Vec::from(key)), value));
         Ok(())
     }
 }

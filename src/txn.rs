@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::access::{deadline_after, live, Held};
+use crate::access::deadline_after;
 use crate::buffer::dirty::Shard;
 use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::lookup::live;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::value::Value;
@@ -168,86 +169,27 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
-    /// Reads `key` from the engine, recording what it saw.
+    /// Reads `key` from the engine (the read path, `Shared::lookup`),
+    /// recording what it saw.
     fn read(&self, key: &[u8]) -> Result<Read> {
-        let s = self.shared;
-        let mut missing_blob: Option<Seq> = None;
-        loop {
-            let (entry, generation) = {
-                let shard = s.buffer.lock(s.buffer.shard_of(key));
-                (
-                    shard.get(key).map(|e| (e.slot.clone(), e.deadline, e.seq)),
-                    shard.generation(),
-                )
-            };
-            let now = s.now();
-            let Some((slot, deadline, seq)) = entry else {
-                let found = s
-                    .read_stored(key, true)?
-                    .filter(|f| live(f.deadline, || now));
-                return Ok(match found {
-                    Some(f) => Read {
-                        value: Some(match f.held {
-                            Held::Bytes(b) => b,
-                            // `read_stored` with `load` loads blobs; should a
-                            // pointer come back anyway, load it here.
-                            Held::Blob(b) => match s.read_blob(key, &b)? {
-                                Some(v) => v,
-                                None => continue,
-                            },
-                        }),
-                        version: Version::Live(f.seq),
-                        deadline: f.deadline,
-                        stored: Some(generation),
-                    },
-                    None => Read {
-                        value: None,
-                        version: Version::Absent {
-                            seq: None,
-                            generation,
-                        },
-                        deadline: None,
-                        stored: Some(generation),
-                    },
-                });
-            };
-            let absent = Read {
-                value: None,
-                version: Version::Absent {
-                    seq: Some(seq),
-                    generation,
+        let seen = self.shared.lookup(key, true)?;
+        let (version, deadline) = match &seen.found {
+            Some(f) => (Version::Live(f.seq), f.deadline),
+            None => (
+                Version::Absent {
+                    seq: seen.dirty_seq,
+                    generation: seen.generation,
                 },
-                deadline,
-                stored: None,
-            };
-            if !live(deadline, || now) {
-                return Ok(absent);
-            }
-            let value = match slot {
-                Slot::Tombstone => return Ok(absent),
-                Slot::Value(v) => v,
-                Slot::Blob(b) => match s.read_blob(key, &b)? {
-                    Some(v) => v,
-                    // Replaced and collected since the lookup: look again.
-                    None if missing_blob == Some(seq) => {
-                        return Err(Error::corrupt(
-                            Some(key),
-                            format!("the record points at blob {}, which is missing", b.id),
-                        ))
-                    }
-                    None => {
-                        missing_blob = Some(seq);
-                        continue;
-                    }
-                },
-            };
-            return Ok(Read {
-                value: Some(value),
-                version: Version::Live(seq),
-                deadline,
-                stored: None,
-            });
-        }
+                None,
+            ),
+        };
+        let stored = seen.dirty_seq.is_none().then_some(seen.generation);
+        Ok(Read {
+            value: seen.into_value(),
+            version,
+            deadline,
+            stored,
+        })
     }
 
     /// If anything was written since the last validation, checks that every
@@ -350,7 +292,7 @@ fn still_valid(s: &Shared, shard: &Shard, key: &[u8], read: &Read) -> Result<boo
         (None, Version::Live(seq)) => match read.stored {
             Some(generation) if generation == shard.generation() => live(read.deadline, || now),
             _ => s
-                .read_stored(key, false)?
+                .read_record(key)?
                 .is_some_and(|f| f.seq == *seq && live(f.deadline, || now)),
         },
     })
