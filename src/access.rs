@@ -16,13 +16,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::buffer::dirty::{ENTRY_OVERHEAD, SHARDS};
+use crate::buffer::dirty::{cost_of, Inserted, Reservation, ENTRY_OVERHEAD, SHARDS};
 use crate::buffer::Slot;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::lookup::{Found, Lookup, Step};
 use crate::shared::Shared;
 use crate::stats::Counters;
+
+/// How long a writer waits for room or for a held key before it looks again
+/// (it is woken as soon as either comes; this only bounds a missed wake-up).
+const WAIT: Duration = Duration::from_millis(100);
 
 /// What a read-modify-write decided to write.
 pub(crate) struct Change {
@@ -79,20 +83,22 @@ impl Shared {
             .map(|ttl| deadline_after(self.now(), ttl))
     }
 
-    /// Admission of a write of about `incoming` bytes: refuses it when the
-    /// engine is closed or cannot persist, and waits while the buffer is full.
-    pub(crate) fn admit(&self, incoming: usize) -> Result<()> {
-        let max = self.config.max_dirty_bytes;
+    /// Admission of a write that may add `incoming` bytes to the buffer:
+    /// refuses it when the engine is closed or cannot persist, waits while
+    /// the bytes do not fit under `max_dirty_bytes`, and reserves them
+    /// (DESIGN.md, invariant 10). Call without any shard lock or reservation
+    /// held: it may wait for a flush cycle, whose freeze takes every shard
+    /// lock, and reservations held by waiters could fill the bound among
+    /// themselves.
+    pub(crate) fn admit(&self, incoming: usize) -> Result<Reservation<'_>> {
         loop {
             self.check_open()?;
             self.health.check_writable()?;
-            let bytes = self.buffer.bytes();
-            if bytes == 0 || bytes + incoming <= max {
-                return Ok(());
+            if let Some(reserved) = self.buffer.try_reserve(incoming) {
+                return Ok(reserved);
             }
             self.flush.request_urgent();
-            self.buffer
-                .wait_for_room(incoming, max, Duration::from_millis(100));
+            self.buffer.wait_for_room(incoming, WAIT);
         }
     }
 
@@ -107,18 +113,29 @@ impl Shared {
         }
     }
 
-    /// A blind write (no read of the current value).
+    /// A blind write (no read of the current value). It reserves its
+    /// entry's whole cost, so it never needs more room under the lock.
     pub(crate) fn write(&self, key: &[u8], slot: Slot, deadline: Option<UnixMillis>) -> Result<()> {
-        let len = match &slot {
-            Slot::Value(v) => v.len(),
-            Slot::Blob(_) | Slot::Tombstone => 0,
-        };
-        self.admit(key.len() + len + ENTRY_OVERHEAD)?;
-        let inserted = {
-            let mut shard = self.buffer.lock(self.buffer.shard_of(key));
+        let cost = cost_of(key.len(), &slot);
+        let mut reserved = self.admit(cost)?;
+        let index = self.buffer.shard_of(key);
+        let inserted = loop {
+            let mut shard = self.buffer.lock(index);
             self.check_open()?;
-            self.buffer.insert(&mut shard, key, slot, deadline, true)
+            if let Some(held) = self.buffer.held(&shard, key) {
+                // A read-modify-write of this key is waiting for room: it
+                // writes first. Wait without the lock or the reservation.
+                drop(shard);
+                drop(reserved);
+                self.buffer.wait_unheld(held, WAIT);
+                reserved = self.admit(cost)?;
+                continue;
+            }
+            break self
+                .buffer
+                .insert(&mut shard, key, slot, deadline, true, &mut reserved);
         };
+        drop(reserved);
         self.after_write(inserted.first_dirty);
         Ok(())
     }
@@ -139,6 +156,12 @@ impl Shared {
     /// A read-modify-write of one key: `f` sees the live value (`None` if
     /// there is none) and decides the change, while the key's shard lock is
     /// held. With `need_bytes`, the value is loaded even if it is a blob.
+    ///
+    /// Room: before `f` runs, the key's current cost is reserved (all any
+    /// change but a growing `modify` needs). If the change needs more and it
+    /// cannot be had at once, the key is held (no other write of it can
+    /// happen), the lock released, and the change inserted once there is
+    /// room ([`Shared::insert_held`]); `f` runs once either way.
     pub(crate) fn update<R>(
         &self,
         key: &[u8],
@@ -146,38 +169,115 @@ impl Shared {
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
         self.check_key(key)?;
-        self.admit(key.len() + ENTRY_OVERHEAD)?;
+        let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);
         let (mut shard, seen) = loop {
             let shard = self.buffer.lock(index);
             self.check_open()?;
-            match lookup.probe(&shard, self)? {
-                Step::Seen(seen) => break (shard, seen),
+            if let Some(held) = self.buffer.held(&shard, key) {
+                // Another read-modify-write of this key is waiting for room
+                // to write its change: read after it.
+                drop(shard);
+                let want = reserved.bytes();
+                drop(reserved);
+                self.buffer.wait_unheld(held, WAIT);
+                reserved = self.admit(want)?;
+                continue;
+            }
+            let seen = match lookup.probe(&shard, self)? {
+                Step::Seen(seen) => seen,
                 Step::Fetch(fetch) => {
                     drop(shard);
                     lookup.fetch(self, fetch)?;
+                    continue;
                 }
+            };
+            let keep = key.len() + ENTRY_OVERHEAD + seen.found.as_ref().map_or(0, Found::held_len);
+            if !self.buffer.reserve_up_to(&mut reserved, keep) {
+                drop(shard);
+                drop(reserved);
+                reserved = self.admit(keep)?;
+                continue;
             }
+            break (shard, seen);
         };
         let (change, r) = f(seen.found)?;
-        let inserted = change.map(|c| {
-            self.buffer
-                .insert(&mut shard, key, c.slot, c.deadline, true)
-        });
-        drop(shard);
-        if let Some(ins) = inserted {
-            self.after_write(ins.first_dirty);
-        }
+        let Some(change) = change else {
+            return Ok(r);
+        };
+        let need = self.buffer.growth(&shard, key, &change.slot);
+        let inserted = if self.buffer.reserve_up_to(&mut reserved, need) {
+            let inserted = self.buffer.insert(
+                &mut shard,
+                key,
+                change.slot,
+                change.deadline,
+                true,
+                &mut reserved,
+            );
+            drop(shard);
+            inserted
+        } else {
+            self.buffer.hold(&mut shard, key);
+            drop(shard);
+            drop(reserved);
+            self.insert_held(index, key, change, need)?
+        };
+        self.after_write(inserted.first_dirty);
         Ok(r)
+    }
+
+    /// Inserts the change of a read-modify-write that holds `key` (shard
+    /// `index`), once `need` bytes (more if a flush froze the key's entry
+    /// meanwhile) fit in the buffer; then releases the key. Called without
+    /// any lock or reservation. The change is still right: no write of the
+    /// key can be made while it is held, and a flush only moves the value
+    /// it was computed from. On an error (closed, failing) nothing is
+    /// written.
+    fn insert_held(
+        &self,
+        index: usize,
+        key: &[u8],
+        change: Change,
+        mut need: usize,
+    ) -> Result<Inserted> {
+        loop {
+            let admitted = self.admit(need);
+            let mut shard = self.buffer.lock(index);
+            let mut reserved = match admitted.and_then(|r| self.check_open().map(|()| r)) {
+                Ok(reserved) => reserved,
+                Err(e) => {
+                    self.buffer.unhold(&mut shard, key);
+                    return Err(e);
+                }
+            };
+            need = self.buffer.growth(&shard, key, &change.slot);
+            if self.buffer.reserve_up_to(&mut reserved, need) {
+                let inserted = self.buffer.insert(
+                    &mut shard,
+                    key,
+                    change.slot,
+                    change.deadline,
+                    true,
+                    &mut reserved,
+                );
+                self.buffer.unhold(&mut shard, key);
+                return Ok(inserted);
+            }
+        }
     }
 
     /// Deletes expired keys: for each shard, the keys its expiry index shows
     /// past their deadline (at most `slice` per shard, if given) get a
     /// tombstone, which the next flush persists (record, blob and deadline
     /// entry removed). The index is exact, so a key written since it
-    /// expired is not touched; a key held by a `modify` is not either (the
-    /// purge waits for the shard lock). Returns the keys purged.
+    /// expired is not touched; a key whose `modify` runs is not either (the
+    /// purge waits for the shard lock), nor a key a read-modify-write holds
+    /// (skipped: its write comes next). A tombstone needs room like any
+    /// write: a sliced purge (the purger thread) stops at the first that
+    /// does not fit now, leaving the rest for a later tick; a full purge
+    /// waits for room without the shard lock. Returns the keys purged.
     pub(crate) fn purge(&self, slice: Option<usize>) -> u64 {
         if self.check_open().is_err() || self.health.is_poisoned() {
             return 0;
@@ -185,24 +285,55 @@ impl Shared {
         let now = self.now();
         let mut purged = 0;
         let mut first_dirty = false;
-        for index in 0..SHARDS {
-            if slice.is_some() && self.buffer.bytes() >= self.config.max_dirty_bytes {
-                // Leave the rest for a later tick; the flusher drains first.
-                self.flush.request_urgent();
-                break;
-            }
-            let mut shard = self.buffer.lock(index);
-            if self.check_open().is_err() {
-                break;
-            }
-            for key in shard.expiry().expired(now, slice.unwrap_or(usize::MAX)) {
-                let ins = self
-                    .buffer
-                    .insert(&mut shard, &key, Slot::Tombstone, None, false);
-                first_dirty |= ins.first_dirty;
-                purged += 1;
+        let mut reserved = self.buffer.no_reservation();
+        'shards: for index in 0..SHARDS {
+            loop {
+                let mut shard = self.buffer.lock(index);
+                if self.check_open().is_err() {
+                    break 'shards;
+                }
+                let mut short = None;
+                for key in shard.expiry().expired(now, slice.unwrap_or(usize::MAX)) {
+                    if self.buffer.held(&shard, &key).is_some() {
+                        continue;
+                    }
+                    let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
+                    if !self.buffer.reserve_up_to(&mut reserved, need) {
+                        short = Some(need);
+                        break;
+                    }
+                    let ins = self.buffer.insert(
+                        &mut shard,
+                        &key,
+                        Slot::Tombstone,
+                        None,
+                        false,
+                        &mut reserved,
+                    );
+                    first_dirty |= ins.first_dirty;
+                    purged += 1;
+                }
+                drop(shard);
+                let Some(need) = short else {
+                    break;
+                };
+                if slice.is_some() {
+                    // The flusher drains first.
+                    self.flush.request_urgent();
+                    break 'shards;
+                }
+                drop(std::mem::replace(
+                    &mut reserved,
+                    self.buffer.no_reservation(),
+                ));
+                self.after_write(std::mem::take(&mut first_dirty));
+                match self.admit(need) {
+                    Ok(r) => reserved = r,
+                    Err(_) => break 'shards,
+                }
             }
         }
+        drop(reserved);
         if purged > 0 {
             Counters::add(&self.counters.expired, purged);
             self.after_write(first_dirty);

@@ -118,7 +118,7 @@ impl Engine {
 
     fn open_with(config: Config, dir: &Path, storage: Arc<dyn Storage>) -> Result<Engine> {
         let recovered = recovery::recover(&*storage, dir)?;
-        let buffer = DirtyMap::new(recovered.last_seq);
+        let buffer = DirtyMap::new(recovered.last_seq, config.max_dirty_bytes);
         recovery::load_deadlines(&*storage, &buffer)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -274,7 +274,11 @@ impl Engine {
     ///
     /// `f` runs while the engine holds a lock covering `key` and other keys:
     /// keep it short, and do not call the engine from it (such calls return
-    /// [`Error::Reentrant`]). If `f` panics, nothing is written.
+    /// [`Error::Reentrant`]). If `f` panics, nothing is written. If the new
+    /// value needs room the buffer does not have, the call waits for it
+    /// after `f` ran (without the lock; other writes of `key` wait for this
+    /// one); if it then fails (for example [`Error::Closed`]), nothing is
+    /// written.
     pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
         not_reentrant()?;
         let s = self.shared();

@@ -99,6 +99,15 @@ impl Found {
             Held::Blob(_) => &[],
         }
     }
+
+    /// What this value adds to an entry's cost: its length if it is held
+    /// in memory, nothing for a blob pointer (see `dirty::cost_of`).
+    pub(crate) fn held_len(&self) -> usize {
+        match &self.held {
+            Held::Bytes(b) => b.len(),
+            Held::Blob(_) => 0,
+        }
+    }
 }
 
 /// What a lookup saw of one key.

@@ -26,9 +26,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::MutexGuard;
 
 use crate::access::deadline_after;
-use crate::buffer::dirty::Shard;
+use crate::buffer::dirty::{cost_of, Shard};
 use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
@@ -227,16 +228,9 @@ impl<'a> Transaction<'a> {
         let incoming: usize = self
             .writes
             .iter()
-            .map(|(k, w)| {
-                k.len()
-                    + crate::buffer::dirty::ENTRY_OVERHEAD
-                    + match &w.slot {
-                        Slot::Value(v) => v.len(),
-                        _ => 0,
-                    }
-            })
+            .map(|(k, w)| cost_of(k.len(), &w.slot))
             .sum();
-        s.admit(incoming)?;
+        let mut reserved = s.admit(incoming)?;
         let mut indexes: Vec<usize> = self
             .reads
             .keys()
@@ -245,32 +239,55 @@ impl<'a> Transaction<'a> {
             .collect();
         indexes.sort_unstable();
         indexes.dedup();
-        // Lock order: increasing shard index.
-        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, Shard>)> =
-            indexes.iter().map(|&i| (i, s.buffer.lock(i))).collect();
-        s.check_open()?;
         // `guards` is sorted by shard index and holds every shard needed.
-        let guard_of = |i: usize| guards.partition_point(|(j, _)| *j < i);
-        let positions: Vec<usize> = self
-            .reads
-            .keys()
-            .map(|k| guard_of(s.buffer.shard_of(k)))
-            .collect();
-        for ((key, read), pos) in self.reads.iter().zip(positions) {
-            if !still_valid(s, &guards[pos].1, key, read)? {
+        let guard_of = |guards: &[(usize, MutexGuard<'_, Shard>)], key: &[u8]| {
+            let i = s.buffer.shard_of(key);
+            guards.partition_point(|(j, _)| *j < i)
+        };
+        let mut guards = loop {
+            // Lock order: increasing shard index.
+            let guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+                indexes.iter().map(|&i| (i, s.buffer.lock(i))).collect();
+            s.check_open()?;
+            // A key this commit writes that a read-modify-write holds gets
+            // that write first: wait for it without locks or reservation,
+            // then lock again (validation then sees its write).
+            let held = self
+                .writes
+                .keys()
+                .find_map(|k| s.buffer.held(&guards[guard_of(&guards, k)].1, k));
+            match held {
+                None => break guards,
+                Some(held) => {
+                    drop(guards);
+                    drop(reserved);
+                    s.buffer.wait_unheld(held, Duration::from_millis(100));
+                    reserved = s.admit(incoming)?;
+                }
+            }
+        };
+        for (key, read) in &self.reads {
+            if !still_valid(s, &guards[guard_of(&guards, key)].1, key, read)? {
                 return Ok(false);
             }
         }
+        // `incoming` is every write's whole cost: the reservation covers
+        // whatever each insert adds.
         let mut first_dirty = false;
         for (key, w) in self.writes {
-            let i = s.buffer.shard_of(&key);
-            let pos = guards.partition_point(|(j, _)| *j < i);
-            let ins = s
-                .buffer
-                .insert(&mut guards[pos].1, &key, w.slot, w.deadline, true);
+            let pos = guard_of(&guards, &key);
+            let ins = s.buffer.insert(
+                &mut guards[pos].1,
+                &key,
+                w.slot,
+                w.deadline,
+                true,
+                &mut reserved,
+            );
             first_dirty |= ins.first_dirty;
         }
         drop(guards);
+        drop(reserved);
         s.after_write(first_dirty);
         Ok(true)
     }
