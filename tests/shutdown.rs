@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 
-use common::{u64_value, Store};
+use common::{eventually, u64_value, Store};
 use millpond::Error;
 
 #[test]
@@ -65,16 +66,22 @@ fn writes_racing_with_shutdown_are_kept_or_refused_never_lost() {
     let e = store.open(store.busy());
     let threads = 4;
     let barrier = Arc::new(Barrier::new(threads + 1));
+    let started = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (e, b) = (e.clone(), barrier.clone());
+            let (e, b, started) = (e.clone(), barrier.clone(), started.clone());
             std::thread::spawn(move || {
                 b.wait();
                 let key = format!("writer-{t}");
                 let mut acked = 0u64;
                 for i in 1.. {
                     match e.set(key.as_bytes(), &u64::to_le_bytes(i)) {
-                        Ok(()) => acked = i,
+                        Ok(()) => {
+                            if acked == 0 {
+                                started.fetch_add(1, Ordering::SeqCst);
+                            }
+                            acked = i;
+                        }
                         Err(Error::Closed) => break,
                         Err(other) => panic!("unexpected error: {other}"),
                     }
@@ -84,6 +91,11 @@ fn writes_racing_with_shutdown_are_kept_or_refused_never_lost() {
         })
         .collect();
     barrier.wait();
+    // Every writer is under way (on a loaded machine a thread may not run
+    // for a while: wait for it rather than for a fixed time).
+    eventually("every writer acknowledged a write", || {
+        started.load(Ordering::SeqCst) == threads
+    });
     std::thread::sleep(std::time::Duration::from_millis(30));
     e.shutdown().unwrap();
     let acked: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
