@@ -53,7 +53,17 @@ fn a_write_during_a_flush_of_its_key_is_never_lost() {
     let store = Store::new();
     let e = store.open(store.busy());
     let mut last = 0;
-    for i in 1..=20_000u64 {
+    // At least 20 000 writes, and on until flushes have run under them (a
+    // fast build can do 20 000 within one cycle).
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    while i < 20_000 || e.stats().flushes <= 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no flush ran: {:?}",
+            e.stats()
+        );
+        i += 1;
         e.set(b"k", &i.to_le_bytes()).unwrap();
         // Large values take the blob path of the flush.
         if i % 7 == 0 {
@@ -67,7 +77,7 @@ fn a_write_during_a_flush_of_its_key_is_never_lost() {
     assert!(e.stats().flushes > 1, "{:?}", e.stats());
     e.shutdown().unwrap();
     let e = store.open(store.quiet());
-    assert_eq!(u64_value(&e.get(b"k").unwrap().unwrap()), 20_000);
+    assert_eq!(u64_value(&e.get(b"k").unwrap().unwrap()), i);
     let big = e.get(b"big").unwrap().unwrap();
     assert_eq!(u64_value(&big[..8]), last);
 }
