@@ -73,7 +73,13 @@ fn concurrent_transfers_keep_the_total_for_every_auditor() {
             let (e, transfers) = (e.clone(), transfers.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng::new(t + 1);
-                for _ in 0..1500 {
+                // At least 1500 transfers, and on until a flush ran under
+                // them (a fast build can finish 1500 before the first).
+                let started = std::time::Instant::now();
+                let mut n = 0;
+                while n < 1500 || e.stats().flushes == 0 {
+                    assert!(started.elapsed() < Duration::from_secs(60), "no flush ran");
+                    n += 1;
                     let from = rng.below(ACCOUNTS);
                     let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
                     if transfer(&e, from, to, 1 + rng.below(50)) {
