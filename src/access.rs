@@ -26,7 +26,7 @@ use crate::stats::Counters;
 
 /// How long a writer waits for room or for a held key before it looks again
 /// (it is woken as soon as either comes; this only bounds a missed wake-up).
-const WAIT: Duration = Duration::from_millis(100);
+pub(crate) const WAIT: Duration = Duration::from_millis(100);
 
 /// What a read-modify-write decided to write.
 pub(crate) struct Change {

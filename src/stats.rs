@@ -24,8 +24,8 @@ pub struct Stats {
     pub dirty_bytes: usize,
     /// The highest `dirty_bytes` since open. At most `max_dirty_bytes`:
     /// every write reserves its bytes before it enters the buffer. The one
-    /// exception is a single write larger than the bound, admitted alone
-    /// into an empty buffer.
+    /// exception is a single write (or one transaction's writes) larger
+    /// than the bound, admitted alone into an empty buffer.
     pub peak_dirty_bytes: usize,
     /// Failed flush attempts (each is retried), since open.
     pub flush_errors: u64,

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::MutexGuard;
 
-use crate::access::deadline_after;
+use crate::access::{deadline_after, WAIT};
 use crate::buffer::dirty::{cost_of, Shard};
 use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
@@ -261,7 +261,7 @@ impl<'a> Transaction<'a> {
                 Some(held) => {
                     drop(guards);
                     drop(reserved);
-                    s.buffer.wait_unheld(held, Duration::from_millis(100));
+                    s.buffer.wait_unheld(held, WAIT);
                     reserved = s.admit(incoming)?;
                 }
             }
