@@ -1,81 +1,37 @@
-//! How the engine reads and writes one key: the read path, the write path and
-//! read-modify-write, as methods of [`Shared`].
+//! How the engine writes one key: admission, the write path and
+//! read-modify-write, as methods of [`Shared`]; the purge; the scan merge.
 //!
-//! - **Read**: the key's shard (active, then frozen), then storage. A value
-//!   whose deadline has passed is absent, wherever it is.
+//! - **Read**: [`Shared::read`] and [`Shared::deadline_of`] are thin wrappers
+//!   of the one read path, [`Shared::lookup`] (`src/lookup.rs`).
 //! - **Write** (blind): admission (closed, health, room in the buffer), then
 //!   the key's shard lock, then `DirtyMap::insert`.
 //! - **Read-modify-write** (`modify`, `delete`, `expire`, `persist`): the
-//!   current value is found as in the read path, and the change is decided
-//!   and made under the shard lock that showed it. A storage read is made
-//!   without the lock and trusted only if the shard's generation has not
-//!   moved meanwhile (DESIGN.md, invariant 6); a blob the change needs is
-//!   also loaded without the lock (blob contents never change under an id).
+//!   current value is found by a [`Lookup`], and the change is decided and
+//!   made under the shard lock of the lookup's answering probe (storage and
+//!   blob reads are made without the lock and confirmed by that probe:
+//!   DESIGN.md, invariant 6).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::buffer::dirty::{ENTRY_OVERHEAD, SHARDS};
-use crate::buffer::{Seq, Slot};
+use crate::buffer::dirty::{cost_of, Inserted, Reservation, ENTRY_OVERHEAD, SHARDS};
+use crate::buffer::Slot;
 use crate::clock::UnixMillis;
-use crate::codec::{self, BlobRef, ValueRef};
 use crate::error::{Error, Result};
+use crate::lookup::{Found, Lookup, Step};
 use crate::shared::Shared;
 use crate::stats::Counters;
 
-/// Where a live value is.
-#[derive(Debug, Clone)]
-pub(crate) enum Held {
-    /// In memory (dirty, or read from storage).
-    Bytes(Bytes),
-    /// In the blob tree, not loaded.
-    Blob(BlobRef),
-}
-
-impl Held {
-    fn into_slot(self) -> Slot {
-        match self {
-            Held::Bytes(b) => Slot::Value(b),
-            Held::Blob(b) => Slot::Blob(b),
-        }
-    }
-}
-
-/// A live value and its deadline, as a read-modify-write sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Found {
-    pub held: Held,
-    pub deadline: Option<UnixMillis>,
-    /// Seq of the write that produced this value (its version).
-    pub seq: Seq,
-}
-
-impl Found {
-    /// The same value, unchanged, as a slot to write back with a new deadline.
-    pub(crate) fn slot(self) -> Slot {
-        self.held.into_slot()
-    }
-
-    /// The value's bytes; only valid when the read-modify-write asked for
-    /// them (`need_bytes`).
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match &self.held {
-            Held::Bytes(b) => b,
-            Held::Blob(_) => &[],
-        }
-    }
-}
+/// How long a writer waits for room or for a held key before it looks again
+/// (it is woken as soon as either comes; this only bounds a missed wake-up).
+pub(crate) const WAIT: Duration = Duration::from_millis(100);
 
 /// What a read-modify-write decided to write.
 pub(crate) struct Change {
     pub slot: Slot,
     pub deadline: Option<UnixMillis>,
-}
-
-pub(crate) fn live(deadline: Option<UnixMillis>, now: impl FnOnce() -> UnixMillis) -> bool {
-    deadline.is_none_or(|d| d > now())
 }
 
 /// `now + ttl`, saturating.
@@ -127,20 +83,22 @@ impl Shared {
             .map(|ttl| deadline_after(self.now(), ttl))
     }
 
-    /// Admission of a write of about `incoming` bytes: refuses it when the
-    /// engine is closed or cannot persist, and waits while the buffer is full.
-    pub(crate) fn admit(&self, incoming: usize) -> Result<()> {
-        let max = self.config.max_dirty_bytes;
+    /// Admission of a write that may add `incoming` bytes to the buffer:
+    /// refuses it when the engine is closed or cannot persist, waits while
+    /// the bytes do not fit under `max_dirty_bytes`, and reserves them
+    /// (DESIGN.md, invariant 10). Call without any shard lock or reservation
+    /// held: it may wait for a flush cycle, whose freeze takes every shard
+    /// lock, and reservations held by waiters could fill the bound among
+    /// themselves.
+    pub(crate) fn admit(&self, incoming: usize) -> Result<Reservation<'_>> {
         loop {
             self.check_open()?;
             self.health().check_writable()?;
-            let bytes = self.buffer.bytes();
-            if bytes == 0 || bytes + incoming <= max {
-                return Ok(());
+            if let Some(reserved) = self.buffer.try_reserve(incoming) {
+                return Ok(reserved);
             }
             self.flush.request_urgent();
-            self.buffer
-                .wait_for_room(incoming, max, Duration::from_millis(100));
+            self.buffer.wait_for_room(incoming, WAIT);
         }
     }
 
@@ -155,79 +113,55 @@ impl Shared {
         }
     }
 
-    /// A blind write (no read of the current value).
+    /// A blind write (no read of the current value). It reserves its
+    /// entry's whole cost, so it never needs more room under the lock.
     pub(crate) fn write(&self, key: &[u8], slot: Slot, deadline: Option<UnixMillis>) -> Result<()> {
-        let len = match &slot {
-            Slot::Value(v) => v.len(),
-            Slot::Blob(_) | Slot::Tombstone => 0,
-        };
-        self.admit(key.len() + len + ENTRY_OVERHEAD)?;
-        let inserted = {
-            let mut shard = self.buffer.lock(self.buffer.shard_of(key));
+        let cost = cost_of(key.len(), &slot);
+        let mut reserved = self.admit(cost)?;
+        let index = self.buffer.shard_of(key);
+        let inserted = loop {
+            let mut shard = self.buffer.lock(index);
             self.check_open()?;
-            self.buffer.insert(&mut shard, key, slot, deadline, true)
+            if let Some(held) = self.buffer.held(&shard, key) {
+                // A read-modify-write of this key is waiting for room: it
+                // writes first. Wait without the lock or the reservation.
+                drop(shard);
+                drop(reserved);
+                self.buffer.wait_unheld(held, WAIT);
+                reserved = self.admit(cost)?;
+                continue;
+            }
+            break self
+                .buffer
+                .insert(&mut shard, key, slot, deadline, true, &mut reserved);
         };
+        drop(reserved);
         self.after_write(inserted.first_dirty);
         Ok(())
     }
 
     /// The live value of `key` (loaded, whatever its size) and its deadline.
     pub(crate) fn read(&self, key: &[u8]) -> Result<Option<(Bytes, Option<UnixMillis>)>> {
-        let mut missing: Option<Seq> = None;
-        loop {
-            let found = {
-                let shard = self.buffer.lock(self.buffer.shard_of(key));
-                shard.get(key).map(|e| (e.slot.clone(), e.deadline, e.seq))
-            };
-            let (slot, deadline, seq) = match found {
-                None => {
-                    return Ok(self.read_stored(key, true)?.and_then(|f| match f.held {
-                        Held::Bytes(b) if live(f.deadline, || self.now()) => Some((b, f.deadline)),
-                        _ => None,
-                    }))
-                }
-                Some(found) => found,
-            };
-            if !live(deadline, || self.now()) {
-                return Ok(None);
-            }
-            match slot {
-                Slot::Value(v) => return Ok(Some((v, deadline))),
-                Slot::Tombstone => return Ok(None),
-                Slot::Blob(b) => match self.load_blob(key, &b)? {
-                    Some(v) => return Ok(Some((v, deadline))),
-                    // The entry was replaced and its blob collected since it
-                    // was looked up: look again. Twice for the same entry
-                    // means the blob is really gone.
-                    None if missing == Some(seq) => return Err(missing_blob(key, &b)),
-                    None => missing = Some(seq),
-                },
-            }
-        }
+        let seen = self.lookup(key, true)?;
+        let deadline = seen.found.as_ref().and_then(|f| f.deadline);
+        Ok(seen.into_value().map(|v| (v, deadline)))
     }
 
     /// The deadline of `key`'s live value: `Ok(None)` if it has none or the
     /// key has no live value.
     pub(crate) fn deadline_of(&self, key: &[u8]) -> Result<Option<UnixMillis>> {
-        let found = {
-            let shard = self.buffer.lock(self.buffer.shard_of(key));
-            shard
-                .get(key)
-                .map(|e| (matches!(e.slot, Slot::Tombstone), e.deadline))
-        };
-        let (gone, deadline) = match found {
-            Some(found) => found,
-            None => match self.read_stored(key, false)? {
-                Some(f) => (false, f.deadline),
-                None => (true, None),
-            },
-        };
-        Ok(deadline.filter(|&d| !gone && live(Some(d), || self.now())))
+        Ok(self.lookup(key, false)?.found.and_then(|f| f.deadline))
     }
 
     /// A read-modify-write of one key: `f` sees the live value (`None` if
     /// there is none) and decides the change, while the key's shard lock is
     /// held. With `need_bytes`, the value is loaded even if it is a blob.
+    ///
+    /// Room: before `f` runs, the key's current cost is reserved (all any
+    /// change but a growing `modify` needs). If the change needs more and it
+    /// cannot be had at once, the key is held (no other write of it can
+    /// happen), the lock released, and the change inserted once there is
+    /// room ([`Shared::insert_held`]); `f` runs once either way.
     pub(crate) fn update<R>(
         &self,
         key: &[u8],
@@ -235,132 +169,102 @@ impl Shared {
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
         self.check_key(key)?;
-        self.admit(key.len() + ENTRY_OVERHEAD)?;
+        let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
-        // A storage read made without the lock, and the generation it is
-        // valid for.
-        let mut from_storage: Option<(u64, Option<Found>)> = None;
-        // A blob loaded without the lock.
-        let mut loaded: Option<(u64, Bytes)> = None;
-        let mut missing: Option<u64> = None;
-        loop {
-            let mut shard = self.buffer.lock(index);
+        let mut lookup = Lookup::new(key, need_bytes);
+        let (mut shard, seen) = loop {
+            let shard = self.buffer.lock(index);
             self.check_open()?;
-            let mut found = match shard.get(key) {
-                Some(e) => match &e.slot {
-                    Slot::Tombstone => None,
-                    _ if !live(e.deadline, || self.now()) => None,
-                    Slot::Value(v) => Some(Found {
-                        held: Held::Bytes(v.clone()),
-                        deadline: e.deadline,
-                        seq: e.seq,
-                    }),
-                    Slot::Blob(b) => Some(Found {
-                        held: Held::Blob(*b),
-                        deadline: e.deadline,
-                        seq: e.seq,
-                    }),
-                },
-                None => match &from_storage {
-                    Some((generation, stored)) if *generation == shard.generation() => {
-                        stored.clone().filter(|st| live(st.deadline, || self.now()))
-                    }
-                    _ => {
-                        let generation = shard.generation();
-                        drop(shard);
-                        from_storage = Some((generation, self.read_stored(key, need_bytes)?));
-                        continue;
-                    }
-                },
-            };
-            if let (
-                true,
-                Some(Found {
-                    held: Held::Blob(b),
-                    deadline,
-                    seq,
-                }),
-            ) = (need_bytes, &found)
-            {
-                match &loaded {
-                    Some((id, v)) if *id == b.id => {
-                        found = Some(Found {
-                            held: Held::Bytes(v.clone()),
-                            deadline: *deadline,
-                            seq: *seq,
-                        })
-                    }
-                    _ => {
-                        let b = *b;
-                        drop(shard);
-                        match self.load_blob(key, &b)? {
-                            Some(v) => loaded = Some((b.id, v)),
-                            None if missing == Some(b.id) => return Err(missing_blob(key, &b)),
-                            None => missing = Some(b.id),
-                        }
-                        continue;
-                    }
+            if let Some(held) = self.buffer.held(&shard, key) {
+                // Another read-modify-write of this key is waiting for room
+                // to write its change: read after it.
+                drop(shard);
+                let want = reserved.bytes();
+                drop(reserved);
+                self.buffer.wait_unheld(held, WAIT);
+                reserved = self.admit(want)?;
+                continue;
+            }
+            let seen = match lookup.probe(&shard, self)? {
+                Step::Seen(seen) => seen,
+                Step::Fetch(fetch) => {
+                    drop(shard);
+                    lookup.fetch(self, fetch)?;
+                    continue;
                 }
+            };
+            let keep = key.len() + ENTRY_OVERHEAD + seen.found.as_ref().map_or(0, Found::held_len);
+            if !self.buffer.reserve_up_to(&mut reserved, keep) {
+                drop(shard);
+                drop(reserved);
+                reserved = self.admit(keep)?;
+                continue;
             }
-            let (change, r) = f(found)?;
-            let inserted = change.map(|c| {
-                self.buffer
-                    .insert(&mut shard, key, c.slot, c.deadline, true)
-            });
-            drop(shard);
-            if let Some(ins) = inserted {
-                self.after_write(ins.first_dirty);
-            }
+            break (shard, seen);
+        };
+        let (change, r) = f(seen.found)?;
+        let Some(change) = change else {
             return Ok(r);
-        }
+        };
+        let need = self.buffer.growth(&shard, key, &change.slot);
+        let inserted = if self.buffer.reserve_up_to(&mut reserved, need) {
+            let inserted = self.buffer.insert(
+                &mut shard,
+                key,
+                change.slot,
+                change.deadline,
+                true,
+                &mut reserved,
+            );
+            drop(shard);
+            inserted
+        } else {
+            self.buffer.hold(&mut shard, key);
+            drop(shard);
+            drop(reserved);
+            self.insert_held(index, key, change, need)?
+        };
+        self.after_write(inserted.first_dirty);
+        Ok(r)
     }
 
-    /// Reads `key`'s record from storage (deadline not checked). With
-    /// `load`, a blob value is loaded and checked.
-    pub(crate) fn read_stored(&self, key: &[u8], load: bool) -> Result<Option<Found>> {
-        let storage = self.storage()?;
+    /// Inserts the change of a read-modify-write that holds `key` (shard
+    /// `index`), once `need` bytes (more if a flush froze the key's entry
+    /// meanwhile) fit in the buffer; then releases the key. Called without
+    /// any lock or reservation. The change is still right: no write of the
+    /// key can be made while it is held, and a flush only moves the value
+    /// it was computed from. On an error (closed, failing) nothing is
+    /// written.
+    fn insert_held(
+        &self,
+        index: usize,
+        key: &[u8],
+        change: Change,
+        mut need: usize,
+    ) -> Result<Inserted> {
         loop {
-            let Some(raw) = storage.get_meta(key)? else {
-                return Ok(None);
+            let admitted = self.admit(need);
+            let mut shard = self.buffer.lock(index);
+            let mut reserved = match admitted.and_then(|r| self.check_open().map(|()| r)) {
+                Ok(reserved) => reserved,
+                Err(e) => {
+                    self.buffer.unhold(&mut shard, key);
+                    return Err(e);
+                }
             };
-            let rec = codec::decode_meta(key, &raw)?;
-            let deadline = rec.deadline.map(UnixMillis);
-            let held = match rec.value {
-                ValueRef::Inline(v) => Held::Bytes(raw.slice_ref(v)),
-                ValueRef::Blob(b) if !load => Held::Blob(b),
-                ValueRef::Blob(b) => match self.load_blob(key, &b)? {
-                    Some(v) => Held::Bytes(v),
-                    None => {
-                        // A flush may have replaced the record and removed
-                        // its blob since it was read: read it again. If it
-                        // is unchanged, the blob is really missing.
-                        if storage.get_meta(key)?.as_deref() == Some(&raw[..]) {
-                            return Err(missing_blob(key, &b));
-                        }
-                        continue;
-                    }
-                },
-            };
-            return Ok(Some(Found {
-                held,
-                deadline,
-                seq: Seq(rec.seq),
-            }));
-        }
-    }
-
-    /// A blob, checked against its pointer; `None` if it is not there.
-    pub(crate) fn read_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
-        self.load_blob(key, b)
-    }
-
-    fn load_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
-        match self.storage()?.get_blob(b.id)? {
-            Some(v) => {
-                b.check(key, &v)?;
-                Ok(Some(v))
+            need = self.buffer.growth(&shard, key, &change.slot);
+            if self.buffer.reserve_up_to(&mut reserved, need) {
+                let inserted = self.buffer.insert(
+                    &mut shard,
+                    key,
+                    change.slot,
+                    change.deadline,
+                    true,
+                    &mut reserved,
+                );
+                self.buffer.unhold(&mut shard, key);
+                return Ok(inserted);
             }
-            None => Ok(None),
         }
     }
 
@@ -368,8 +272,12 @@ impl Shared {
     /// past their deadline (at most `slice` per shard, if given) get a
     /// tombstone, which the next flush persists (record, blob and deadline
     /// entry removed). The index is exact, so a key written since it
-    /// expired is not touched; a key held by a `modify` is not either (the
-    /// purge waits for the shard lock). Returns the keys purged.
+    /// expired is not touched; a key whose `modify` runs is not either (the
+    /// purge waits for the shard lock), nor a key a read-modify-write holds
+    /// (skipped: its write comes next). A tombstone needs room like any
+    /// write: a sliced purge (the purger thread) stops at the first that
+    /// does not fit now, leaving the rest for a later tick; a full purge
+    /// waits for room without the shard lock. Returns the keys purged.
     pub(crate) fn purge(&self, slice: Option<usize>) -> u64 {
         if self.check_open().is_err() || self.health().is_poisoned() {
             return 0;
@@ -377,24 +285,55 @@ impl Shared {
         let now = self.now();
         let mut purged = 0;
         let mut first_dirty = false;
-        for index in 0..SHARDS {
-            if slice.is_some() && self.buffer.bytes() >= self.config.max_dirty_bytes {
-                // Leave the rest for a later tick; the flusher drains first.
-                self.flush.request_urgent();
-                break;
-            }
-            let mut shard = self.buffer.lock(index);
-            if self.check_open().is_err() {
-                break;
-            }
-            for key in shard.expiry().expired(now, slice.unwrap_or(usize::MAX)) {
-                let ins = self
-                    .buffer
-                    .insert(&mut shard, &key, Slot::Tombstone, None, false);
-                first_dirty |= ins.first_dirty;
-                purged += 1;
+        let mut reserved = self.buffer.no_reservation();
+        'shards: for index in 0..SHARDS {
+            loop {
+                let mut shard = self.buffer.lock(index);
+                if self.check_open().is_err() {
+                    break 'shards;
+                }
+                let mut short = None;
+                for key in shard.expiry().expired(now, slice.unwrap_or(usize::MAX)) {
+                    if self.buffer.held(&shard, &key).is_some() {
+                        continue;
+                    }
+                    let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
+                    if !self.buffer.reserve_up_to(&mut reserved, need) {
+                        short = Some(need);
+                        break;
+                    }
+                    let ins = self.buffer.insert(
+                        &mut shard,
+                        &key,
+                        Slot::Tombstone,
+                        None,
+                        false,
+                        &mut reserved,
+                    );
+                    first_dirty |= ins.first_dirty;
+                    purged += 1;
+                }
+                drop(shard);
+                let Some(need) = short else {
+                    break;
+                };
+                if slice.is_some() {
+                    // The flusher drains first.
+                    self.flush.request_urgent();
+                    break 'shards;
+                }
+                drop(std::mem::replace(
+                    &mut reserved,
+                    self.buffer.no_reservation(),
+                ));
+                self.after_write(std::mem::take(&mut first_dirty));
+                match self.admit(need) {
+                    Ok(r) => reserved = r,
+                    Err(_) => break 'shards,
+                }
             }
         }
+        drop(reserved);
         if purged > 0 {
             Counters::add(&self.counters.expired, purged);
             self.after_write(first_dirty);
@@ -403,16 +342,11 @@ impl Shared {
     }
 }
 
-fn missing_blob(key: &[u8], b: &BlobRef) -> Error {
-    Error::corrupt(
-        Some(key),
-        format!("the record points at blob {}, which is missing", b.id),
-    )
-}
-
 impl Shared {
     /// Up to `limit` live keys with `prefix`, greater than `after`, in key
-    /// order, with their values: dirty entries override stored records.
+    /// order, with their values: dirty entries override stored records. Each
+    /// candidate's value goes through the read path's last steps
+    /// ([`Shared::value_of`]: deadline, blob, look again if it was collected).
     pub(crate) fn scan(
         &self,
         prefix: &[u8],
@@ -432,7 +366,10 @@ impl Shared {
             _ => prefix.to_vec(),
         };
         // Stored records, page by page, merged with the dirty entries.
-        let mut dirty = dirty.into_iter().peekable();
+        let mut dirty = dirty
+            .into_iter()
+            .map(|(k, e)| (Bytes::from(Vec::from(k)), Found::from_entry(&e)))
+            .peekable();
         let page = limit.clamp(1, 1024);
         loop {
             let records = storage.scan_meta(&from, page)?;
@@ -444,36 +381,18 @@ impl Shared {
                     break;
                 }
                 // Dirty keys before this stored key.
-                while let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
-                    self.push_dirty(&mut out, dk, e, now)?;
+                while let Some((dk, found)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
+                    self.push_live(&mut out, dk, found, now)?;
                     if out.len() >= limit {
                         return Ok(out);
                     }
                 }
                 // A dirty entry of this key replaces its stored record.
-                if let Some((dk, e)) = dirty.next_if(|(dk, _)| dk[..] == key[..]) {
-                    self.push_dirty(&mut out, dk, e, now)?;
-                } else {
-                    let rec = codec::decode_meta(&key, &raw)?;
-                    if live(rec.deadline.map(UnixMillis), || now) {
-                        let value = match rec.value {
-                            ValueRef::Inline(v) => raw.slice_ref(v),
-                            ValueRef::Blob(b) => match self.load_blob(&key, &b)? {
-                                Some(v) => v,
-                                // Replaced and collected since the page was
-                                // read: the new value is read by key.
-                                None => match self.read(&key)? {
-                                    Some((v, _)) => v,
-                                    None => {
-                                        last = Some(key);
-                                        continue;
-                                    }
-                                },
-                            },
-                        };
-                        out.push((key.clone(), value));
-                    }
-                }
+                let found = match dirty.next_if(|(dk, _)| dk[..] == key[..]) {
+                    Some((_, found)) => found,
+                    None => Some(Found::from_record(&key, &raw)?),
+                };
+                self.push_live(&mut out, key.clone(), found, now)?;
                 if out.len() >= limit {
                     return Ok(out);
                 }
@@ -487,8 +406,8 @@ impl Shared {
                 _ => break,
             }
         }
-        for (dk, e) in dirty {
-            self.push_dirty(&mut out, dk, e, now)?;
+        for (dk, found) in dirty {
+            self.push_live(&mut out, dk, found, now)?;
             if out.len() >= limit {
                 break;
             }
@@ -496,28 +415,17 @@ impl Shared {
         Ok(out)
     }
 
-    fn push_dirty(
+    /// Adds `key` and its value to `out` if the value is live.
+    fn push_live(
         &self,
         out: &mut Vec<(Bytes, Bytes)>,
-        key: crate::buffer::dirty::Key,
-        e: crate::buffer::Entry,
+        key: Bytes,
+        found: Option<Found>,
         now: UnixMillis,
     ) -> Result<()> {
-        if !live(e.deadline, || now) {
-            return Ok(());
+        if let Some(v) = self.value_of(&key, found, now)? {
+            out.push((key, v));
         }
-        let value = match e.slot {
-            Slot::Value(v) => v,
-            Slot::Tombstone => return Ok(()),
-            Slot::Blob(b) => match self.load_blob(&key, &b)? {
-                Some(v) => v,
-                None => match self.read(&key)? {
-                    Some((v, _)) => v,
-                    None => return Ok(()),
-                },
-            },
-        };
-        out.push((Bytes::from(Vec::from(key)), value));
         Ok(())
     }
 }

@@ -109,7 +109,7 @@ impl Engine {
         let backend = storage::backend(&config, &dir);
         let (keeper, recovered) =
             Keeper::open(backend, config.faults.clone(), config.accept_data_loss)?;
-        let buffer = DirtyMap::new(recovered.last_seq);
+        let buffer = DirtyMap::new(recovered.last_seq, config.max_dirty_bytes);
         recovery::load_deadlines(&*keeper.storage()?, &buffer)?;
         let shared = Arc::new(Shared {
             dir,
@@ -263,7 +263,11 @@ impl Engine {
     ///
     /// `f` runs while the engine holds a lock covering `key` and other keys:
     /// keep it short, and do not call the engine from it (such calls return
-    /// [`Error::Reentrant`]). If `f` panics, nothing is written.
+    /// [`Error::Reentrant`]). If `f` panics, nothing is written. If the new
+    /// value needs room the buffer does not have, the call waits for it
+    /// after `f` ran (without the lock; other writes of `key` wait for this
+    /// one); if it then fails (for example [`Error::Closed`]), nothing is
+    /// written.
     pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
         not_reentrant()?;
         let s = self.shared();
@@ -462,6 +466,7 @@ impl Engine {
             flushed_entries: Counters::get(&c.flushed_entries),
             dirty_entries,
             dirty_bytes: s.buffer.bytes(),
+            peak_dirty_bytes: s.buffer.peak_bytes(),
             flush_errors: Counters::get(&c.flush_errors),
             storage_reopens: s.keeper.reopens(),
             last_flush_duration: c.last_flush(),

@@ -71,6 +71,7 @@ mod config;
 mod engine;
 mod error;
 mod flush;
+mod lookup;
 mod purger;
 mod recovery;
 mod scan;

@@ -22,6 +22,11 @@ pub struct Stats {
     /// Bytes buffered and not yet persisted, as counted against
     /// `max_dirty_bytes`.
     pub dirty_bytes: usize,
+    /// The highest `dirty_bytes` since open. At most `max_dirty_bytes`:
+    /// every write reserves its bytes before it enters the buffer. The one
+    /// exception is a single write (or one transaction's writes) larger
+    /// than the bound, admitted alone into an empty buffer.
+    pub peak_dirty_bytes: usize,
     /// Failed flush attempts (each is retried), since open.
     pub flush_errors: u64,
     /// Times the storage was closed and reopened in process after flush

@@ -26,12 +26,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::MutexGuard;
 
-use crate::access::{deadline_after, live, Held};
-use crate::buffer::dirty::Shard;
+use crate::access::{deadline_after, WAIT};
+use crate::buffer::dirty::{cost_of, Shard};
 use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::lookup::live;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::value::Value;
@@ -168,86 +170,27 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
-    /// Reads `key` from the engine, recording what it saw.
+    /// Reads `key` from the engine (the read path, `Shared::lookup`),
+    /// recording what it saw.
     fn read(&self, key: &[u8]) -> Result<Read> {
-        let s = self.shared;
-        let mut missing_blob: Option<Seq> = None;
-        loop {
-            let (entry, generation) = {
-                let shard = s.buffer.lock(s.buffer.shard_of(key));
-                (
-                    shard.get(key).map(|e| (e.slot.clone(), e.deadline, e.seq)),
-                    shard.generation(),
-                )
-            };
-            let now = s.now();
-            let Some((slot, deadline, seq)) = entry else {
-                let found = s
-                    .read_stored(key, true)?
-                    .filter(|f| live(f.deadline, || now));
-                return Ok(match found {
-                    Some(f) => Read {
-                        value: Some(match f.held {
-                            Held::Bytes(b) => b,
-                            // `read_stored` with `load` loads blobs; should a
-                            // pointer come back anyway, load it here.
-                            Held::Blob(b) => match s.read_blob(key, &b)? {
-                                Some(v) => v,
-                                None => continue,
-                            },
-                        }),
-                        version: Version::Live(f.seq),
-                        deadline: f.deadline,
-                        stored: Some(generation),
-                    },
-                    None => Read {
-                        value: None,
-                        version: Version::Absent {
-                            seq: None,
-                            generation,
-                        },
-                        deadline: None,
-                        stored: Some(generation),
-                    },
-                });
-            };
-            let absent = Read {
-                value: None,
-                version: Version::Absent {
-                    seq: Some(seq),
-                    generation,
+        let seen = self.shared.lookup(key, true)?;
+        let (version, deadline) = match &seen.found {
+            Some(f) => (Version::Live(f.seq), f.deadline),
+            None => (
+                Version::Absent {
+                    seq: seen.dirty_seq,
+                    generation: seen.generation,
                 },
-                deadline,
-                stored: None,
-            };
-            if !live(deadline, || now) {
-                return Ok(absent);
-            }
-            let value = match slot {
-                Slot::Tombstone => return Ok(absent),
-                Slot::Value(v) => v,
-                Slot::Blob(b) => match s.read_blob(key, &b)? {
-                    Some(v) => v,
-                    // Replaced and collected since the lookup: look again.
-                    None if missing_blob == Some(seq) => {
-                        return Err(Error::corrupt(
-                            Some(key),
-                            format!("the record points at blob {}, which is missing", b.id),
-                        ))
-                    }
-                    None => {
-                        missing_blob = Some(seq);
-                        continue;
-                    }
-                },
-            };
-            return Ok(Read {
-                value: Some(value),
-                version: Version::Live(seq),
-                deadline,
-                stored: None,
-            });
-        }
+                None,
+            ),
+        };
+        let stored = seen.dirty_seq.is_none().then_some(seen.generation);
+        Ok(Read {
+            value: seen.into_value(),
+            version,
+            deadline,
+            stored,
+        })
     }
 
     /// If anything was written since the last validation, checks that every
@@ -285,16 +228,9 @@ impl<'a> Transaction<'a> {
         let incoming: usize = self
             .writes
             .iter()
-            .map(|(k, w)| {
-                k.len()
-                    + crate::buffer::dirty::ENTRY_OVERHEAD
-                    + match &w.slot {
-                        Slot::Value(v) => v.len(),
-                        _ => 0,
-                    }
-            })
+            .map(|(k, w)| cost_of(k.len(), &w.slot))
             .sum();
-        s.admit(incoming)?;
+        let mut reserved = s.admit(incoming)?;
         let mut indexes: Vec<usize> = self
             .reads
             .keys()
@@ -303,32 +239,55 @@ impl<'a> Transaction<'a> {
             .collect();
         indexes.sort_unstable();
         indexes.dedup();
-        // Lock order: increasing shard index.
-        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, Shard>)> =
-            indexes.iter().map(|&i| (i, s.buffer.lock(i))).collect();
-        s.check_open()?;
         // `guards` is sorted by shard index and holds every shard needed.
-        let guard_of = |i: usize| guards.partition_point(|(j, _)| *j < i);
-        let positions: Vec<usize> = self
-            .reads
-            .keys()
-            .map(|k| guard_of(s.buffer.shard_of(k)))
-            .collect();
-        for ((key, read), pos) in self.reads.iter().zip(positions) {
-            if !still_valid(s, &guards[pos].1, key, read)? {
+        let guard_of = |guards: &[(usize, MutexGuard<'_, Shard>)], key: &[u8]| {
+            let i = s.buffer.shard_of(key);
+            guards.partition_point(|(j, _)| *j < i)
+        };
+        let mut guards = loop {
+            // Lock order: increasing shard index.
+            let guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+                indexes.iter().map(|&i| (i, s.buffer.lock(i))).collect();
+            s.check_open()?;
+            // A key this commit writes that a read-modify-write holds gets
+            // that write first: wait for it without locks or reservation,
+            // then lock again (validation then sees its write).
+            let held = self
+                .writes
+                .keys()
+                .find_map(|k| s.buffer.held(&guards[guard_of(&guards, k)].1, k));
+            match held {
+                None => break guards,
+                Some(held) => {
+                    drop(guards);
+                    drop(reserved);
+                    s.buffer.wait_unheld(held, WAIT);
+                    reserved = s.admit(incoming)?;
+                }
+            }
+        };
+        for (key, read) in &self.reads {
+            if !still_valid(s, &guards[guard_of(&guards, key)].1, key, read)? {
                 return Ok(false);
             }
         }
+        // `incoming` is every write's whole cost: the reservation covers
+        // whatever each insert adds.
         let mut first_dirty = false;
         for (key, w) in self.writes {
-            let i = s.buffer.shard_of(&key);
-            let pos = guards.partition_point(|(j, _)| *j < i);
-            let ins = s
-                .buffer
-                .insert(&mut guards[pos].1, &key, w.slot, w.deadline, true);
+            let pos = guard_of(&guards, &key);
+            let ins = s.buffer.insert(
+                &mut guards[pos].1,
+                &key,
+                w.slot,
+                w.deadline,
+                true,
+                &mut reserved,
+            );
             first_dirty |= ins.first_dirty;
         }
         drop(guards);
+        drop(reserved);
         s.after_write(first_dirty);
         Ok(true)
     }
@@ -350,7 +309,7 @@ fn still_valid(s: &Shared, shard: &Shard, key: &[u8], read: &Read) -> Result<boo
         (None, Version::Live(seq)) => match read.stored {
             Some(generation) if generation == shard.generation() => live(read.deadline, || now),
             _ => s
-                .read_stored(key, false)?
+                .read_record(key)?
                 .is_some_and(|f| f.seq == *seq && live(f.deadline, || now)),
         },
     })

@@ -26,12 +26,29 @@
 //! - `bytes` is the sum of the costs of the entries in all `active` and
 //!   `frozen` maps.
 //!
+//! The bound (`max_dirty_bytes`) is kept by reservation. `charged` is
+//! `bytes` plus every outstanding [`Reservation`]; a reservation is granted
+//! only if `charged` stays at or under the bound (or nothing at all is
+//! charged: one write larger than the bound may enter an empty buffer), and
+//! [`DirtyMap::insert`] turns reserved bytes into the entry's cost, so
+//! `bytes <= charged <= max` at every instant. Nobody waits for room while
+//! holding a shard lock (freeze takes them all) or a reservation (waiters
+//! holding reservations could fill the bound among themselves).
+//!
+//! A read-modify-write whose change needs more room than it could reserve
+//! marks its key **held** in the shard, releases the lock, waits for room,
+//! and inserts under the lock again. While a key is held no other write of
+//! it is made: writers, read-modify-writes and transaction commits that
+//! would write it wait (without any lock or reservation) until it is
+//! released; the purger skips it.
+//!
 //! Lock order: shard locks are taken in increasing index order when more than
 //! one is held; nothing else is locked while a shard lock is held, except the
-//! flusher's wake-up (a non-blocking channel send).
+//! flusher's wake-up (a non-blocking channel send) and the `room` mutex (a
+//! leaf, to wake waiters).
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,12 +101,18 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn cost(&self, key_len: usize) -> usize {
-        let value_len = match &self.slot {
-            Slot::Value(v) => v.len(),
-            Slot::Blob(_) | Slot::Tombstone => 0,
-        };
-        key_len + value_len + ENTRY_OVERHEAD
+        cost_of(key_len, &self.slot)
     }
+}
+
+/// The bytes an entry of `slot` under a key of `key_len` bytes counts
+/// against `max_dirty_bytes`.
+pub(crate) fn cost_of(key_len: usize, slot: &Slot) -> usize {
+    let value_len = match slot {
+        Slot::Value(v) => v.len(),
+        Slot::Blob(_) | Slot::Tombstone => 0,
+    };
+    key_len + value_len + ENTRY_OVERHEAD
 }
 
 /// The frozen part of one shard: what a flush cycle persists.
@@ -115,6 +138,9 @@ pub(crate) struct Shard {
     writes: u64,
     /// Writes that replaced an unpersisted write (persisted only once).
     coalesced: u64,
+    /// Keys held by a read-modify-write waiting for room: no other write of
+    /// them is made until they are released.
+    held: HashSet<Key>,
 }
 
 impl Shard {
@@ -132,7 +158,39 @@ impl Shard {
     pub(crate) fn expiry(&self) -> &ExpiryIndex {
         &self.expiry
     }
+
+    fn is_held(&self, key: &[u8]) -> bool {
+        !self.held.is_empty() && self.held.contains(key)
+    }
 }
+
+/// Bytes of the bound set aside for a write not yet inserted. Returned to
+/// the bound when dropped, except what [`DirtyMap::insert`] turned into an
+/// entry's cost.
+#[must_use]
+pub(crate) struct Reservation<'a> {
+    map: &'a DirtyMap,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.map.uncharge(self.bytes);
+        }
+    }
+}
+
+/// A key found held, with what is needed to wait for its release
+/// ([`DirtyMap::wait_unheld`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeldKey(u64);
 
 /// A flush cycle's view of the dirty map: the frozen shards and the cut.
 #[derive(Debug)]
@@ -157,14 +215,29 @@ pub(crate) struct DirtyMap {
     last_seq: AtomicU64,
     /// Sum of entry costs in all active and frozen maps.
     bytes: AtomicUsize,
+    /// `bytes` plus every outstanding reservation; at most `max` (but see
+    /// [`DirtyMap::try_reserve`]).
+    charged: AtomicUsize,
+    /// The bound: `Config::max_dirty_bytes`.
+    max: usize,
+    /// The highest value `bytes` has had (raised with `fetch_max` on every
+    /// increase).
+    peak: AtomicUsize,
     /// When the active maps went from clean to dirty: milliseconds since
     /// `epoch`, plus one; 0 when every active map is empty. Written under a
     /// shard lock (first write) or all of them (freeze).
     dirty_since: AtomicU64,
     epoch: Instant,
-    /// Writers waiting for room wait here; notified on release.
+    /// Writers waiting for room, or for a held key, wait here; notified on
+    /// release, and when a reservation or a held key is given back while
+    /// someone waits.
     room: Mutex<()>,
     room_freed: Condvar,
+    /// Threads waiting on `room_freed`.
+    waiters: AtomicUsize,
+    /// Held keys released so far (a waiter for a held key waits until it
+    /// moves).
+    unholds: AtomicU64,
 }
 
 /// What [`DirtyMap::insert`] did.
@@ -174,7 +247,8 @@ pub(crate) struct Inserted {
 }
 
 impl DirtyMap {
-    pub(crate) fn new(last_seq: Seq) -> DirtyMap {
+    /// An empty map; `max` is the bound on dirty bytes (`max_dirty_bytes`).
+    pub(crate) fn new(last_seq: Seq, max: usize) -> DirtyMap {
         DirtyMap {
             shards: (0..SHARDS)
                 .map(|_| Padded(Mutex::new(Shard::default())))
@@ -182,10 +256,15 @@ impl DirtyMap {
             hasher: RandomState::new(),
             last_seq: AtomicU64::new(last_seq.0),
             bytes: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
+            max,
+            peak: AtomicUsize::new(0),
             dirty_since: AtomicU64::new(0),
             epoch: Instant::now(),
             room: Mutex::new(()),
             room_freed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
+            unholds: AtomicU64::new(0),
         }
     }
 
@@ -199,7 +278,9 @@ impl DirtyMap {
 
     /// Records a write of `key` in its (locked) shard and keeps the shard's
     /// expiry index exact. `user` is false for the purger's deletes, which
-    /// are not counted as writes.
+    /// are not counted as writes. What the write adds to `bytes`
+    /// ([`DirtyMap::growth`]) is taken from `reserved`, which must hold it;
+    /// what it frees is given back to the bound.
     pub(crate) fn insert(
         &self,
         shard: &mut Shard,
@@ -207,7 +288,12 @@ impl DirtyMap {
         slot: Slot,
         deadline: Option<UnixMillis>,
         user: bool,
+        reserved: &mut Reservation<'_>,
     ) -> Inserted {
+        debug_assert!(
+            self.growth(shard, key, &slot) <= reserved.bytes,
+            "a write would grow the buffer past its reservation"
+        );
         let seq = Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
         let had_deadline = shard.expiry.set(key, deadline);
         let mut entry = Entry {
@@ -235,9 +321,23 @@ impl DirtyMap {
         };
         shard.active_bytes = shard.active_bytes + new_cost - old_cost;
         if new_cost >= old_cost {
-            self.bytes.fetch_add(new_cost - old_cost, Ordering::Relaxed);
+            // The reserved bytes become the entry's: `charged` already
+            // counts them, so `bytes` stays at or under it.
+            let grown = new_cost - old_cost;
+            let taken = grown.min(reserved.bytes);
+            if grown > taken {
+                // Not reserved (a bug, caught by the assertion above in
+                // debug builds): counted anyway, so the accounting stays
+                // exact.
+                self.charged.fetch_add(grown - taken, Ordering::SeqCst);
+            }
+            reserved.bytes -= taken;
+            let now = self.bytes.fetch_add(grown, Ordering::SeqCst) + grown;
+            self.peak.fetch_max(now, Ordering::Relaxed);
         } else {
-            self.bytes.fetch_sub(old_cost - new_cost, Ordering::Relaxed);
+            let freed = old_cost - new_cost;
+            self.bytes.fetch_sub(freed, Ordering::SeqCst);
+            self.uncharge(freed);
         }
         let mut first_dirty = false;
         if self.dirty_since.load(Ordering::Relaxed) == 0 {
@@ -248,6 +348,106 @@ impl DirtyMap {
                 .is_ok();
         }
         Inserted { first_dirty }
+    }
+
+    /// The bytes a write of `slot` to `key` would add to `bytes` now: its
+    /// entry's cost, less the cost of the active entry it would replace (an
+    /// entry only in the frozen map stays counted until release).
+    pub(crate) fn growth(&self, shard: &Shard, key: &[u8], slot: &Slot) -> usize {
+        let old = shard.active.get(key).map_or(0, |e| e.cost(key.len()));
+        cost_of(key.len(), slot).saturating_sub(old)
+    }
+
+    /// A reservation of nothing, to be grown.
+    pub(crate) fn no_reservation(&self) -> Reservation<'_> {
+        Reservation {
+            map: self,
+            bytes: 0,
+        }
+    }
+
+    /// Reserves `n` bytes if they fit under the bound now. Also granted when
+    /// nothing at all is charged (buffer empty, no reservation out), however
+    /// large: a write larger than the bound then enters alone.
+    pub(crate) fn try_reserve(&self, n: usize) -> Option<Reservation<'_>> {
+        // Not `then_some`: a reservation built eagerly would be dropped, and
+        // so given back, when the charge fails.
+        self.try_charge(n).then(|| Reservation {
+            map: self,
+            bytes: n,
+        })
+    }
+
+    /// Grows `reserved` to at least `n` bytes if the difference fits under
+    /// the bound now. Returns whether `reserved` holds `n`.
+    pub(crate) fn reserve_up_to(&self, reserved: &mut Reservation<'_>, n: usize) -> bool {
+        let extra = n.saturating_sub(reserved.bytes);
+        if extra == 0 {
+            return true;
+        }
+        if !self.try_charge(extra) {
+            return false;
+        }
+        reserved.bytes += extra;
+        true
+    }
+
+    fn try_charge(&self, n: usize) -> bool {
+        self.charged
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c == 0 || c.checked_add(n).is_some_and(|t| t <= self.max)).then(|| c + n)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` charged bytes back to the bound and wakes waiters, if any.
+    fn uncharge(&self, n: usize) {
+        self.charged.fetch_sub(n, Ordering::SeqCst);
+        self.wake_if_waiting();
+    }
+
+    fn wake_if_waiting(&self) {
+        // `waiters` is raised under `room` before a waiter checks its
+        // condition; both sides are SeqCst, so either the waiter sees the
+        // change or this sees the waiter and notifies after it waits.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _room = self.room.lock();
+            self.room_freed.notify_all();
+        }
+    }
+
+    /// `Some` if a read-modify-write holds `key` (its shard is locked by the
+    /// caller), to wait for with [`DirtyMap::wait_unheld`] after unlocking.
+    pub(crate) fn held(&self, shard: &Shard, key: &[u8]) -> Option<HeldKey> {
+        shard
+            .is_held(key)
+            .then(|| HeldKey(self.unholds.load(Ordering::SeqCst)))
+    }
+
+    /// Marks `key` held by the caller, a read-modify-write that will insert
+    /// it later (under the shard lock again) and then call
+    /// [`DirtyMap::unhold`].
+    pub(crate) fn hold(&self, shard: &mut Shard, key: &[u8]) {
+        shard.held.insert(Box::from(key));
+    }
+
+    /// Releases a key marked by [`DirtyMap::hold`] and wakes its waiters.
+    pub(crate) fn unhold(&self, shard: &mut Shard, key: &[u8]) {
+        if shard.held.remove(key) {
+            self.unholds.fetch_add(1, Ordering::SeqCst);
+            self.wake_if_waiting();
+        }
+    }
+
+    /// Waits up to `timeout` for a held key to be released (any held key:
+    /// the caller looks again). Call without any shard lock or reservation.
+    pub(crate) fn wait_unheld(&self, held: HeldKey, timeout: Duration) {
+        let mut g = self.room.lock();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        if self.unholds.load(Ordering::SeqCst) == held.0 {
+            let _ = self.room_freed.wait_for(&mut g, timeout);
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Records the stored deadline of a key that is not dirty (rebuilding the
@@ -334,14 +534,20 @@ impl DirtyMap {
                 g.generation += 1;
             }
         }
-        self.bytes.fetch_sub(frozen.bytes, Ordering::Relaxed);
+        self.bytes.fetch_sub(frozen.bytes, Ordering::SeqCst);
+        self.charged.fetch_sub(frozen.bytes, Ordering::SeqCst);
         let _room = self.room.lock();
         self.room_freed.notify_all();
     }
 
     /// Bytes buffered (active and frozen).
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// The highest `bytes` since the map was made.
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// How long the oldest unfrozen write has been waiting, if any.
@@ -355,16 +561,18 @@ impl DirtyMap {
         }
     }
 
-    /// Waits up to `timeout` for `release` to free room for `incoming` bytes
-    /// under `max`. (`release` subtracts before it takes `room`, and this
-    /// checks under `room`, so a release is never missed.)
-    pub(crate) fn wait_for_room(&self, incoming: usize, max: usize, timeout: Duration) {
+    /// Waits up to `timeout` for room for `incoming` bytes under the bound
+    /// (a release, or reserved bytes given back). Call without any shard lock
+    /// or reservation. (Room is freed before `room` is taken to notify, and
+    /// this checks under `room`, so a release is never missed.)
+    pub(crate) fn wait_for_room(&self, incoming: usize, timeout: Duration) {
         let mut g = self.room.lock();
-        let bytes = self.bytes();
-        if bytes == 0 || bytes + incoming <= max {
-            return;
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let charged = self.charged.load(Ordering::SeqCst);
+        if charged != 0 && charged.saturating_add(incoming) > self.max {
+            let _ = self.room_freed.wait_for(&mut g, timeout);
         }
-        let _ = self.room_freed.wait_for(&mut g, timeout);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Wakes every writer waiting for room (on shutdown or failure, so that
@@ -411,15 +619,13 @@ fn add_counts(totals: &mut (usize, u64, u64), g: &Shard) {
 mod tests {
     use super::*;
 
+    const MAX: usize = 1 << 20;
+
     fn set(map: &DirtyMap, key: &[u8], value: &[u8]) -> Seq {
+        let slot = Slot::Value(Bytes::copy_from_slice(value));
+        let mut reserved = map.try_reserve(cost_of(key.len(), &slot)).unwrap();
         let mut g = map.lock(map.shard_of(key));
-        map.insert(
-            &mut g,
-            key,
-            Slot::Value(Bytes::copy_from_slice(value)),
-            None,
-            true,
-        );
+        map.insert(&mut g, key, slot, None, true, &mut reserved);
         map.last_seq()
     }
 
@@ -434,7 +640,7 @@ mod tests {
 
     #[test]
     fn writes_coalesce_and_account_bytes() {
-        let map = DirtyMap::new(Seq(10));
+        let map = DirtyMap::new(Seq(10), MAX);
         assert_eq!(set(&map, b"k", b"1"), Seq(11));
         assert_eq!(set(&map, b"k", b"22"), Seq(12));
         assert_eq!(map.bytes(), 1 + 2 + ENTRY_OVERHEAD);
@@ -445,7 +651,7 @@ mod tests {
 
     #[test]
     fn freeze_takes_one_cut_and_release_frees_it() {
-        let map = DirtyMap::new(Seq(0));
+        let map = DirtyMap::new(Seq(0), MAX);
         set(&map, b"a", b"1");
         set(&map, b"b", b"2");
         let frozen = map.freeze().unwrap();
@@ -468,5 +674,81 @@ mod tests {
         map.release(&next);
         assert_eq!(map.bytes(), 0);
         assert!(map.freeze().is_none());
+    }
+
+    #[test]
+    fn reservations_keep_the_bound_and_inserts_return_what_they_do_not_use() {
+        let max = 1000;
+        let map = DirtyMap::new(Seq(0), max);
+        let big = vec![7u8; 2000];
+        // An empty buffer takes one write larger than the bound, alone.
+        let r = map.try_reserve(2000 + ENTRY_OVERHEAD + 1).unwrap();
+        assert!(map.try_reserve(1).is_none());
+        drop(r);
+        // Reservations count against the bound before anything is inserted.
+        let mut a = map.try_reserve(600).unwrap();
+        assert!(map.try_reserve(401).is_none());
+        let b = map.try_reserve(400).unwrap();
+        assert!(!map.reserve_up_to(&mut a, 601));
+        drop(b);
+        assert!(map.reserve_up_to(&mut a, 700));
+        assert_eq!(a.bytes(), 700);
+        // An insert takes its growth from the reservation; the rest is given
+        // back when the reservation is dropped.
+        let slot = Slot::Value(Bytes::from(vec![1u8; 100]));
+        let cost = cost_of(1, &slot);
+        {
+            let mut g = map.lock(map.shard_of(b"k"));
+            assert_eq!(map.growth(&g, b"k", &slot), cost);
+            map.insert(&mut g, b"k", slot, None, true, &mut a);
+        }
+        assert_eq!(a.bytes(), 700 - cost);
+        assert_eq!(map.bytes(), cost);
+        drop(a);
+        assert_eq!(map.charged.load(Ordering::SeqCst), cost);
+        // A smaller value of the same key frees the difference at once.
+        let small = Slot::Value(Bytes::from_static(b"x"));
+        let mut none = map.no_reservation();
+        {
+            let mut g = map.lock(map.shard_of(b"k"));
+            assert_eq!(map.growth(&g, b"k", &small), 0);
+            map.insert(&mut g, b"k", small, None, true, &mut none);
+        }
+        assert_eq!(map.bytes(), 1 + 1 + ENTRY_OVERHEAD);
+        assert_eq!(map.charged.load(Ordering::SeqCst), map.bytes());
+        assert_eq!(map.peak_bytes(), cost);
+        // Frozen bytes stay charged until release.
+        let frozen = map.freeze().unwrap();
+        let slot = Slot::Value(Bytes::from(big));
+        let g = map.lock(map.shard_of(b"k"));
+        assert_eq!(map.growth(&g, b"k", &slot), cost_of(1, &slot));
+        drop(g);
+        map.release(&frozen);
+        assert_eq!((map.bytes(), map.charged.load(Ordering::SeqCst)), (0, 0));
+    }
+
+    #[test]
+    fn a_held_key_is_reported_until_released() {
+        let map = DirtyMap::new(Seq(0), MAX);
+        let i = map.shard_of(b"k");
+        let mut g = map.lock(i);
+        assert!(map.held(&g, b"k").is_none());
+        map.hold(&mut g, b"k");
+        let held = map.held(&g, b"k").unwrap();
+        assert!(map.held(&g, b"other").is_none());
+        drop(g);
+        let waiter = std::thread::scope(|scope| {
+            let w = scope.spawn(|| {
+                let started = Instant::now();
+                map.wait_unheld(held, Duration::from_secs(60));
+                started.elapsed()
+            });
+            let mut g = map.lock(i);
+            map.unhold(&mut g, b"k");
+            assert!(map.held(&g, b"k").is_none());
+            drop(g);
+            w.join().unwrap()
+        });
+        assert!(waiter < Duration::from_secs(60));
     }
 }
