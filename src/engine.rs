@@ -5,8 +5,8 @@
 //! the same path as [`Engine::shutdown`]. The threads hold only `Arc<Shared>`,
 //! so they never keep the handle alive.
 //!
-//! The verbs check their arguments and call the read path, the write path or
-//! read-modify-write in `access.rs`.
+//! The verbs check their arguments and call the read path (`lookup.rs`), or
+//! the write path and read-modify-write (`access.rs`).
 
 use std::cell::Cell;
 use std::path::Path;
