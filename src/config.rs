@@ -43,6 +43,8 @@ pub struct Config {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) faults: Option<Arc<Faults>>,
+    /// The first retry backoff after a failed flush cycle.
+    pub(crate) retry_backoff: Duration,
     pub(crate) accept_data_loss: bool,
 }
 
@@ -121,6 +123,7 @@ impl Config {
             default_ttl: None,
             clock: Arc::new(SystemClock),
             faults: None,
+            retry_backoff: Duration::from_millis(10),
             accept_data_loss: false,
         }
     }
@@ -213,6 +216,18 @@ impl Config {
     #[doc(hidden)]
     pub fn faults(mut self, faults: Arc<Faults>) -> Config {
         self.faults = Some(faults);
+        self
+    }
+
+    /// Test support: the wait before the first retry of a failed flush
+    /// cycle; it doubles with every failure in a row, up to 1 s. Default:
+    /// 10 ms. The model checker and the fuzz target shorten it so that an
+    /// injected failure does not cost them most of their time. Not for
+    /// production use.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn retry_backoff(mut self, first: Duration) -> Config {
+        self.retry_backoff = first;
         self
     }
 
@@ -311,6 +326,7 @@ impl fmt::Debug for Config {
             .field("inline_threshold", &self.inline_threshold)
             .field("default_ttl", &self.default_ttl)
             .field("clock", &self.clock)
+            .field("retry_backoff", &self.retry_backoff)
             .field("accept_data_loss", &self.accept_data_loss)
             .finish()
     }

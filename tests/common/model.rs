@@ -242,7 +242,10 @@ impl Checker {
             .inline_threshold(1024)
             .write_delay(write_delay.unwrap_or(Duration::from_secs(3600)))
             .clock(clock.clone())
-            .faults(faults.clone());
+            .faults(faults.clone())
+            // An injected commit failure is retried at once, not after the
+            // default 10 ms (most of a run's time otherwise).
+            .retry_backoff(Duration::from_micros(100));
         let mut c = Checker {
             engine: Some(try_open(&config).expect("open")),
             _dir: dir,
