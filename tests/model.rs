@@ -9,7 +9,7 @@
 //!
 //! Cases: `PROPTEST_CASES` (default 64) for the memory backend's properties,
 //! a quarter of that (plus one) for the sled ones and the concurrency
-//! property, whose cases cost milliseconds each instead of microseconds.
+//! property, whose cases cost tens of milliseconds each instead of about one.
 
 mod common;
 

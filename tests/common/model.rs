@@ -7,9 +7,9 @@
 //! (cargo-fuzz), so this file depends only on millpond, std and tempfile.
 //!
 //! The store is a temporary one (the memory backend, [`Backend::Memory`]) by
-//! default: no files, so a run costs microseconds instead of a sled store
-//! in a temporary directory; its reopens and crashes go through the same
-//! engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend.
+//! default: no files, so a run costs about a millisecond instead of tens
+//! (a sled store in a temporary directory, fsynced at every checkpoint);
+//! its reopens and crashes go through the same engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend.
 //!
 //! What is checked:
 //! - after every step, every key reads (`get`, `ttl`) as the model says;
