@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::storage::faulty::Faults;
+use crate::storage::memory::Contents;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -26,9 +27,11 @@ const MIB: usize = 1024 * KIB;
 ///     .max_dirty_bytes(16 << 20);
 /// # let _ = config;
 /// ```
+///
+/// [`Config::temporary`] makes a store that lives in memory instead.
 #[derive(Clone)]
 pub struct Config {
-    pub(crate) dir: PathBuf,
+    location: Location,
     pub(crate) write_delay: Duration,
     pub(crate) max_dirty_bytes: usize,
     pub(crate) flush_threads: usize,
@@ -40,7 +43,19 @@ pub struct Config {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) faults: Option<Arc<Faults>>,
+    /// The first retry backoff after a failed flush cycle.
+    pub(crate) retry_backoff: Duration,
     pub(crate) accept_data_loss: bool,
+}
+
+/// Where a store is, and so which storage backend opens it.
+#[derive(Clone)]
+pub(crate) enum Location {
+    /// A store directory (the sled backend).
+    Dir(PathBuf),
+    /// A store in memory (the memory backend), shared by the clones of the
+    /// config that made it.
+    Memory(Arc<Contents>),
 }
 
 impl Config {
@@ -48,8 +63,56 @@ impl Config {
     /// directory is created by `open` if it does not exist; an existing
     /// directory must be empty or hold a millpond store.
     pub fn new(dir: impl AsRef<Path>) -> Config {
+        Config::at(Location::Dir(dir.as_ref().to_path_buf()))
+    }
+
+    /// A configuration, with every default, for a new **temporary store**:
+    /// one that lives in this process's memory and never touches the disk.
+    /// For tests, caches and scratch state that need millpond's semantics
+    /// but no files.
+    ///
+    /// - Everything behaves as for a store directory: writes are buffered
+    ///   and flushed by cycles, [`Engine::checkpoint`](crate::Engine::checkpoint)
+    ///   and [`Engine::shutdown`](crate::Engine::shutdown) return once
+    ///   every write acknowledged before them is in the store, reads,
+    ///   scans, expiry, transactions and `verify` work the same.
+    /// - Nothing is durable beyond the process: when it exits (or crashes),
+    ///   the store is gone, whatever was checkpointed.
+    /// - The store belongs to this config and its clones: `Engine::open`
+    ///   with a clone, after the engine that had it open was shut down or
+    ///   dropped, reopens it with everything that engine persisted
+    ///   (everything acknowledged, after a clean shutdown). While one engine
+    ///   has it open, another `open` fails with [`Error::Locked`], as for a
+    ///   directory. Each call of `temporary` makes a new, separate store.
+    /// - Its memory (every stored value, held beside the write buffer) is
+    ///   freed when the last clone of the config, and the last handle of
+    ///   every engine opened with one, are dropped.
+    /// - [`Config::dir`] (and [`Engine::dir`](crate::Engine::dir)) return
+    ///   the store's name, `memory:N` (unique in the process), which names
+    ///   no directory; it appears in error messages.
+    ///   [`Config::cache_capacity`] has no effect.
+    ///
+    /// ```
+    /// # fn main() -> millpond::Result<()> {
+    /// use millpond::{Config, Engine};
+    ///
+    /// let config = Config::temporary();
+    /// let engine = Engine::open(config.clone())?;
+    /// engine.set(b"k", b"v")?;
+    /// engine.shutdown()?;
+    ///
+    /// // A clone of the config reopens the same store.
+    /// let engine = Engine::open(config)?;
+    /// assert_eq!(engine.get(b"k")?.unwrap(), b"v");
+    /// # Ok(()) }
+    /// ```
+    pub fn temporary() -> Config {
+        Config::at(Location::Memory(Contents::new()))
+    }
+
+    fn at(location: Location) -> Config {
         Config {
-            dir: dir.as_ref().to_path_buf(),
+            location,
             write_delay: Duration::from_millis(500),
             max_dirty_bytes: default_max_dirty_bytes(),
             flush_threads: 2,
@@ -60,6 +123,7 @@ impl Config {
             default_ttl: None,
             clock: Arc::new(SystemClock),
             faults: None,
+            retry_backoff: Duration::from_millis(10),
             accept_data_loss: false,
         }
     }
@@ -94,7 +158,8 @@ impl Config {
     }
 
     /// Size of the storage layer's page cache, in bytes (handed to sled).
-    /// Default: 1 GiB (sled's own default). At least 1 MiB.
+    /// Default: 1 GiB (sled's own default). At least 1 MiB. No effect on a
+    /// [temporary](Config::temporary) store.
     pub fn cache_capacity(mut self, bytes: u64) -> Config {
         self.cache_capacity = bytes;
         self
@@ -156,6 +221,18 @@ impl Config {
         self
     }
 
+    /// Test support: the wait before the first retry of a failed flush
+    /// cycle; it doubles with every failure in a row, up to 1 s. Default:
+    /// 10 ms. The model checker and the fuzz target shorten it so that an
+    /// injected failure does not cost them most of their time. Not for
+    /// production use.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn retry_backoff(mut self, first: Duration) -> Config {
+        self.retry_backoff = first;
+        self
+    }
+
     /// Opens a store that came back damaged: older than its last durable
     /// point (a checkpoint or shutdown that returned `Ok`), blank where a
     /// store existed, with records that differ from what was made durable,
@@ -171,9 +248,18 @@ impl Config {
         self
     }
 
-    /// The store directory.
+    /// The store directory; for a [temporary](Config::temporary) store,
+    /// its name (`memory:N`), which names no directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        match &self.location {
+            Location::Dir(dir) => dir,
+            Location::Memory(contents) => contents.name(),
+        }
+    }
+
+    /// Where the store is.
+    pub(crate) fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Checks every value; called by `open`.
@@ -185,7 +271,7 @@ impl Config {
                 Err(Error::Config(msg()))
             }
         }
-        check(!self.dir.as_os_str().is_empty(), || {
+        check(!self.dir().as_os_str().is_empty(), || {
             "the store directory is an empty path".into()
         })?;
         check(self.write_delay <= Duration::from_secs(3600), || {
@@ -255,7 +341,7 @@ fn physical_memory() -> Option<usize> {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("dir", &self.dir)
+            .field("dir", &self.dir())
             .field("write_delay", &self.write_delay)
             .field("max_dirty_bytes", &self.max_dirty_bytes)
             .field("flush_threads", &self.flush_threads)
@@ -265,6 +351,7 @@ impl fmt::Debug for Config {
             .field("inline_threshold", &self.inline_threshold)
             .field("default_ttl", &self.default_ttl)
             .field("clock", &self.clock)
+            .field("retry_backoff", &self.retry_backoff)
             .field("accept_data_loss", &self.accept_data_loss)
             .finish()
     }
@@ -286,6 +373,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::new("x").validate().unwrap();
+        Config::temporary().validate().unwrap();
+    }
+
+    #[test]
+    fn temporary_stores_are_named_apart_and_shared_by_clones() {
+        let a = Config::temporary();
+        let b = Config::temporary();
+        assert!(
+            a.dir().to_string_lossy().starts_with("memory:"),
+            "{:?}",
+            a.dir()
+        );
+        assert_ne!(a.dir(), b.dir());
+        let clone = a.clone().write_delay(Duration::ZERO);
+        assert_eq!(clone.dir(), a.dir());
+        match (a.location(), clone.location()) {
+            (Location::Memory(x), Location::Memory(y)) => assert!(Arc::ptr_eq(x, y)),
+            _ => panic!("a temporary config is in memory"),
+        }
     }
 
     #[test]

@@ -94,7 +94,8 @@ enum Lifecycle {
 
 impl Engine {
     /// Opens the store in `config`'s directory, creating it if the directory
-    /// is missing or empty.
+    /// is missing or empty; or the in-memory store of a
+    /// [`Config::temporary`] config (blank at its first open).
     ///
     /// Errors: [`Error::Config`] for an invalid configuration,
     /// [`Error::Locked`] if another engine holds the store,
@@ -103,10 +104,7 @@ impl Engine {
     /// version, [`Error::Corrupt`] or [`Error::Io`] for damaged files.
     pub fn open(config: Config) -> Result<Engine> {
         config.validate()?;
-        // Resolved once, so a later change of working directory cannot move
-        // the store.
-        let dir = std::path::absolute(&config.dir)?;
-        let backend = storage::backend(&config, &dir);
+        let (dir, backend) = storage::backend(&config)?;
         let (keeper, recovered) =
             Keeper::open(backend, config.faults.clone(), config.accept_data_loss)?;
         let buffer = DirtyMap::new(recovered.last_seq, config.max_dirty_bytes);
@@ -486,7 +484,8 @@ impl Engine {
         }
     }
 
-    /// The store directory (absolute).
+    /// The store directory (absolute); for a temporary store, its name
+    /// (`memory:N`, see [`Config::temporary`]), which names no directory.
     pub fn dir(&self) -> &Path {
         &self.shared().dir
     }

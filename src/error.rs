@@ -59,7 +59,7 @@ pub enum Error {
     /// Another engine (in this or another process) holds the store's lock.
     #[error("the store at {} is in use by another engine", path.display())]
     Locked {
-        /// The store directory.
+        /// The store directory (a temporary store's name, `memory:N`).
         path: PathBuf,
     },
 

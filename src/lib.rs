@@ -42,6 +42,8 @@
 //!   [`Engine::verify`] checks every stored record and blob, and
 //!   [`Engine::repair`] fixes what it can without touching live data.
 //! - **Typed values**: [`Engine::get_as`], [`Engine::set_as`] (postcard).
+//! - **Temporary stores**: [`Config::temporary`] keeps a store in memory,
+//!   with no files, for tests and scratch state.
 //!
 //! Size [`Config::max_dirty_bytes`] to about twice the data rewritten within
 //! `write_delay`: a flush cycle holds the copy it is writing while new writes

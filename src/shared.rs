@@ -20,7 +20,8 @@ use crate::storage::keeper::{Health, Keeper, StorageRef};
 /// public handle and by every flusher thread.
 pub(crate) struct Shared {
     pub config: Config,
-    /// The store directory, made absolute at open.
+    /// The store directory, made absolute at open (a temporary store's
+    /// name, `memory:N`).
     pub dir: PathBuf,
     /// The storage, its health, blob ids and durability.
     pub keeper: Keeper,

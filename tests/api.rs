@@ -241,6 +241,46 @@ fn a_second_engine_on_a_store_in_use_is_refused() {
 }
 
 #[test]
+fn a_temporary_store_lives_in_memory_and_its_config_clones_reopen_it() {
+    let config = Config::temporary()
+        .write_delay(Duration::from_secs(3600))
+        .inline_threshold(common::BLOB_OVER);
+    let name = config.dir().to_path_buf();
+    assert!(name.to_string_lossy().starts_with("memory:"), "{name:?}");
+    let e = Engine::open(config.clone()).unwrap();
+    assert_eq!(e.dir(), name);
+    e.set(b"small", b"v").unwrap();
+    e.set(b"large", &[7u8; 3000]).unwrap();
+    e.set_with_ttl(b"ttl", b"t", Duration::from_secs(600))
+        .unwrap();
+    let cp = e.checkpoint().unwrap();
+    assert_eq!(cp.flushed_entries, 3);
+    e.set(b"after", b"checkpoint").unwrap();
+    // In use: a second engine is refused, naming the store.
+    match Engine::open(config.clone()) {
+        Err(Error::Locked { path }) => assert_eq!(path, name),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(e.verify().unwrap().is_clean());
+    e.shutdown().unwrap();
+    // Nothing was created under its name.
+    assert!(!name.exists());
+
+    let again = Engine::open(config.clone()).unwrap();
+    assert_eq!(again.get(b"small").unwrap().unwrap(), b"v");
+    assert_eq!(again.get(b"large").unwrap().unwrap(), &[7u8; 3000][..]);
+    assert_eq!(again.get(b"after").unwrap().unwrap(), b"checkpoint");
+    assert!(again.ttl(b"ttl").unwrap().is_some());
+    assert_eq!(again.stats().ttl_keys, 1);
+    drop(again);
+
+    // Another temporary store is a separate, blank one.
+    let other = Engine::open(Config::temporary()).unwrap();
+    assert_ne!(other.dir(), name);
+    assert_eq!(other.get(b"small").unwrap(), None);
+}
+
+#[test]
 fn a_directory_that_is_not_a_store_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("notes.txt"), b"mine").unwrap();

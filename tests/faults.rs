@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{eventually, u64_value, Store};
 use millpond::testing::{Faults, StorageOp};
-use millpond::{Engine, Error};
+use millpond::{Config, Engine, Error};
 
 fn open(store: &Store, faults: &Arc<Faults>, delay_ms: u64) -> Engine {
     store.open(
@@ -26,6 +26,31 @@ fn blob_count(store: &Store) -> usize {
     let n = db.open_tree("blob").unwrap().len();
     drop(db);
     n
+}
+
+/// The fault plan wraps whichever backend the config picks: a temporary
+/// store's commit fails as planned, is retried, and a failed fsync poisons.
+#[test]
+fn faults_wrap_a_temporary_store_too() {
+    let faults = Faults::new();
+    let config = Config::temporary()
+        .write_delay(Duration::from_secs(3600))
+        .faults(faults.clone());
+    let e = Engine::open(config.clone()).unwrap();
+    e.set(b"k", b"v").unwrap();
+    faults.fail_nth(StorageOp::Commit, 1);
+    assert!(e.checkpoint().is_err());
+    e.checkpoint().unwrap();
+    assert_eq!(faults.injected(), 1);
+    faults.fail_nth(StorageOp::Sync, 1);
+    e.set(b"k", b"w").unwrap();
+    assert!(e.checkpoint().is_err());
+    assert!(matches!(e.set(b"k", b"x"), Err(Error::Poisoned { .. })));
+    drop(e);
+    faults.clear();
+    // The commit before the failed sync is in the store.
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), b"w");
 }
 
 #[test]

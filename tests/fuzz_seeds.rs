@@ -27,12 +27,15 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// On the memory backend, as the fuzz target runs them, and on sled.
 #[test]
 fn ops_seeds_match_the_model() {
     for (name, data) in seeds("ops") {
         let ops = model::Op::decode_all(&data, 48);
-        if let Err(failure) = model::run(&ops, None) {
-            panic!("seed {name}: {failure:?}\nops: {ops:?}");
+        for backend in [model::Backend::Memory, model::Backend::Sled] {
+            if let Err(failure) = model::run_on(backend, &ops, None) {
+                panic!("seed {name} on {backend:?}: {failure:?}\nops: {ops:?}");
+            }
         }
     }
 }

@@ -2,11 +2,14 @@
 //! without deadlines, deletes, modifies, transactions, checkpoints, time
 //! moving, clean reopens, drops without shutdown, crashes, injected commit
 //! failures) run against the engine and a `BTreeMap` model; every key is
-//! compared after every step (see `common/model.rs`). Also a concurrency
-//! property: threads incrementing shared counters with `modify` and
-//! transactions while flushes run; after close and reopen the sums are exact.
+//! compared after every step (see `common/model.rs`), on a temporary store
+//! (the memory backend) and on a sled store. Also a concurrency property:
+//! threads incrementing shared counters with `modify` and transactions while
+//! flushes run; after close and reopen the sums are exact.
 //!
-//! Cases: `PROPTEST_CASES` (default 64 per property).
+//! Cases: `PROPTEST_CASES` (default 64) for the memory backend's properties,
+//! a quarter of that (plus one) for the sled ones and the concurrency
+//! property, whose cases cost tens of milliseconds each instead of about one.
 
 mod common;
 
@@ -15,7 +18,7 @@ mod model;
 
 use std::time::Duration;
 
-use model::{Len, Op, KEYS};
+use model::{Backend, Len, Op, KEYS};
 use proptest::prelude::*;
 
 fn len() -> impl Strategy<Value = Len> {
@@ -50,6 +53,19 @@ fn cases() -> u32 {
         .unwrap_or(64)
 }
 
+/// Runs `ops` on a fresh store of `backend` against the model.
+fn check(backend: Backend, ops: &[Op], delay: Option<u64>) -> Result<(), TestCaseError> {
+    if let Err(f) = model::run_on(backend, ops, delay.map(Duration::from_millis)) {
+        prop_assert!(
+            false,
+            "{:?}\nops: {:?}",
+            f,
+            &ops[..=f.step.min(ops.len() - 1)]
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
@@ -57,9 +73,7 @@ proptest! {
     /// crash, so a crash recovers exactly the last durable point.
     #[test]
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
-        if let Err(f) = model::run(&ops, None) {
-            prop_assert!(false, "{:?}\nops: {:?}", f, &ops[..=f.step.min(ops.len() - 1)]);
-        }
+        check(Backend::Memory, &ops, None)?;
     }
 
     /// Flushes run between and during the steps (1-3 ms write delay), so a
@@ -69,14 +83,28 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         delay in 0u64..3,
     ) {
-        if let Err(f) = model::run(&ops, Some(Duration::from_millis(delay))) {
-            prop_assert!(false, "{:?}\nops: {:?}", f, &ops[..=f.step.min(ops.len() - 1)]);
-        }
+        check(Backend::Memory, &ops, Some(delay))?;
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases() / 4 + 1, ..ProptestConfig::default() })]
+
+    /// `engine_matches_the_model` on a sled store: its commit log, blob
+    /// files, file lock and reopen.
+    #[test]
+    fn engine_on_sled_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        check(Backend::Sled, &ops, None)?;
+    }
+
+    /// `engine_matches_the_model_while_flushing` on a sled store.
+    #[test]
+    fn engine_on_sled_matches_the_model_while_flushing(
+        ops in proptest::collection::vec(op(), 1..60),
+        delay in 0u64..3,
+    ) {
+        check(Backend::Sled, &ops, Some(delay))?;
+    }
 
     /// Threads increment shared counters with `modify` and with 2-key
     /// transactions while flushes run; sums are exact before and after a

@@ -28,15 +28,15 @@ use crate::storage::keeper::REOPEN_AFTER;
 /// Longest sleep when nothing is dirty (a safety net; writers wake the
 /// coordinator when the buffer becomes dirty).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// Retry backoff after a failed cycle: doubles from the first to the last.
-const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// Retry backoff after a failed cycle: doubles from the first
+/// (`Config::retry_backoff`, 10 ms by default) to the last.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Attempts at the final cycle before shutdown gives up and reports.
 const SHUTDOWN_ATTEMPTS: u32 = 3;
 
-fn backoff(failures: u32) -> Duration {
+fn backoff(shared: &Shared, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    (BACKOFF_FIRST * 2u32.pow(exp)).min(BACKOFF_MAX)
+    (shared.config.retry_backoff * 2u32.pow(exp)).min(BACKOFF_MAX)
 }
 
 /// The coordinator's main loop. Returns after shutdown was asked and the
@@ -93,7 +93,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
                     Counters::add(&shared.counters.flush_errors, 1);
                     let failures = shared.health().flush_failed(e);
                     log::warn!("millpond: flush failed (attempt {failures}): {e}");
-                    retry_at = Some(Instant::now() + backoff(failures));
+                    retry_at = Some(Instant::now() + backoff(shared, failures));
                     // Writers blocked on a full buffer must see the failure.
                     shared.buffer.wake_waiters();
                     if failures >= REOPEN_AFTER && !shared.health().is_poisoned() {
@@ -164,7 +164,7 @@ fn final_cycle(shared: &Shared, pool: &Pool, cycles: &mut Cycles) {
                     log::error!("millpond: shutdown could not persist every buffered write: {e}");
                     break Err(e);
                 }
-                std::thread::sleep(backoff(attempt));
+                std::thread::sleep(backoff(shared, attempt));
                 reopen(shared, cycles);
             }
         }

@@ -4,7 +4,8 @@
 //! blobs through this trait, and `storage::sled` is the only file that turns
 //! those calls into sled operations (and sled errors into [`Error`]s). A test
 //! can wrap a `Storage` to fail chosen calls, and a second backend is one new
-//! module implementing it.
+//! module implementing it: `storage::memory`, the memory backend, keeps a
+//! store in maps in memory (`Config::temporary`).
 //!
 //! What an implementation must provide:
 //! - **Two keyspaces**: the metadata tree (one small record per user key, the
@@ -19,6 +20,10 @@
 //!   write while losing an earlier one that was flushed before it.
 //! - **Durability**: after [`Storage::sync`] returns, everything written before
 //!   it survives a power cut.
+//!
+//!   The memory backend keeps these two within the process only: what it
+//!   holds survives a simulated crash (`testing::halt`) and a reopen, and
+//!   nothing survives the end of the process.
 //! - **A durable record outside its own log** ([`Storage::write_durable`]):
 //!   what the last durable point promised, kept where a rollback of the
 //!   store's own files cannot take it along, so that `open` can tell a store
@@ -37,20 +42,39 @@
 )]
 pub(crate) mod faulty;
 pub(crate) mod keeper;
+pub(crate) mod memory;
 pub(crate) mod sled;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::codec::DurableRecord;
+use crate::config::{Config, Location};
 use crate::error::Result;
 
-/// The backend `config` selects for the store in `dir` (absolute).
-pub(crate) fn backend(config: &crate::config::Config, dir: &std::path::Path) -> Box<dyn Backend> {
-    Box::new(sled::SledBackend {
-        dir: dir.to_path_buf(),
-        cache_capacity: config.cache_capacity,
+/// The backend `config` selects, and where its store is (what
+/// `Engine::dir` returns): the sled backend for a store directory, made
+/// absolute here once, so that a later change of working directory cannot
+/// move the store; the memory backend for a temporary store, named
+/// `memory:N`, without touching the file system.
+pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
+    Ok(match config.location() {
+        Location::Dir(dir) => {
+            let dir = std::path::absolute(dir)?;
+            let backend = sled::SledBackend {
+                dir: dir.clone(),
+                cache_capacity: config.cache_capacity,
+            };
+            (dir, Box::new(backend))
+        }
+        Location::Memory(contents) => {
+            let backend = memory::MemoryBackend {
+                contents: Arc::clone(contents),
+            };
+            (contents.name().to_path_buf(), Box::new(backend))
+        }
     })
 }
 
@@ -70,7 +94,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
 pub(crate) type BlobId = u64;
 
 /// A system record in the metadata tree (outside the user keyspace).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum SysKey {
     /// The format record ([`crate::codec::FormatRecord`]).
     Format,

@@ -6,6 +6,11 @@
 //! seed corpus replayed under `cargo test`) and `fuzz/fuzz_targets/ops.rs`
 //! (cargo-fuzz), so this file depends only on millpond, std and tempfile.
 //!
+//! The store is a temporary one (the memory backend, [`Backend::Memory`]) by
+//! default: no files, so a run costs about a millisecond instead of tens
+//! (a sled store in a temporary directory, fsynced at every checkpoint);
+//! its reopens and crashes go through the same engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend.
+//!
 //! What is checked:
 //! - after every step, every key reads (`get`, `ttl`) as the model says;
 //! - `delete`, `expire`, `persist` return what the model says;
@@ -159,13 +164,28 @@ impl fmt::Debug for Failure {
     }
 }
 
-/// Runs `ops` against a fresh store and the model.
+/// The storage backend a run checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary store (`Config::temporary`).
+    Memory,
+    /// A sled store in a temporary directory.
+    Sled,
+}
+
+/// Runs `ops` against a fresh temporary store (the memory backend) and the
+/// model.
 ///
 /// `write_delay`: `None` for a deterministic run (nothing is flushed except
 /// by checkpoint, reopen and crash), or a delay for flushes running between
 /// and during the steps.
 pub fn run(ops: &[Op], write_delay: Option<Duration>) -> Result<(), Failure> {
-    let mut c = Checker::new(write_delay);
+    run_on(Backend::Memory, ops, write_delay)
+}
+
+/// [`run`] on a fresh store of `backend`.
+pub fn run_on(backend: Backend, ops: &[Op], write_delay: Option<Duration>) -> Result<(), Failure> {
+    let mut c = Checker::new(backend, write_delay);
     for (step, op) in ops.iter().enumerate() {
         c.apply(op).map_err(|message| Failure { step, message })?;
         c.compare().map_err(|message| Failure {
@@ -185,11 +205,13 @@ fn key(k: u8) -> Vec<u8> {
 }
 
 struct Checker {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    /// The sled store's directory, removed when dropped.
+    _dir: Option<tempfile::TempDir>,
+    /// What every open uses; for a temporary store, its clones share the
+    /// store.
+    config: Config,
     clock: Arc<MockClock>,
     faults: Arc<Faults>,
-    write_delay: Option<Duration>,
     /// `None` only while it is being reopened.
     engine: Option<Engine>,
     model: State,
@@ -203,19 +225,33 @@ struct Checker {
 }
 
 impl Checker {
-    fn new(write_delay: Option<Duration>) -> Checker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("store");
+    fn new(backend: Backend, write_delay: Option<Duration>) -> Checker {
+        let (dir, base) = match backend {
+            Backend::Memory => (None, Config::temporary()),
+            Backend::Sled => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let config = Config::new(dir.path().join("store"));
+                (Some(dir), config)
+            }
+        };
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let clock = Arc::new(MockClock::new(start));
         let faults = Faults::new();
+        let config = base
+            // Large values (2100 bytes) go to the blob tree.
+            .inline_threshold(1024)
+            .write_delay(write_delay.unwrap_or(Duration::from_secs(3600)))
+            .clock(clock.clone())
+            .faults(faults.clone())
+            // An injected commit failure is retried at once, not after the
+            // default 10 ms (most of a run's time otherwise).
+            .retry_backoff(Duration::from_micros(100));
         let mut c = Checker {
-            engine: Some(open(&path, &clock, &faults, write_delay)),
+            engine: Some(try_open(&config).expect("open")),
             _dir: dir,
-            path,
+            config,
             clock,
             faults,
-            write_delay,
             model: State::new(),
             history: vec![State::new()],
             now: 1_700_000_000_000,
@@ -246,12 +282,7 @@ impl Checker {
     fn reopen(&mut self) -> Result<(), String> {
         drop(self.engine.take());
         self.faults.clear();
-        self.engine = Some(try_open(
-            &self.path,
-            &self.clock,
-            &self.faults,
-            self.write_delay,
-        )?);
+        self.engine = Some(try_open(&self.config)?);
         Ok(())
     }
 
@@ -481,34 +512,6 @@ fn visible(state: &State, now: u64) -> Visible {
         .collect()
 }
 
-fn config(
-    path: &std::path::Path,
-    clock: &Arc<MockClock>,
-    faults: &Arc<Faults>,
-    write_delay: Option<Duration>,
-) -> Config {
-    Config::new(path)
-        // Large values (2100 bytes) go to the blob tree.
-        .inline_threshold(1024)
-        .write_delay(write_delay.unwrap_or(Duration::from_secs(3600)))
-        .clock(clock.clone())
-        .faults(faults.clone())
-}
-
-fn try_open(
-    path: &std::path::Path,
-    clock: &Arc<MockClock>,
-    faults: &Arc<Faults>,
-    write_delay: Option<Duration>,
-) -> Result<Engine, String> {
-    Engine::open(config(path, clock, faults, write_delay)).map_err(|e| format!("open failed: {e}"))
-}
-
-fn open(
-    path: &std::path::Path,
-    clock: &Arc<MockClock>,
-    faults: &Arc<Faults>,
-    write_delay: Option<Duration>,
-) -> Engine {
-    try_open(path, clock, faults, write_delay).expect("open")
+fn try_open(config: &Config) -> Result<Engine, String> {
+    Engine::open(config.clone()).map_err(|e| format!("open failed: {e}"))
 }
