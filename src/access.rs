@@ -173,7 +173,7 @@ impl Shared {
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);
         let (mut shard, seen) = loop {
-            let shard = self.buffer.lock(index);
+            let mut shard = self.buffer.lock(index);
             self.check_open()?;
             if let Some(held) = self.buffer.held(&shard, key) {
                 // Another read-modify-write of this key is waiting for room
@@ -185,7 +185,7 @@ impl Shared {
                 reserved = self.admit(want)?;
                 continue;
             }
-            let seen = match lookup.probe(&shard, self)? {
+            let seen = match lookup.probe(&mut shard, self)? {
                 Step::Seen(seen) => seen,
                 Step::Fetch(fetch) => {
                     drop(shard);

@@ -34,6 +34,8 @@ pub struct Config {
     location: Location,
     pub(crate) write_delay: Duration,
     pub(crate) max_dirty_bytes: usize,
+    /// `None`: a quarter of `max_dirty_bytes`.
+    read_cache_bytes: Option<usize>,
     pub(crate) flush_threads: usize,
     pub(crate) cache_capacity: u64,
     pub(crate) max_key_len: usize,
@@ -115,6 +117,7 @@ impl Config {
             location,
             write_delay: Duration::from_millis(500),
             max_dirty_bytes: default_max_dirty_bytes(),
+            read_cache_bytes: None,
             flush_threads: 2,
             cache_capacity: 1024 * 1024 * 1024,
             max_key_len: 16 * KIB,
@@ -148,6 +151,24 @@ impl Config {
     pub fn max_dirty_bytes(mut self, bytes: usize) -> Config {
         self.max_dirty_bytes = bytes;
         self
+    }
+
+    /// Bound on the read cache: clean values read from storage, kept so that
+    /// a key read again costs a map lookup instead of a storage read, a
+    /// checksum and a decode (counting keys, values and a per-entry
+    /// overhead; values that are not in memory, such as long values read
+    /// only for their deadline, count only their key). A write to a key
+    /// drops its cached value. Default: a quarter of `max_dirty_bytes`. Zero
+    /// turns it off. Separate from the storage layer's own page cache
+    /// (`cache_capacity`).
+    pub fn read_cache_bytes(mut self, bytes: usize) -> Config {
+        self.read_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// The read cache's bound, default applied.
+    pub(crate) fn read_cache_limit(&self) -> usize {
+        self.read_cache_bytes.unwrap_or(self.max_dirty_bytes / 4)
     }
 
     /// Number of flusher threads that write a flush cycle's values in

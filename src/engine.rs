@@ -107,7 +107,11 @@ impl Engine {
         let (dir, backend) = storage::backend(&config)?;
         let (keeper, recovered) =
             Keeper::open(backend, config.faults.clone(), config.accept_data_loss)?;
-        let buffer = DirtyMap::new(recovered.last_seq, config.max_dirty_bytes);
+        let buffer = DirtyMap::new(
+            recovered.last_seq,
+            config.max_dirty_bytes,
+            config.read_cache_limit(),
+        );
         recovery::load_deadlines(&*keeper.storage()?, &buffer)?;
         let shared = Arc::new(Shared {
             dir,

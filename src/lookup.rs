@@ -187,26 +187,35 @@ impl<'k> Lookup<'k> {
 
     /// Looks at the key under its shard's lock (`shard`): the answer, or the
     /// read to make first.
-    pub(crate) fn probe(&mut self, shard: &Shard, s: &Shared) -> Result<Step> {
+    pub(crate) fn probe(&mut self, shard: &mut Shard, s: &Shared) -> Result<Step> {
         let generation = shard.generation();
         let (candidate, dirty_seq) = match shard.get(self.key) {
             Some(e) => (Found::from_entry(e), Some(e.seq)),
-            None => match &self.stored {
-                Some((g, record)) if *g == generation => (record.clone(), None),
+            None => match (&self.stored, shard.cached(self.key)) {
+                (_, Some(clean)) => (clean.clone(), None),
+                (Some((g, record)), None) if *g == generation => {
+                    // Confirmed under the lock: what storage holds now.
+                    shard.cache_clean(self.key, record.clone());
+                    (record.clone(), None)
+                }
                 _ => return Ok(Step::Fetch(Fetch(Io::Record { generation }))),
             },
         };
+        let mut loaded_clean = false;
         let found = match candidate.filter(|f| live(f.deadline, || s.now())) {
             Some(Found {
                 held: Held::Blob(b),
                 deadline,
                 seq,
             }) if self.load => match &self.blob {
-                Some((id, v)) if *id == b.id => Some(Found {
-                    held: Held::Bytes(v.clone()),
-                    deadline,
-                    seq,
-                }),
+                Some((id, v)) if *id == b.id => {
+                    loaded_clean = dirty_seq.is_none();
+                    Some(Found {
+                        held: Held::Bytes(v.clone()),
+                        deadline,
+                        seq,
+                    })
+                }
                 // The same version again after its blob was found missing:
                 // nothing replaced it, so the blob is really gone.
                 _ if self.missing == Some((seq, b.id)) => return Err(missing_blob(self.key, &b)),
@@ -214,6 +223,11 @@ impl<'k> Lookup<'k> {
             },
             other => other,
         };
+        if loaded_clean {
+            // The stored value with its blob loaded: the next read of this
+            // key needs no storage read at all.
+            shard.cache_clean(self.key, found.clone());
+        }
         Ok(Step::Seen(Seen {
             found,
             dirty_seq,
@@ -244,7 +258,7 @@ impl Shared {
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, load);
         loop {
-            let step = lookup.probe(&self.buffer.lock(index), self)?;
+            let step = lookup.probe(&mut self.buffer.lock(index), self)?;
             match step {
                 Step::Seen(seen) => return Ok(seen),
                 Step::Fetch(fetch) => lookup.fetch(self, fetch)?,

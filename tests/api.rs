@@ -463,3 +463,34 @@ fn scan_lists_live_keys_in_order_across_buffer_and_disk() {
     assert_eq!(e.scan_prefix(b"none").count(), 0);
     assert_eq!(e.scan_prefix(b"").count(), expected.len() + 1);
 }
+
+/// The read cache: a flushed value read once is served from memory; a write
+/// to the key (flushed or not) is seen at once, and after a reopen.
+#[test]
+fn cached_reads_follow_every_write() {
+    let store = Store::new();
+    let e = store.open(store.quiet());
+    e.set(b"k", b"v1").unwrap();
+    e.set(b"big", &vec![1u8; 3000]).unwrap();
+    e.checkpoint().unwrap();
+    for _ in 0..3 {
+        assert_eq!(e.get(b"k").unwrap().unwrap(), b"v1");
+        assert_eq!(e.get(b"big").unwrap().unwrap(), vec![1u8; 3000]);
+        assert!(e.get(b"never").unwrap().is_none());
+    }
+    e.set(b"k", b"v2").unwrap();
+    e.set(b"never", b"now").unwrap();
+    e.set(b"big", &vec![2u8; 3000]).unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), b"v2");
+    e.checkpoint().unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), b"v2");
+    assert_eq!(e.get(b"never").unwrap().unwrap(), b"now");
+    assert_eq!(e.get(b"big").unwrap().unwrap(), vec![2u8; 3000]);
+    assert!(e.delete(b"k").unwrap());
+    e.checkpoint().unwrap();
+    assert!(e.get(b"k").unwrap().is_none());
+    e.shutdown().unwrap();
+    let e = store.open(store.quiet());
+    assert!(e.get(b"k").unwrap().is_none());
+    assert_eq!(e.get(b"big").unwrap().unwrap(), vec![2u8; 3000]);
+}

@@ -207,7 +207,8 @@ fn shutdown_reports_a_failure_that_does_not_clear() {
 fn a_failed_read_is_an_error_and_the_next_read_works() {
     let store = Store::new();
     let faults = Faults::new();
-    let e = open(&store, &faults, 3_600_000);
+    // Without the read cache, every read below goes to storage.
+    let e = store.open(store.quiet().read_cache_bytes(0).faults(faults.clone()));
     e.set(b"k", &[7; 5000]).unwrap();
     e.checkpoint().unwrap();
     faults.fail_nth(StorageOp::GetMeta, 1);

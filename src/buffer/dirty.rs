@@ -57,9 +57,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::buffer::cache::ReadCache;
 use crate::buffer::expiry::ExpiryIndex;
 use crate::clock::UnixMillis;
 use crate::codec::BlobRef;
+use crate::lookup::Found;
 
 /// Number of shards. A power of two.
 pub(crate) const SHARDS: usize = 64;
@@ -141,6 +143,8 @@ pub(crate) struct Shard {
     /// Keys held by a read-modify-write waiting for room: no other write of
     /// them is made until they are released.
     held: HashSet<Key>,
+    /// Clean values read from storage (see `cache.rs`).
+    cache: ReadCache,
 }
 
 impl Shard {
@@ -157,6 +161,17 @@ impl Shard {
 
     pub(crate) fn expiry(&self) -> &ExpiryIndex {
         &self.expiry
+    }
+
+    /// What storage holds for `key`, if the read cache has it.
+    pub(crate) fn cached(&self, key: &[u8]) -> Option<&Option<Found>> {
+        self.cache.get(key)
+    }
+
+    /// Caches what storage holds for `key`: only for a read confirmed under
+    /// this shard's lock with no dirty entry and an unchanged generation.
+    pub(crate) fn cache_clean(&mut self, key: &[u8], found: Option<Found>) {
+        self.cache.put(key, found);
     }
 
     fn is_held(&self, key: &[u8]) -> bool {
@@ -247,11 +262,17 @@ pub(crate) struct Inserted {
 }
 
 impl DirtyMap {
-    /// An empty map; `max` is the bound on dirty bytes (`max_dirty_bytes`).
-    pub(crate) fn new(last_seq: Seq, max: usize) -> DirtyMap {
+    /// An empty map; `max` is the bound on dirty bytes (`max_dirty_bytes`),
+    /// `cache` the bound of the read cache (`read_cache_bytes`).
+    pub(crate) fn new(last_seq: Seq, max: usize, cache: usize) -> DirtyMap {
         DirtyMap {
             shards: (0..SHARDS)
-                .map(|_| Padded(Mutex::new(Shard::default())))
+                .map(|_| {
+                    Padded(Mutex::new(Shard {
+                        cache: ReadCache::new(cache / SHARDS),
+                        ..Shard::default()
+                    }))
+                })
                 .collect(),
             hasher: RandomState::new(),
             last_seq: AtomicU64::new(last_seq.0),
@@ -295,6 +316,9 @@ impl DirtyMap {
             "a write would grow the buffer past its reservation"
         );
         let seq = Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        // Storage will change for this key: a cached clean value is stale
+        // from now on (the dirty entry answers until then).
+        shard.cache.invalidate(key);
         let had_deadline = shard.expiry.set(key, deadline);
         let mut entry = Entry {
             slot,
@@ -640,7 +664,7 @@ mod tests {
 
     #[test]
     fn writes_coalesce_and_account_bytes() {
-        let map = DirtyMap::new(Seq(10), MAX);
+        let map = DirtyMap::new(Seq(10), MAX, 0);
         assert_eq!(set(&map, b"k", b"1"), Seq(11));
         assert_eq!(set(&map, b"k", b"22"), Seq(12));
         assert_eq!(map.bytes(), 1 + 2 + ENTRY_OVERHEAD);
@@ -651,7 +675,7 @@ mod tests {
 
     #[test]
     fn freeze_takes_one_cut_and_release_frees_it() {
-        let map = DirtyMap::new(Seq(0), MAX);
+        let map = DirtyMap::new(Seq(0), MAX, 0);
         set(&map, b"a", b"1");
         set(&map, b"b", b"2");
         let frozen = map.freeze().unwrap();
@@ -679,7 +703,7 @@ mod tests {
     #[test]
     fn reservations_keep_the_bound_and_inserts_return_what_they_do_not_use() {
         let max = 1000;
-        let map = DirtyMap::new(Seq(0), max);
+        let map = DirtyMap::new(Seq(0), max, 0);
         let big = vec![7u8; 2000];
         // An empty buffer takes one write larger than the bound, alone.
         let r = map.try_reserve(2000 + ENTRY_OVERHEAD + 1).unwrap();
@@ -729,7 +753,7 @@ mod tests {
 
     #[test]
     fn a_held_key_is_reported_until_released() {
-        let map = DirtyMap::new(Seq(0), MAX);
+        let map = DirtyMap::new(Seq(0), MAX, 0);
         let i = map.shard_of(b"k");
         let mut g = map.lock(i);
         assert!(map.held(&g, b"k").is_none());

@@ -1,7 +1,8 @@
 //! The in-memory side of the engine: the [`DirtyMap`] of acknowledged writes
-//! not yet persisted, and the [`expiry::ExpiryIndex`] of deadlines each of its
-//! shards keeps.
+//! not yet persisted, and the [`expiry::ExpiryIndex`] of deadlines and the
+//! [`cache::ReadCache`] of clean values each of its shards keeps.
 
+pub(crate) mod cache;
 pub(crate) mod dirty;
 pub(crate) mod expiry;
 

@@ -1,0 +1,138 @@
+//! [`ReadCache`]: each shard's cache of **clean** values, what storage holds
+//! for keys that have no dirty entry, so that a hot key read again costs a
+//! map lookup instead of a storage read, a checksum and a decode.
+//!
+//! Invariant (guarded by the shard's mutex, like everything in a shard): a
+//! cached value is exactly what storage holds for its key. It holds because
+//! storage changes a key only by committing a write that went through
+//! [`DirtyMap::insert`](super::DirtyMap::insert) first, and that insert
+//! drops the key's cached value under the same lock; and a value read from
+//! storage is cached only by the probe that confirmed it under the lock (no
+//! dirty entry, the shard's generation unchanged since before the read; see
+//! `lookup.rs`). Deadlines are checked at every read, as for any value.
+//!
+//! Each shard's cache is bounded (`Config::read_cache_bytes` / shards,
+//! counting keys, values and a per-entry overhead); past its bound it drops
+//! about a quarter of its entries, in the map's order. Absence is cached
+//! too (a key storage does not hold).
+
+use std::collections::HashMap;
+
+use super::dirty::{Key, ENTRY_OVERHEAD};
+use crate::lookup::Found;
+
+#[derive(Debug, Default)]
+pub(crate) struct ReadCache {
+    values: HashMap<Key, Option<Found>>,
+    bytes: usize,
+    /// This shard's bound in bytes; 0 turns the cache off.
+    budget: usize,
+}
+
+fn cost(key: &[u8], found: &Option<Found>) -> usize {
+    key.len() + found.as_ref().map_or(0, Found::held_len) + ENTRY_OVERHEAD
+}
+
+impl ReadCache {
+    pub(crate) fn new(budget: usize) -> ReadCache {
+        ReadCache {
+            budget,
+            ..ReadCache::default()
+        }
+    }
+
+    /// What storage holds for `key`, if cached (`Some(None)`: no record).
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Option<Found>> {
+        if self.values.is_empty() {
+            return None;
+        }
+        self.values.get(key)
+    }
+
+    /// Caches what storage holds for `key` (confirmed by the caller under
+    /// the shard lock).
+    pub(crate) fn put(&mut self, key: &[u8], found: Option<Found>) {
+        let c = cost(key, &found);
+        if self.budget == 0 || c > self.budget / 4 {
+            return;
+        }
+        if let Some(old) = self.values.insert(Box::from(key), found) {
+            self.bytes -= cost(key, &old);
+        }
+        self.bytes += c;
+        if self.bytes > self.budget {
+            self.shrink();
+        }
+    }
+
+    /// Forgets `key` (it is being written).
+    pub(crate) fn invalidate(&mut self, key: &[u8]) {
+        if self.values.is_empty() {
+            return;
+        }
+        if let Some(old) = self.values.remove(key) {
+            self.bytes -= cost(key, &old);
+        }
+    }
+
+    /// Drops entries until the cache is at three quarters of its bound.
+    fn shrink(&mut self) {
+        let target = self.budget / 4 * 3;
+        let mut bytes = self.bytes;
+        self.values.retain(|k, v| {
+            if bytes <= target {
+                return true;
+            }
+            bytes -= cost(k, v);
+            false
+        });
+        self.bytes = bytes;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Seq;
+    use crate::lookup::Held;
+
+    fn found(len: usize) -> Option<Found> {
+        Some(Found {
+            held: Held::Bytes(bytes::Bytes::from(vec![7u8; len])),
+            deadline: None,
+            seq: Seq(1),
+        })
+    }
+
+    #[test]
+    fn stays_within_its_bound_and_forgets_written_keys() {
+        let mut c = ReadCache::new(10_000);
+        for i in 0..1000u32 {
+            c.put(&i.to_be_bytes(), found(100));
+            assert!(c.bytes() <= 10_000);
+        }
+        c.put(b"k", found(10));
+        assert!(c.get(b"k").is_some());
+        c.invalidate(b"k");
+        assert!(c.get(b"k").is_none());
+        c.put(b"absent", None);
+        assert!(matches!(c.get(b"absent"), Some(None)));
+        // A value too large for the cache is not cached.
+        c.put(b"big", found(5000));
+        assert!(c.get(b"big").is_none());
+        let total: usize = c.values.iter().map(|(k, v)| cost(k, v)).sum();
+        assert_eq!(total, c.bytes());
+    }
+
+    #[test]
+    fn a_zero_budget_caches_nothing() {
+        let mut c = ReadCache::new(0);
+        c.put(b"k", found(1));
+        assert!(c.get(b"k").is_none());
+    }
+}
