@@ -100,8 +100,17 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
         }
     };
     let stored = storage.get_sys(SysKey::State)?;
+    let mut changed = false;
     let mut state = match &stored {
-        Some(raw) => codec::decode_state(raw)?,
+        Some(raw) => match codec::decode_state(raw) {
+            Ok(state) => state,
+            Err(e) => {
+                refuse(format!("the store's state record is damaged ({e})"))?;
+                // Accepted: rebuild it from what the store holds.
+                changed = true;
+                rebuild_state(storage)?
+            }
+        },
         // Created by a version that wrote no state record before the first
         // cycle: nothing was ever committed.
         None => StateRecord {
@@ -109,7 +118,9 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
             ..StateRecord::default()
         },
     };
-    let mut changed = false;
+    if changed {
+        storage.put_sys(SysKey::State, Some(&codec::encode_state(&state)?))?;
+    }
     let had_digest = state.digest.is_some() && stored.is_some();
     let digest = match state.digest {
         Some(d) => d,
@@ -167,6 +178,46 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
         blobs_exist: !storage.blobs_empty()?,
         durable,
         needs_sync: created || changed || !covered,
+    })
+}
+
+/// A state record rebuilt from the records and blobs (when the stored one is
+/// damaged and the loss is accepted): the highest seq of any record, the
+/// blob id after the highest blob, the digest of the records.
+fn rebuild_state(storage: &dyn Storage) -> Result<StateRecord> {
+    const PAGE: usize = 4096;
+    let mut last_seq = 0;
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let page = storage.scan_meta(&from, PAGE)?;
+        for (key, raw) in &page {
+            if let Ok(rec) = codec::decode_meta(key, raw) {
+                last_seq = last_seq.max(rec.seq);
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                from = last.to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    let mut next_blob = 0;
+    loop {
+        let page = storage.scan_blobs(next_blob, PAGE)?;
+        match page.last() {
+            Some((id, _)) => next_blob = id.saturating_add(1),
+            None => break,
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(StateRecord {
+        last_seq,
+        next_blob,
+        digest: Some(digest_of_records(storage)?),
     })
 }
 

@@ -255,3 +255,31 @@ fn sled_removing_its_own_blob_files_never_fails_a_checkpoint() {
     }
     e.shutdown().unwrap();
 }
+
+#[test]
+fn a_damaged_state_record_is_refused_and_rebuilt_when_the_loss_is_accepted() {
+    let store = Store::new();
+    store_with(&store, 30, 1);
+    {
+        let db = sled::open(&store.path).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        let mut raw = meta.get(b"\x00state").unwrap().unwrap().to_vec();
+        raw[1] ^= 0x55;
+        meta.insert(b"\x00state", raw).unwrap();
+        db.flush().unwrap();
+    }
+    let msg = corrupt_message(Engine::open(store.quiet()).unwrap_err());
+    assert!(msg.contains("state record"), "{msg}");
+    let e = store.open(store.quiet().accept_data_loss(true));
+    assert_eq!(e.get(&7u64.to_be_bytes()).unwrap().unwrap(), vec![1u8; 100]);
+    assert_eq!(e.get(b"big").unwrap().unwrap(), vec![1u8; 3000]);
+    assert!(e.verify().unwrap().is_clean());
+    // New writes get seqs above every stored one, and new blobs fresh ids.
+    e.set(b"big", &vec![2u8; 3000]).unwrap();
+    e.set(&7u64.to_be_bytes(), b"after").unwrap();
+    e.shutdown().unwrap();
+    let e = store.open(store.quiet());
+    assert_eq!(e.get(b"big").unwrap().unwrap(), vec![2u8; 3000]);
+    assert_eq!(e.get(&7u64.to_be_bytes()).unwrap().unwrap(), b"after");
+    assert!(e.verify().unwrap().is_clean());
+}
