@@ -310,7 +310,7 @@ fn format_record(version: u32) -> Vec<u8> {
 }
 
 fn with_meta_tree(store: &Store, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(&store.path).unwrap();
+    let db = common::open_raw_sled(&store.path);
     let meta = db.open_tree("meta").unwrap();
     f(&meta);
     db.flush().unwrap();
@@ -355,7 +355,7 @@ fn a_checksum_mismatch_is_corrupt_and_never_returned_as_data() {
     });
     {
         // Damage the large value in the blob tree.
-        let db = sled::open(&store.path).unwrap();
+        let db = common::open_raw_sled(&store.path);
         let blobs = db.open_tree("blob").unwrap();
         let (id, mut v) = blobs
             .iter()

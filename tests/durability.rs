@@ -261,7 +261,7 @@ fn a_damaged_state_record_is_refused_and_rebuilt_when_the_loss_is_accepted() {
     let store = Store::new();
     store_with(&store, 30, 1);
     {
-        let db = sled::open(&store.path).unwrap();
+        let db = common::open_raw_sled(&store.path);
         let meta = db.open_tree("meta").unwrap();
         let mut raw = meta.get(b"\x00state").unwrap().unwrap().to_vec();
         raw[1] ^= 0x55;

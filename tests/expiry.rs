@@ -24,7 +24,7 @@ fn open(store: &Store, clock: &Arc<MockClock>) -> Engine {
 
 /// What the store holds on disk: (user records, blobs, deadline entries).
 fn on_disk(store: &Store) -> (usize, usize, usize) {
-    let db = sled::open(&store.path).unwrap();
+    let db = common::open_raw_sled(&store.path);
     let meta = db.open_tree("meta").unwrap();
     let blobs = db.open_tree("blob").unwrap();
     let counts = (

@@ -22,7 +22,7 @@ fn open(store: &Store, faults: &Arc<Faults>, delay_ms: u64) -> Engine {
 }
 
 fn blob_count(store: &Store) -> usize {
-    let db = sled::open(&store.path).unwrap();
+    let db = common::open_raw_sled(&store.path);
     let n = db.open_tree("blob").unwrap().len();
     drop(db);
     n

@@ -194,7 +194,7 @@ fn superseded_and_deleted_values_free_their_blobs() {
         assert!(e.delete(&[k]).unwrap());
     }
     e.shutdown().unwrap();
-    let db = sled::open(&store.path).unwrap();
+    let db = common::open_raw_sled(&store.path);
     let blobs = db.open_tree("blob").unwrap();
     assert_eq!(blobs.len(), 25, "one blob per live key");
     let meta = db.open_tree("meta").unwrap();

@@ -24,7 +24,7 @@ fn filled(store: &Store, clock: &Arc<MockClock>) -> Engine {
 
 /// Runs `f` on the store's sled trees (meta, blob) with the engine closed.
 fn with_trees(store: &Store, f: impl FnOnce(&sled::Tree, &sled::Tree)) {
-    let db = sled::open(&store.path).unwrap();
+    let db = common::open_raw_sled(&store.path);
     let meta = db.open_tree("meta").unwrap();
     let blob = db.open_tree("blob").unwrap();
     f(&meta, &blob);

@@ -142,3 +142,23 @@ pub fn dir_size(path: &Path) -> u64 {
     }
     total
 }
+
+/// Opens the sled database of a store directly (to inspect or damage it),
+/// retrying while the lock of a just-closed engine lingers: sled 0.34 may
+/// release its file lock a moment after its `Db` is dropped.
+pub fn open_raw_sled(path: &Path) -> sled::Db {
+    let started = Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(
+                    started.elapsed() < HANG_LIMIT,
+                    "the store's lock was never released: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("opening {} with sled: {e}", path.display()),
+        }
+    }
+}

@@ -548,7 +548,7 @@ fn sled_key(i: u64) -> [u8; 8] {
 /// `db` every 500 ms): inserts keys 0, 1, ...; every 50 keys `flush()` (and
 /// with `fsync`, fsync of every file and directory), then `checkpoint <n>`.
 fn sled_child(dir: &Path, fsync: bool) {
-    let db = sled::open(dir).unwrap();
+    let db = super::open_raw_sled(dir);
     // Both controls make the new store itself durable once, so that what
     // the flush-only control loses is down to `flush()` alone.
     db.flush().unwrap();
@@ -595,7 +595,7 @@ pub fn fsync_tree(dir: &Path) -> std::io::Result<()> {
 
 /// How many of keys `0..n` a raw sled store holds.
 pub fn sled_keys_present(dir: &Path, n: u64) -> u64 {
-    let db = sled::open(dir).unwrap();
+    let db = super::open_raw_sled(dir);
     (0..n)
         .filter(|i| db.get(sled_key(*i)).unwrap().is_some())
         .count() as u64
