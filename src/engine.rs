@@ -20,15 +20,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::access::{deadline_after, Change};
-use crate::buffer::{DirtyMap, Slot};
+use crate::buffer::{DirtyMap, Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::config::Config;
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
+use crate::iter::{key_range, Iter, KeyRange};
+use crate::lookup::Found;
 use crate::purger::Purger;
 use crate::recovery;
-use crate::scan::Scan;
 use crate::shared::Shared;
 use crate::stats::{Checkpoint, Counters, Stats};
 use crate::storage::{self, keeper::Keeper};
@@ -135,8 +137,15 @@ impl Engine {
         })
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.handle.shared
+    }
+
+    /// Refuses a page of an iteration from inside a closure or after
+    /// shutdown.
+    pub(crate) fn check_iterable(&self) -> Result<()> {
+        not_reentrant()?;
+        self.shared().check_open()
     }
 
     /// The value of `key`, or `None` if it has none (never set, deleted, or
@@ -159,7 +168,24 @@ impl Engine {
     /// [`Error::TooLarge`], [`Error::Closed`], and [`Error::FlushFailing`] or
     /// [`Error::Poisoned`] when the engine cannot persist writes.
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put(key, value, Shared::default_deadline)
+        self.put(key, value, Shared::default_deadline).map(drop)
+    }
+
+    /// [`Engine::set`], returning only once the write is as durable as
+    /// `durability` asks: [`Durability::Buffered`] is `set`;
+    /// [`Durability::Flushed`] waits for the flush cycle that covers the
+    /// write (it survives a crash of the process); [`Durability::Synced`]
+    /// waits for the durable cycle that covers it (it survives a power cut).
+    /// Concurrent callers share one cycle (group commit): many writers
+    /// asking for `Synced` at once cost one fsync, not one each. A waiting
+    /// writer starts a cycle at once, without waiting for `write_delay`.
+    ///
+    /// On an error from the wait (a failed flush, [`Error::Poisoned`],
+    /// [`Error::Closed`] by a concurrent shutdown) the write has still been
+    /// made and is visible; only its durability is not confirmed.
+    pub fn set_with(&self, key: &[u8], value: &[u8], durability: Durability) -> Result<()> {
+        let seq = self.put(key, value, Shared::default_deadline)?;
+        self.shared().wait_for(seq, durability)
     }
 
     /// Sets `key` to `value`, to expire `ttl` from now (by the engine's
@@ -168,15 +194,88 @@ impl Engine {
     /// key at once.
     pub fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
         self.put(key, value, |s| Some(deadline_after(s.now(), ttl)))
+            .map(drop)
     }
 
-    /// A blind write of a value, with the deadline `deadline` gives.
+    /// Whether `key` has a live value. Cheaper than [`Engine::get`] for a
+    /// value in the blob tree: the value is not loaded.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_key(key)?;
+        s.check_open()?;
+        Ok(s.lookup(key, false)?.found.is_some())
+    }
+
+    /// Sets `key` to `value`, like [`Engine::set`] (the deadline is cleared,
+    /// or `Config::default_ttl` given), and returns the value it replaced
+    /// (`None` if there was no live value). The read and the write are one
+    /// atomic step: no other write to `key` comes between them.
+    pub fn replace(&self, key: &[u8], value: &[u8]) -> Result<Option<Value>> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_value(value.len())?;
+        let value = Bytes::copy_from_slice(value);
+        s.update(key, true, |found| {
+            let old = found.map(|f| Value(Bytes::copy_from_slice(f.bytes())));
+            let change = Change {
+                slot: Slot::Value(value),
+                deadline: s.default_deadline(),
+            };
+            Ok((Some(change), old))
+        })
+    }
+
+    /// Sets `key` to `new` only if its live value is `expected`; `None` as
+    /// `expected` means "absent", as `new` it deletes the key. Returns
+    /// `true` when the value was as expected (and is now `new`), `false`
+    /// otherwise (nothing written). Atomic with every other write to `key`
+    /// (it decides under the same lock as `modify`). A key that keeps its
+    /// value keeps its deadline; a key it creates gets
+    /// `Config::default_ttl`, like [`Engine::modify`].
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool> {
+        not_reentrant()?;
+        let s = self.shared();
+        if let Some(v) = new {
+            s.check_value(v.len())?;
+        }
+        let new = new.map(Bytes::copy_from_slice);
+        s.update(key, true, |found| {
+            if found.as_ref().map(Found::bytes) != expected {
+                return Ok((None, false));
+            }
+            let change = match (new, found) {
+                (None, None) => None,
+                (None, Some(_)) => Some(Change {
+                    slot: Slot::Tombstone,
+                    deadline: None,
+                }),
+                (Some(v), Some(f)) if f.bytes() == &v[..] => None,
+                (Some(v), found) => Some(Change {
+                    slot: Slot::Value(v),
+                    deadline: match found {
+                        Some(f) => f.deadline,
+                        None => s.default_deadline(),
+                    },
+                }),
+            };
+            Ok((change, true))
+        })
+    }
+
+    /// A blind write of a value, with the deadline `deadline` gives; returns
+    /// its seq.
     fn put(
         &self,
         key: &[u8],
         value: &[u8],
         deadline: impl FnOnce(&Shared) -> Option<UnixMillis>,
-    ) -> Result<()> {
+    ) -> Result<Seq> {
         not_reentrant()?;
         let s = self.shared();
         s.check_key(key)?;
@@ -332,25 +431,52 @@ impl Engine {
         txn::run(self.shared(), f)
     }
 
-    /// The live keys starting with `prefix` (all keys for an empty prefix)
-    /// and their values, in key order. See [`Scan`] for what it sees of
-    /// concurrent writes. Each page merges the buffered writes with the
-    /// stored records, so it costs a pass over the buffer: meant for tools
-    /// and occasional listing, not a hot path.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Scan {
-        Scan::new(self.clone(), prefix)
+    /// The live keys in `range` and their values, in key order; read from
+    /// both ends with `next` and `next_back`. `engine.range(b"a".as_slice()..b"b")`,
+    /// `engine.range::<&[u8], _>(..)`. Each page of up to 256 keys is one
+    /// point in the write history; see [`Iter`] for what a concurrent write
+    /// does to a running iteration. [`Iter::keys`] skips the values.
+    pub fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(&self, range: R) -> Iter {
+        Iter::new(self.clone(), key_range(&range), 0)
     }
 
-    pub(crate) fn scan_page(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_open()?;
-        s.scan(prefix, after, limit)
+    /// Every live key and its value, in key order (see [`Engine::range`]).
+    pub fn iter(&self) -> Iter {
+        Iter::new(self.clone(), KeyRange::prefix(b""), 0)
+    }
+
+    /// The live keys starting with `prefix` (every key for an empty prefix)
+    /// and their values, in key order (see [`Engine::range`]).
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Iter {
+        Iter::new(self.clone(), KeyRange::prefix(prefix), 0)
+    }
+
+    /// The live key with the smallest key, and its value.
+    pub fn first(&self) -> Result<Option<(Value, Value)>> {
+        self.iter().next().transpose()
+    }
+
+    /// The live key with the greatest key, and its value.
+    pub fn last(&self) -> Result<Option<(Value, Value)>> {
+        self.iter().next_back().transpose()
+    }
+
+    /// The number of live keys. Counted by iterating the keys (values are
+    /// not loaded): it costs a pass over the store, and it is exact only
+    /// when no write runs meanwhile (each page is one point in history, the
+    /// whole count is not).
+    pub fn len(&self) -> Result<usize> {
+        let mut n = 0;
+        for k in self.iter().keys() {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Whether there is no live key (reads at most one page).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.iter().keys().next().transpose()?.is_none())
     }
 
     /// Checks everything stored: every metadata record and its checksum,

@@ -413,7 +413,7 @@ fn scan_lists_live_keys_in_order_across_buffer_and_disk() {
     e.set_with_ttl(b"user/gone", b"x", Duration::ZERO).unwrap();
     let scanned: Vec<(Vec<u8>, Vec<u8>)> = e
         .scan_prefix(b"user")
-        .map(|r| r.map(|(k, v)| (k, v.to_vec())))
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
         .collect::<millpond::Result<_>>()
         .unwrap();
     let expected: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();

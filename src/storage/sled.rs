@@ -626,6 +626,26 @@ impl SledStorage {
         Ok(out)
     }
 
+    fn scan_meta_rev_inner(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let lo = user_key(from);
+        // Past every user key: the first key after the user keyspace.
+        let hi = to.map_or_else(|| vec![USER + 1], user_key);
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.meta.range(lo..hi).rev().take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            out.push((bytes(k).slice(1..), bytes(v)));
+        }
+        Ok(out)
+    }
+
     fn scan_deadlines_inner(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         for item in self.meta.range(ttl_key(from)..).take(limit) {
@@ -696,6 +716,17 @@ impl Storage for SledStorage {
 
     fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         guard("reading records", || self.scan_meta_inner(from, limit))
+    }
+
+    fn scan_meta_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        guard("reading records", || {
+            self.scan_meta_rev_inner(from, to, limit)
+        })
     }
 
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {

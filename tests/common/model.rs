@@ -449,7 +449,7 @@ impl Checker {
         let scanned: Vec<(Vec<u8>, Vec<u8>)> = self
             .engine()
             .scan_prefix(b"key-")
-            .map(|r| r.map(|(k, v)| (k, v.to_vec())))
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("scan failed: {e}"))?;
         let expected: Vec<(Vec<u8>, Vec<u8>)> =
