@@ -37,6 +37,7 @@ use crate::storage::{self, keeper::Keeper};
 use crate::txn::{self, Transaction};
 use crate::value::Value;
 use crate::verify::VerifyReport;
+use crate::watch::{Subscriber, Watchers};
 
 thread_local! {
     /// Depth of engine closures (`modify`) running on this thread. Engine
@@ -119,6 +120,7 @@ impl Engine {
             buffer,
             counters: Counters::default(),
             flush: FlushControl::new(),
+            watchers: Watchers::default(),
             txn_lane: Mutex::new(()),
             cycle_lock: Mutex::new(()),
             closed: Default::default(),
@@ -479,6 +481,31 @@ impl Engine {
         Ok(self.iter().keys().next().transpose()?.is_none())
     }
 
+    /// Subscribes to changes of the keys starting with `prefix` (every key
+    /// for an empty prefix). Each change is told only once it is flushed
+    /// (`Durability::Flushed`, and `Buffered`, which is served the same: a
+    /// watcher never sees a change that is only in memory) or synced
+    /// (`Durability::Synced`): never one that a crash (a power cut, for
+    /// `Synced`) could take back.
+    ///
+    /// Events come per flush cycle, in seq order: for each key the newest
+    /// write the cycle persisted (a write replaced before it was flushed is
+    /// never an event), as a value or a removal (delete, expiry, purge). A
+    /// `Synced` subscriber gets a cycle's events at the next sync (a
+    /// checkpoint, a `Synced` write, shutdown). A subscriber that does not
+    /// keep up never slows writers: past 16 384 queued events it gets
+    /// [`Event::Lagged`](crate::Event::Lagged) in place of what was dropped.
+    /// The subscriber ends after shutdown; dropping it unsubscribes.
+    pub fn watch_prefix(&self, prefix: &[u8], durability: Durability) -> Result<Subscriber> {
+        not_reentrant()?;
+        let s = self.shared();
+        s.check_key(prefix)?;
+        s.check_open()?;
+        s.watchers
+            .subscribe(prefix, 0, durability)
+            .ok_or(Error::Closed)
+    }
+
     /// Checks everything stored: every metadata record and its checksum,
     /// every blob against its record, blobs that no record points at
     /// (orphans), the deadline index against the records, the gc and format
@@ -662,6 +689,8 @@ impl Handle {
             }
             Lifecycle::Stopped(_) => Ok(()),
         };
+        // Subscribers end; a `Synced` one gets what the final sync covered.
+        s.watchers.close(flushed.is_ok());
         // Closing storage releases the store's lock.
         let closed = s.keeper.close();
         let outcome = flushed.and(joined).and(closed);
@@ -698,6 +727,7 @@ pub fn halt(engine: &Engine) {
             log::error!("millpond: halting: {e}");
         }
     }
+    s.watchers.close(false);
     if let Err(e) = s.keeper.close() {
         log::error!("millpond: halting: {e}");
     }

@@ -82,6 +82,7 @@ mod storage;
 mod txn;
 mod value;
 mod verify;
+mod watch;
 
 pub use clock::{Clock, MockClock, SystemClock};
 pub use config::Config;
@@ -93,6 +94,7 @@ pub use stats::{Checkpoint, Stats};
 pub use txn::Transaction;
 pub use value::Value;
 pub use verify::{Problem, VerifyReport};
+pub use watch::{Event, Subscriber};
 
 /// Test support, for millpond's own tests and fuzz targets: a fault plan for
 /// the storage layer, a simulated crash, and raw record decoding. Only with
