@@ -174,7 +174,6 @@ impl Shared {
         need_bytes: bool,
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
-        self.check_key(key)?;
         let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);

@@ -12,32 +12,23 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::access::{deadline_after, Change};
-use crate::buffer::{DirtyMap, Seq, Slot};
-use crate::clock::UnixMillis;
+use crate::buffer::DirtyMap;
 use crate::config::Config;
-use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
-use crate::iter::{key_range, Iter, KeyRange};
-use crate::lookup::Found;
 use crate::purger::Purger;
 use crate::recovery;
 use crate::shared::Shared;
 use crate::stats::{Checkpoint, Counters, Stats};
 use crate::storage::{self, keeper::Keeper};
-use crate::txn::{self, Transaction};
-use crate::value::Value;
+use crate::txn::{self, Transaction, TransactionError};
 use crate::verify::VerifyReport;
-use crate::watch::{Subscriber, Watchers};
+use crate::watch::Watchers;
 
 thread_local! {
     /// Depth of engine closures (`modify`) running on this thread. Engine
@@ -46,10 +37,10 @@ thread_local! {
     static IN_CLOSURE: Cell<u32> = const { Cell::new(0) };
 }
 
-struct ClosureGuard;
+pub(crate) struct ClosureGuard;
 
 impl ClosureGuard {
-    fn enter() -> ClosureGuard {
+    pub(crate) fn enter() -> ClosureGuard {
         IN_CLOSURE.with(|c| c.set(c.get() + 1));
         ClosureGuard
     }
@@ -65,7 +56,7 @@ fn in_closure() -> bool {
     IN_CLOSURE.with(|c| c.get() > 0)
 }
 
-fn not_reentrant() -> Result<()> {
+pub(crate) fn not_reentrant() -> Result<()> {
     if in_closure() {
         Err(Error::Reentrant)
     } else {
@@ -121,6 +112,7 @@ impl Engine {
             counters: Counters::default(),
             flush: FlushControl::new(),
             watchers: Watchers::default(),
+            trees_marked: Default::default(),
             txn_lane: Mutex::new(()),
             cycle_lock: Mutex::new(()),
             closed: Default::default(),
@@ -150,264 +142,6 @@ impl Engine {
         self.shared().check_open()
     }
 
-    /// The value of `key`, or `None` if it has none (never set, deleted, or
-    /// expired). Sees every write acknowledged before the call, from any
-    /// thread, whether flushed or not.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_open()?;
-        Ok(s.read(key)?.map(|(v, _)| Value(v)))
-    }
-
-    /// Sets `key` to `value`. Any deadline the key had is cleared (it gets
-    /// `Config::default_ttl` if one is set). Returns once the write is
-    /// visible to every reader; it reaches disk within `write_delay` plus one
-    /// flush cycle, or at the next [`Engine::checkpoint`].
-    ///
-    /// Waits while the buffer is full (`max_dirty_bytes`). Errors:
-    /// [`Error::TooLarge`], [`Error::Closed`], and [`Error::FlushFailing`] or
-    /// [`Error::Poisoned`] when the engine cannot persist writes.
-    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put(key, value, Shared::default_deadline).map(drop)
-    }
-
-    /// [`Engine::set`], returning only once the write is as durable as
-    /// `durability` asks: [`Durability::Buffered`] is `set`;
-    /// [`Durability::Flushed`] waits for the flush cycle that covers the
-    /// write (it survives a crash of the process); [`Durability::Synced`]
-    /// waits for the durable cycle that covers it (it survives a power cut).
-    /// Concurrent callers share one cycle (group commit): many writers
-    /// asking for `Synced` at once cost one fsync, not one each. A waiting
-    /// writer starts a cycle at once, without waiting for `write_delay`.
-    ///
-    /// On an error from the wait (a failed flush, [`Error::Poisoned`],
-    /// [`Error::Closed`] by a concurrent shutdown) the write has still been
-    /// made and is visible; only its durability is not confirmed.
-    pub fn set_with(&self, key: &[u8], value: &[u8], durability: Durability) -> Result<()> {
-        let seq = self.put(key, value, Shared::default_deadline)?;
-        self.shared().wait_for(seq, durability)
-    }
-
-    /// Sets `key` to `value`, to expire `ttl` from now (by the engine's
-    /// clock). Once the deadline passes the key is absent to every read, and
-    /// the purger deletes it from memory and disk. A zero `ttl` expires the
-    /// key at once.
-    pub fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        self.put(key, value, |s| Some(deadline_after(s.now(), ttl)))
-            .map(drop)
-    }
-
-    /// Whether `key` has a live value. Cheaper than [`Engine::get`] for a
-    /// value in the blob tree: the value is not loaded.
-    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_open()?;
-        Ok(s.lookup(key, false)?.found.is_some())
-    }
-
-    /// Sets `key` to `value`, like [`Engine::set`] (the deadline is cleared,
-    /// or `Config::default_ttl` given), and returns the value it replaced
-    /// (`None` if there was no live value). The read and the write are one
-    /// atomic step: no other write to `key` comes between them.
-    pub fn replace(&self, key: &[u8], value: &[u8]) -> Result<Option<Value>> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_value(value.len())?;
-        let value = Bytes::copy_from_slice(value);
-        s.update(key, true, |found| {
-            let old = found.map(|f| Value(Bytes::copy_from_slice(f.bytes())));
-            let change = Change {
-                slot: Slot::Value(value),
-                deadline: s.default_deadline(),
-            };
-            Ok((Some(change), old))
-        })
-    }
-
-    /// Sets `key` to `new` only if its live value is `expected`; `None` as
-    /// `expected` means "absent", as `new` it deletes the key. Returns
-    /// `true` when the value was as expected (and is now `new`), `false`
-    /// otherwise (nothing written). Atomic with every other write to `key`
-    /// (it decides under the same lock as `modify`). A key that keeps its
-    /// value keeps its deadline; a key it creates gets
-    /// `Config::default_ttl`, like [`Engine::modify`].
-    pub fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<bool> {
-        not_reentrant()?;
-        let s = self.shared();
-        if let Some(v) = new {
-            s.check_value(v.len())?;
-        }
-        let new = new.map(Bytes::copy_from_slice);
-        s.update(key, true, |found| {
-            if found.as_ref().map(Found::bytes) != expected {
-                return Ok((None, false));
-            }
-            let change = match (new, found) {
-                (None, None) => None,
-                (None, Some(_)) => Some(Change {
-                    slot: Slot::Tombstone,
-                    deadline: None,
-                }),
-                (Some(v), Some(f)) if f.bytes() == &v[..] => None,
-                (Some(v), found) => Some(Change {
-                    slot: Slot::Value(v),
-                    deadline: match found {
-                        Some(f) => f.deadline,
-                        None => s.default_deadline(),
-                    },
-                }),
-            };
-            Ok((change, true))
-        })
-    }
-
-    /// A blind write of a value, with the deadline `deadline` gives; returns
-    /// its seq.
-    fn put(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        deadline: impl FnOnce(&Shared) -> Option<UnixMillis>,
-    ) -> Result<Seq> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_value(value.len())?;
-        s.write(key, Slot::Value(Bytes::copy_from_slice(value)), deadline(s))
-    }
-
-    /// Gives an existing key a new deadline, `ttl` from now, without
-    /// rewriting its value (only its metadata record is written). Returns
-    /// `false` if the key has no live value.
-    pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.update(key, false, |found| {
-            Ok(match found {
-                Some(f) => (
-                    Some(Change {
-                        slot: f.slot(),
-                        deadline: Some(deadline_after(s.now(), ttl)),
-                    }),
-                    true,
-                ),
-                None => (None, false),
-            })
-        })
-    }
-
-    /// Removes a key's deadline (it will not expire). Returns `true` if the
-    /// key had a live value with a deadline.
-    pub fn persist(&self, key: &[u8]) -> Result<bool> {
-        not_reentrant()?;
-        self.shared().update(key, false, |found| {
-            Ok(match found {
-                Some(f) if f.deadline.is_some() => (
-                    Some(Change {
-                        slot: f.slot(),
-                        deadline: None,
-                    }),
-                    true,
-                ),
-                _ => (None, false),
-            })
-        })
-    }
-
-    /// The time `key` has left before it expires (whole milliseconds).
-    /// `None` both when the key has no deadline and when it has no live
-    /// value; use [`Engine::get`] to tell the two apart.
-    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_open()?;
-        let now = s.now();
-        Ok(s.deadline_of(key)?
-            .map(|d| Duration::from_millis(d.0.saturating_sub(now.0))))
-    }
-
-    /// Removes `key`. Returns `true` if it had a live value.
-    pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        not_reentrant()?;
-        self.shared().update(key, false, |found| {
-            Ok(match found {
-                Some(_) => (
-                    Some(Change {
-                        slot: Slot::Tombstone,
-                        deadline: None,
-                    }),
-                    true,
-                ),
-                None => (None, false),
-            })
-        })
-    }
-
-    /// Atomically reads, changes and writes the value of `key`.
-    ///
-    /// `f` gets the current value (`None` if there is none) and may change
-    /// it; setting it to `None` deletes the key. No other write to `key`
-    /// happens between the read and the write, so concurrent `modify` calls
-    /// never lose an update. If `f` leaves the value as it was, nothing is
-    /// written. A key's deadline is kept; a key that `f` creates gets
-    /// `Config::default_ttl`, if set. An expired key is `None` to `f`.
-    ///
-    /// `f` runs while the engine holds a lock covering `key` and other keys:
-    /// keep it short, and do not call the engine from it (such calls return
-    /// [`Error::Reentrant`]). If `f` panics, nothing is written. If the new
-    /// value needs room the buffer does not have, the call waits for it
-    /// after `f` ran (without the lock; other writes of `key` wait for this
-    /// one); if it then fails (for example [`Error::Closed`]), nothing is
-    /// written.
-    pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
-        not_reentrant()?;
-        let s = self.shared();
-        let max_value = s.config.value_limit();
-        s.update(key, true, |found| {
-            let mut value = found.as_ref().map(|c| c.bytes().to_vec());
-            let r = {
-                let _guard = ClosureGuard::enter();
-                f(&mut value)
-            };
-            let change = match (value, found) {
-                (None, None) => None,
-                (None, Some(_)) => Some(Change {
-                    slot: Slot::Tombstone,
-                    deadline: None,
-                }),
-                (Some(v), Some(c)) if c.bytes() == &v[..] => None,
-                (Some(v), found) => {
-                    if v.len() > max_value {
-                        return Err(Error::TooLarge {
-                            what: "value",
-                            len: v.len(),
-                            max: max_value,
-                        });
-                    }
-                    let deadline = match found {
-                        Some(c) => c.deadline,
-                        None => s.default_deadline(),
-                    };
-                    Some(Change {
-                        slot: Slot::Value(Bytes::from(v)),
-                        deadline,
-                    })
-                }
-            };
-            Ok((change, r))
-        })
-    }
-
     /// Runs `f` as a serializable transaction over any number of keys, and
     /// returns what it returns.
     ///
@@ -433,77 +167,37 @@ impl Engine {
         txn::run(self.shared(), f)
     }
 
-    /// The live keys in `range` and their values, in key order; read from
-    /// both ends with `next` and `next_back`. `engine.range(b"a".as_slice()..b"b")`,
-    /// `engine.range::<&[u8], _>(..)`. Each page of up to 256 keys is one
-    /// point in the write history; see [`Iter`] for what a concurrent write
-    /// does to a running iteration. [`Iter::keys`] skips the values.
-    pub fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(&self, range: R) -> Iter {
-        Iter::new(self.clone(), key_range(&range), 0)
-    }
-
-    /// Every live key and its value, in key order (see [`Engine::range`]).
-    pub fn iter(&self) -> Iter {
-        Iter::new(self.clone(), KeyRange::prefix(b""), 0)
-    }
-
-    /// The live keys starting with `prefix` (every key for an empty prefix)
-    /// and their values, in key order (see [`Engine::range`]).
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Iter {
-        Iter::new(self.clone(), KeyRange::prefix(prefix), 0)
-    }
-
-    /// The live key with the smallest key, and its value.
-    pub fn first(&self) -> Result<Option<(Value, Value)>> {
-        self.iter().next().transpose()
-    }
-
-    /// The live key with the greatest key, and its value.
-    pub fn last(&self) -> Result<Option<(Value, Value)>> {
-        self.iter().next_back().transpose()
-    }
-
-    /// The number of live keys. Counted by iterating the keys (values are
-    /// not loaded): it costs a pass over the store, and it is exact only
-    /// when no write runs meanwhile (each page is one point in history, the
-    /// whole count is not).
-    pub fn len(&self) -> Result<usize> {
-        let mut n = 0;
-        for k in self.iter().keys() {
-            k?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Whether there is no live key (reads at most one page).
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.iter().keys().next().transpose()?.is_none())
-    }
-
-    /// Subscribes to changes of the keys starting with `prefix` (every key
-    /// for an empty prefix). Each change is told only once it is flushed
-    /// (`Durability::Flushed`, and `Buffered`, which is served the same: a
-    /// watcher never sees a change that is only in memory) or synced
-    /// (`Durability::Synced`): never one that a crash (a power cut, for
-    /// `Synced`) could take back.
+    /// [`Engine::transaction`], with a closure that can abort with its own
+    /// error type: returning `Err(TransactionError::Abort(e))` writes
+    /// nothing and returns the same; engine errors (`?` on the
+    /// transaction's verbs) come back as [`TransactionError::Engine`], and a
+    /// conflict still runs the closure again.
     ///
-    /// Events come per flush cycle, in seq order: for each key the newest
-    /// write the cycle persisted (a write replaced before it was flushed is
-    /// never an event), as a value or a removal (delete, expiry, purge). A
-    /// `Synced` subscriber gets a cycle's events at the next sync (a
-    /// checkpoint, a `Synced` write, shutdown). A subscriber that does not
-    /// keep up never slows writers: past 16 384 queued events it gets
-    /// [`Event::Lagged`](crate::Event::Lagged) in place of what was dropped.
-    /// The subscriber ends after shutdown; dropping it unsubscribes.
-    pub fn watch_prefix(&self, prefix: &[u8], durability: Durability) -> Result<Subscriber> {
+    /// ```
+    /// # fn main() -> millpond::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use millpond::{Engine, Config, TransactionError};
+    /// let engine = Engine::open(Config::new(dir.path().join("s")))?;
+    /// #[derive(Debug, PartialEq)]
+    /// struct Insufficient(u64);
+    /// engine.set_as(b"alice", &10u64)?;
+    /// let r = engine.try_transaction(|tx| {
+    ///     let balance: u64 = tx.get_as(b"alice")?.unwrap_or(0);
+    ///     if balance < 30 {
+    ///         return Err(TransactionError::Abort(Insufficient(balance)));
+    ///     }
+    ///     tx.set_as(b"alice", &(balance - 30))?;
+    ///     Ok(())
+    /// });
+    /// assert!(matches!(r, Err(TransactionError::Abort(Insufficient(10)))));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_transaction<R, E>(
+        &self,
+        f: impl FnMut(&mut Transaction<'_>) -> std::result::Result<R, TransactionError<E>>,
+    ) -> std::result::Result<R, TransactionError<E>> {
         not_reentrant()?;
-        let s = self.shared();
-        s.check_key(prefix)?;
-        s.check_open()?;
-        s.watchers
-            .subscribe(prefix, 0, durability)
-            .ok_or(Error::Closed)
+        txn::run(self.shared(), f)
     }
 
     /// Checks everything stored: every metadata record and its checksum,
@@ -529,26 +223,6 @@ impl Engine {
         report.repaired += self.purge_expired()?;
         self.checkpoint()?;
         Ok(report)
-    }
-
-    /// [`Engine::get`], decoding the value with postcard. A value that does
-    /// not decode as `T` is an [`Error::Decode`].
-    pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| Error::Decode {
-                    key: key.to_vec(),
-                    detail: e.to_string(),
-                }),
-        }
-    }
-
-    /// [`Engine::set`], encoding the value with postcard.
-    pub fn set_as<T: Serialize + ?Sized>(&self, key: &[u8], value: &T) -> Result<()> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| Error::Encode(e.to_string()))?;
-        self.set(key, &bytes)
     }
 
     /// Runs the expiry purger now, over every key: each key whose deadline

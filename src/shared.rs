@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub flush: FlushControl,
     /// The subscribers of `watch_prefix`, told about changes by flush cycles.
     pub watchers: Watchers,
+    /// The store's format record says it may hold trees (version 2).
+    pub trees_marked: AtomicBool,
     /// Held by the coordinator while a flush cycle runs (and while it
     /// replaces a failed storage), and by `verify` while it reads the
     /// stores: verification never sees half a cycle. Taken before any shard

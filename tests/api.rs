@@ -293,7 +293,7 @@ fn a_store_from_an_unknown_format_version_is_refused() {
             r,
             Err(Error::UnsupportedFormat {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ),
         "{r:?}"
