@@ -601,12 +601,12 @@ impl Checker {
             .map_err(|e| format!("tree failed: {e}"))?;
         let (lo, hi) = (key(2), key(6));
         for in_tree in [false, true] {
-            let expected: Vec<(Vec<u8>, Vec<u8>)> = want
+            let expected: Pairs = want
                 .iter()
                 .filter(|(k, _)| (**k >= KEYS) == in_tree)
                 .map(|(k, (v, _))| (key(*k), v.clone()))
                 .collect();
-            let sub: Vec<(Vec<u8>, Vec<u8>)> = expected
+            let sub: Pairs = expected
                 .iter()
                 .filter(|(k, _)| *k >= lo && *k < hi)
                 .cloned()
@@ -650,9 +650,12 @@ impl Checker {
     }
 }
 
+/// Keys and values, as listed.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn listed(
     it: impl Iterator<Item = millpond::Result<(millpond::Value, millpond::Value)>>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+) -> Result<Pairs, String> {
     it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("iteration failed: {e}"))
