@@ -285,11 +285,17 @@ fn set_with_returns_once_flushed_or_synced() {
     assert!(s.durable_seq >= s.last_seq, "{s:?}");
     assert_eq!(s.syncs, syncs + 1);
 
-    // A write already durable does not wait for another cycle.
+    // Buffered starts no cycle; a write already synced waits for none.
     let flushes = e.stats().flushes;
-    e.set(b"x", b"y").unwrap();
+    e.set_with(b"x", b"y", Durability::Buffered).unwrap();
+    assert_eq!(e.stats().flushes, flushes);
     e.checkpoint().unwrap();
+    let (flushes, syncs) = (e.stats().flushes, e.stats().syncs);
+    e.set_with(b"x", b"y", Durability::Buffered).unwrap();
+    e.checkpoint().unwrap();
+    e.set_with(b"z", b"1", Durability::Buffered).unwrap();
     assert_eq!(e.stats().flushes, flushes + 1);
+    assert_eq!(e.stats().syncs, syncs + 1);
     drop(e);
 
     // A crash right after `Flushed` returned keeps the write.
