@@ -1,5 +1,5 @@
 //! How the engine writes one key: admission, the write path and
-//! read-modify-write, as methods of [`Shared`]; the purge; the scan merge.
+//! read-modify-write, as methods of [`Shared`]; the purge.
 //!
 //! - **Read**: [`Shared::read`] and [`Shared::deadline_of`] are thin wrappers
 //!   of the one read path, [`Shared::lookup`] (`src/lookup.rs`).
@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::buffer::dirty::{cost_of, Inserted, Reservation, ENTRY_OVERHEAD, SHARDS};
-use crate::buffer::Slot;
+use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::lookup::{Found, Lookup, Step};
@@ -115,7 +115,13 @@ impl Shared {
 
     /// A blind write (no read of the current value). It reserves its
     /// entry's whole cost, so it never needs more room under the lock.
-    pub(crate) fn write(&self, key: &[u8], slot: Slot, deadline: Option<UnixMillis>) -> Result<()> {
+    /// Returns the write's seq.
+    pub(crate) fn write(
+        &self,
+        key: &[u8],
+        slot: Slot,
+        deadline: Option<UnixMillis>,
+    ) -> Result<Seq> {
         let cost = cost_of(key.len(), &slot);
         let mut reserved = self.admit(cost)?;
         let index = self.buffer.shard_of(key);
@@ -137,7 +143,7 @@ impl Shared {
         };
         drop(reserved);
         self.after_write(inserted.first_dirty);
-        Ok(())
+        Ok(inserted.seq)
     }
 
     /// The live value of `key` (loaded, whatever its size) and its deadline.
@@ -168,7 +174,6 @@ impl Shared {
         need_bytes: bool,
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
-        self.check_key(key)?;
         let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);
@@ -339,93 +344,5 @@ impl Shared {
             self.after_write(first_dirty);
         }
         purged
-    }
-}
-
-impl Shared {
-    /// Up to `limit` live keys with `prefix`, greater than `after`, in key
-    /// order, with their values: dirty entries override stored records. Each
-    /// candidate's value goes through the read path's last steps
-    /// ([`Shared::value_of`]: deadline, blob, look again if it was collected).
-    pub(crate) fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
-        let storage = self.storage()?;
-        let dirty = self.buffer.entries_with_prefix(prefix, after);
-        let now = self.now();
-        let mut out = Vec::new();
-        let mut from: Vec<u8> = match after {
-            Some(a) if a >= prefix => {
-                let mut f = a.to_vec();
-                f.push(0);
-                f
-            }
-            _ => prefix.to_vec(),
-        };
-        // Stored records, page by page, merged with the dirty entries.
-        let mut dirty = dirty
-            .into_iter()
-            .map(|(k, e)| (Bytes::from(Vec::from(k)), Found::from_entry(&e)))
-            .peekable();
-        let page = limit.clamp(1, 1024);
-        loop {
-            let records = storage.scan_meta(&from, page)?;
-            let exhausted = records.len() < page;
-            let mut last: Option<Bytes> = None;
-            for (key, raw) in records {
-                if !key.starts_with(prefix) {
-                    last = None;
-                    break;
-                }
-                // Dirty keys before this stored key.
-                while let Some((dk, found)) = dirty.next_if(|(dk, _)| dk[..] < key[..]) {
-                    self.push_live(&mut out, dk, found, now)?;
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-                // A dirty entry of this key replaces its stored record.
-                let found = match dirty.next_if(|(dk, _)| dk[..] == key[..]) {
-                    Some((_, found)) => found,
-                    None => Some(Found::from_record(&key, &raw)?),
-                };
-                self.push_live(&mut out, key.clone(), found, now)?;
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                last = Some(key);
-            }
-            match last {
-                Some(k) if !exhausted => {
-                    from = k.to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
-        }
-        for (dk, found) in dirty {
-            self.push_live(&mut out, dk, found, now)?;
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Adds `key` and its value to `out` if the value is live.
-    fn push_live(
-        &self,
-        out: &mut Vec<(Bytes, Bytes)>,
-        key: Bytes,
-        found: Option<Found>,
-        now: UnixMillis,
-    ) -> Result<()> {
-        if let Some(v) = self.value_of(&key, found, now)? {
-            out.push((key, v));
-        }
-        Ok(())
     }
 }

@@ -16,8 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The on-disk format version this build writes and reads.
+/// The on-disk format version of a store without trees; this build reads it
+/// and writes it for a new store.
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The format version of a store that has (or had) a tree: written when the
+/// first tree is opened, so that a build that knows no trees refuses the
+/// store instead of missing their records. This build reads both.
+pub(crate) const FORMAT_VERSION_TREES: u32 = 2;
 
 /// First bytes of the format record: marks a directory as a millpond store.
 pub(crate) const MAGIC: [u8; 8] = *b"millpond";
@@ -149,8 +154,15 @@ pub(crate) struct Digest {
 }
 
 impl Digest {
-    /// The hash of one stored record (`key` is the user key).
+    /// The hash of one stored record (`key` is its internal key). A record
+    /// of the default keyspace is hashed with its user key (the internal key
+    /// without its tag), as format version 1 did; a tree's with its whole
+    /// internal key.
     pub(crate) fn hash(key: &[u8], record: &[u8]) -> u64 {
+        let key = match key.split_first() {
+            Some((&crate::tree::DEFAULT_TAG, user)) => user,
+            _ => key,
+        };
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&(key.len() as u64).to_le_bytes());
         h.update(key);
@@ -284,11 +296,15 @@ pub(crate) fn decode_meta<'a>(key: &[u8], raw: &'a [u8]) -> Result<MetaRecord<'a
 }
 
 pub(crate) fn encode_format() -> Result<Vec<u8>> {
+    encode_format_version(FORMAT_VERSION)
+}
+
+pub(crate) fn encode_format_version(version: u32) -> Result<Vec<u8>> {
     frame(
         TAG_FORMAT,
         &FormatRecord {
             magic: MAGIC,
-            version: FORMAT_VERSION,
+            version,
         },
     )
 }

@@ -12,29 +12,23 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::access::{deadline_after, Change};
-use crate::buffer::{DirtyMap, Slot};
-use crate::clock::UnixMillis;
+use crate::buffer::DirtyMap;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
 use crate::purger::Purger;
 use crate::recovery;
-use crate::scan::Scan;
 use crate::shared::Shared;
 use crate::stats::{Checkpoint, Counters, Stats};
 use crate::storage::{self, keeper::Keeper};
-use crate::txn::{self, Transaction};
-use crate::value::Value;
+use crate::txn::{self, Transaction, TransactionError};
 use crate::verify::VerifyReport;
+use crate::watch::Watchers;
 
 thread_local! {
     /// Depth of engine closures (`modify`) running on this thread. Engine
@@ -43,10 +37,10 @@ thread_local! {
     static IN_CLOSURE: Cell<u32> = const { Cell::new(0) };
 }
 
-struct ClosureGuard;
+pub(crate) struct ClosureGuard;
 
 impl ClosureGuard {
-    fn enter() -> ClosureGuard {
+    pub(crate) fn enter() -> ClosureGuard {
         IN_CLOSURE.with(|c| c.set(c.get() + 1));
         ClosureGuard
     }
@@ -62,7 +56,7 @@ fn in_closure() -> bool {
     IN_CLOSURE.with(|c| c.get() > 0)
 }
 
-fn not_reentrant() -> Result<()> {
+pub(crate) fn not_reentrant() -> Result<()> {
     if in_closure() {
         Err(Error::Reentrant)
     } else {
@@ -119,6 +113,8 @@ impl Engine {
             buffer,
             counters: Counters::default(),
             flush: FlushControl::new(),
+            watchers: Watchers::default(),
+            trees_marked: Default::default(),
             txn_lane: Mutex::new(()),
             cycle_lock: Mutex::new(()),
             closed: Default::default(),
@@ -137,176 +133,15 @@ impl Engine {
         })
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.handle.shared
     }
 
-    /// The value of `key`, or `None` if it has none (never set, deleted, or
-    /// expired). Sees every write acknowledged before the call, from any
-    /// thread, whether flushed or not.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+    /// Refuses a page of an iteration from inside a closure or after
+    /// shutdown.
+    pub(crate) fn check_iterable(&self) -> Result<()> {
         not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_open()?;
-        Ok(s.read(key)?.map(|(v, _)| Value(v)))
-    }
-
-    /// Sets `key` to `value`. Any deadline the key had is cleared (it gets
-    /// `Config::default_ttl` if one is set). Returns once the write is
-    /// visible to every reader; it reaches disk within `write_delay` plus one
-    /// flush cycle, or at the next [`Engine::checkpoint`].
-    ///
-    /// Waits while the buffer is full (`max_dirty_bytes`). Errors:
-    /// [`Error::TooLarge`], [`Error::Closed`], and [`Error::FlushFailing`] or
-    /// [`Error::Poisoned`] when the engine cannot persist writes.
-    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put(key, value, Shared::default_deadline)
-    }
-
-    /// Sets `key` to `value`, to expire `ttl` from now (by the engine's
-    /// clock). Once the deadline passes the key is absent to every read, and
-    /// the purger deletes it from memory and disk. A zero `ttl` expires the
-    /// key at once.
-    pub fn set_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        self.put(key, value, |s| Some(deadline_after(s.now(), ttl)))
-    }
-
-    /// A blind write of a value, with the deadline `deadline` gives.
-    fn put(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        deadline: impl FnOnce(&Shared) -> Option<UnixMillis>,
-    ) -> Result<()> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_value(value.len())?;
-        s.write(key, Slot::Value(Bytes::copy_from_slice(value)), deadline(s))
-    }
-
-    /// Gives an existing key a new deadline, `ttl` from now, without
-    /// rewriting its value (only its metadata record is written). Returns
-    /// `false` if the key has no live value.
-    pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.update(key, false, |found| {
-            Ok(match found {
-                Some(f) => (
-                    Some(Change {
-                        slot: f.slot(),
-                        deadline: Some(deadline_after(s.now(), ttl)),
-                    }),
-                    true,
-                ),
-                None => (None, false),
-            })
-        })
-    }
-
-    /// Removes a key's deadline (it will not expire). Returns `true` if the
-    /// key had a live value with a deadline.
-    pub fn persist(&self, key: &[u8]) -> Result<bool> {
-        not_reentrant()?;
-        self.shared().update(key, false, |found| {
-            Ok(match found {
-                Some(f) if f.deadline.is_some() => (
-                    Some(Change {
-                        slot: f.slot(),
-                        deadline: None,
-                    }),
-                    true,
-                ),
-                _ => (None, false),
-            })
-        })
-    }
-
-    /// The time `key` has left before it expires (whole milliseconds).
-    /// `None` both when the key has no deadline and when it has no live
-    /// value; use [`Engine::get`] to tell the two apart.
-    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
-        not_reentrant()?;
-        let s = self.shared();
-        s.check_key(key)?;
-        s.check_open()?;
-        let now = s.now();
-        Ok(s.deadline_of(key)?
-            .map(|d| Duration::from_millis(d.0.saturating_sub(now.0))))
-    }
-
-    /// Removes `key`. Returns `true` if it had a live value.
-    pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        not_reentrant()?;
-        self.shared().update(key, false, |found| {
-            Ok(match found {
-                Some(_) => (
-                    Some(Change {
-                        slot: Slot::Tombstone,
-                        deadline: None,
-                    }),
-                    true,
-                ),
-                None => (None, false),
-            })
-        })
-    }
-
-    /// Atomically reads, changes and writes the value of `key`.
-    ///
-    /// `f` gets the current value (`None` if there is none) and may change
-    /// it; setting it to `None` deletes the key. No other write to `key`
-    /// happens between the read and the write, so concurrent `modify` calls
-    /// never lose an update. If `f` leaves the value as it was, nothing is
-    /// written. A key's deadline is kept; a key that `f` creates gets
-    /// `Config::default_ttl`, if set. An expired key is `None` to `f`.
-    ///
-    /// `f` runs while the engine holds a lock covering `key` and other keys:
-    /// keep it short, and do not call the engine from it (such calls return
-    /// [`Error::Reentrant`]). If `f` panics, nothing is written. If the new
-    /// value needs room the buffer does not have, the call waits for it
-    /// after `f` ran (without the lock; other writes of `key` wait for this
-    /// one); if it then fails (for example [`Error::Closed`]), nothing is
-    /// written.
-    pub fn modify<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Vec<u8>>) -> R) -> Result<R> {
-        not_reentrant()?;
-        let s = self.shared();
-        let max_value = s.config.value_limit();
-        s.update(key, true, |found| {
-            let mut value = found.as_ref().map(|c| c.bytes().to_vec());
-            let r = {
-                let _guard = ClosureGuard::enter();
-                f(&mut value)
-            };
-            let change = match (value, found) {
-                (None, None) => None,
-                (None, Some(_)) => Some(Change {
-                    slot: Slot::Tombstone,
-                    deadline: None,
-                }),
-                (Some(v), Some(c)) if c.bytes() == &v[..] => None,
-                (Some(v), found) => {
-                    if v.len() > max_value {
-                        return Err(Error::TooLarge {
-                            what: "value",
-                            len: v.len(),
-                            max: max_value,
-                        });
-                    }
-                    let deadline = match found {
-                        Some(c) => c.deadline,
-                        None => s.default_deadline(),
-                    };
-                    Some(Change {
-                        slot: Slot::Value(Bytes::from(v)),
-                        deadline,
-                    })
-                }
-            };
-            Ok((change, r))
-        })
+        self.shared().check_open()
     }
 
     /// Runs `f` as a serializable transaction over any number of keys, and
@@ -334,25 +169,37 @@ impl Engine {
         txn::run(self.shared(), f)
     }
 
-    /// The live keys starting with `prefix` (all keys for an empty prefix)
-    /// and their values, in key order. See [`Scan`] for what it sees of
-    /// concurrent writes. Each page merges the buffered writes with the
-    /// stored records, so it costs a pass over the buffer: meant for tools
-    /// and occasional listing, not a hot path.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Scan {
-        Scan::new(self.clone(), prefix)
-    }
-
-    pub(crate) fn scan_page(
+    /// [`Engine::transaction`], with a closure that can abort with its own
+    /// error type: returning `Err(TransactionError::Abort(e))` writes
+    /// nothing and returns the same; engine errors (`?` on the
+    /// transaction's verbs) come back as [`TransactionError::Engine`], and a
+    /// conflict still runs the closure again.
+    ///
+    /// ```
+    /// # fn main() -> millpond::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use millpond::{Engine, Config, TransactionError};
+    /// let engine = Engine::open(Config::new(dir.path().join("s")))?;
+    /// #[derive(Debug, PartialEq)]
+    /// struct Insufficient(u64);
+    /// engine.set_as(b"alice", &10u64)?;
+    /// let r = engine.try_transaction(|tx| {
+    ///     let balance: u64 = tx.get_as(b"alice")?.unwrap_or(0);
+    ///     if balance < 30 {
+    ///         return Err(TransactionError::Abort(Insufficient(balance)));
+    ///     }
+    ///     tx.set_as(b"alice", &(balance - 30))?;
+    ///     Ok(())
+    /// });
+    /// assert!(matches!(r, Err(TransactionError::Abort(Insufficient(10)))));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_transaction<R, E>(
         &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
+        f: impl FnMut(&mut Transaction<'_>) -> std::result::Result<R, TransactionError<E>>,
+    ) -> std::result::Result<R, TransactionError<E>> {
         not_reentrant()?;
-        let s = self.shared();
-        s.check_open()?;
-        s.scan(prefix, after, limit)
+        txn::run(self.shared(), f)
     }
 
     /// Checks everything stored: every metadata record and its checksum,
@@ -378,26 +225,6 @@ impl Engine {
         report.repaired += self.purge_expired()?;
         self.checkpoint()?;
         Ok(report)
-    }
-
-    /// [`Engine::get`], decoding the value with postcard. A value that does
-    /// not decode as `T` is an [`Error::Decode`].
-    pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| Error::Decode {
-                    key: key.to_vec(),
-                    detail: e.to_string(),
-                }),
-        }
-    }
-
-    /// [`Engine::set`], encoding the value with postcard.
-    pub fn set_as<T: Serialize + ?Sized>(&self, key: &[u8], value: &T) -> Result<()> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| Error::Encode(e.to_string()))?;
-        self.set(key, &bytes)
     }
 
     /// Runs the expiry purger now, over every key: each key whose deadline
@@ -539,6 +366,8 @@ impl Handle {
             }
             Lifecycle::Stopped(_) => Ok(()),
         };
+        // Subscribers end; a `Synced` one gets what the final sync covered.
+        s.watchers.close(flushed.is_ok());
         // Closing storage releases the store's lock.
         let closed = s.keeper.close();
         let outcome = flushed.and(joined).and(closed);
@@ -575,6 +404,7 @@ pub fn halt(engine: &Engine) {
             log::error!("millpond: halting: {e}");
         }
     }
+    s.watchers.close(false);
     if let Err(e) = s.keeper.close() {
         log::error!("millpond: halting: {e}");
     }

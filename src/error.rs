@@ -74,12 +74,13 @@ pub enum Error {
 
     /// The store was written by a format version this build cannot read.
     #[error(
-        "store format version {found} is not supported (this build reads version {supported})"
+        "store format version {found} is not supported (this build reads versions 1 to {supported})"
     )]
     UnsupportedFormat {
         /// The version recorded in the store.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads (it reads every version from
+        /// 1 up to it).
         supported: u32,
     },
 
@@ -139,6 +140,11 @@ pub enum Error {
     /// deadlock, so it is refused.
     #[error("the engine was called from inside a modify closure or a transaction was nested")]
     Reentrant,
+
+    /// A transaction was given a [`Tree`](crate::Tree) of another engine
+    /// ([`Transaction::tree`](crate::Transaction::tree)).
+    #[error("the tree belongs to another engine than the transaction")]
+    ForeignTree,
 }
 
 impl Error {
@@ -184,6 +190,7 @@ impl Error {
                 attempts: *attempts,
             },
             Error::Reentrant => Error::Reentrant,
+            Error::ForeignTree => Error::ForeignTree,
         }
     }
 

@@ -35,15 +35,53 @@
 //!   [`Engine::persist`], [`Engine::ttl`]; an expired key is absent to every
 //!   read at once, and a background purger removes it from memory and disk.
 //!   Time comes from a [`Clock`] ([`MockClock`] in tests).
+//! - **Small verbs**: [`Engine::contains_key`], [`Engine::replace`] (set,
+//!   returning the old value), [`Engine::compare_and_swap`],
+//!   [`Engine::first`], [`Engine::last`], [`Engine::len`],
+//!   [`Engine::is_empty`].
 //! - **Transactions**: [`Engine::transaction`] runs a closure over any number
 //!   of keys, serializably, retrying it on conflict; a flush never splits
-//!   one.
-//! - **Listing and checking**: [`Engine::scan_prefix`] lists keys in order;
-//!   [`Engine::verify`] checks every stored record and blob, and
-//!   [`Engine::repair`] fixes what it can without touching live data.
+//!   one. [`Engine::try_transaction`] lets the closure abort with its own
+//!   error type ([`TransactionError::Abort`]); inside, [`Transaction`] has
+//!   `get`, `set`, `delete`, `modify`, typed values and TTLs.
+//! - **Iteration**: [`Engine::range`], [`Engine::iter`] and
+//!   [`Engine::scan_prefix`] return an [`Iter`]: live keys in order, from
+//!   both ends, merged across the buffer and the disk, each page of 256 keys
+//!   one point in history; [`Iter::keys`] skips the values.
+//! - **Named keyspaces**: [`Engine::tree`] gives a [`Tree`] with the same
+//!   verbs over keys of its own, sharing the engine's buffer, flushes and
+//!   checkpoints; a transaction spans trees ([`Transaction::tree`]).
+//! - **Per-call durability**: [`Engine::set_with`] returns once the write is
+//!   [`Durability::Flushed`] (survives a crash) or [`Durability::Synced`]
+//!   (survives a power cut); concurrent callers share one cycle and fsync.
+//! - **Watchers**: [`Engine::watch_prefix`] gives a [`Subscriber`] of
+//!   [`Event`]s, told only once a change is flushed or synced: never one a
+//!   crash could take back.
+//! - **Checking**: [`Engine::verify`] checks every stored record and blob,
+//!   and [`Engine::repair`] fixes what it can without touching live data.
 //! - **Typed values**: [`Engine::get_as`], [`Engine::set_as`] (postcard).
 //! - **Temporary stores**: [`Config::temporary`] keeps a store in memory,
 //!   with no files, for tests and scratch state.
+//!
+//! ```
+//! # fn main() -> millpond::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use std::time::Duration;
+//! use millpond::{Config, Durability, Engine};
+//!
+//! let engine = Engine::open(Config::new(dir.path().join("store")))?;
+//! let orders = engine.tree("orders")?;
+//! let mut paid = orders.watch_prefix(b"", Durability::Flushed)?;
+//! orders.set_with(b"o-1", b"paid", Durability::Synced)?; // fsynced on return
+//! assert!(orders.compare_and_swap(b"o-1", Some(b"paid"), Some(b"shipped"))?);
+//! let first = paid.next_timeout(Duration::from_secs(10)).unwrap();
+//! assert_eq!(first.key(), b"o-1");
+//! for item in orders.range(b"o-".as_slice()..).rev() {
+//!     let (key, value) = item?;
+//!     println!("{key:?} = {value:?}");
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! Size [`Config::max_dirty_bytes`] to about twice the data rewritten within
 //! `write_delay`: a flush cycle holds the copy it is writing while new writes
@@ -57,6 +95,9 @@
 //!   `write_delay` plus one flush cycle.
 //! - It survives a power cut once a [`Engine::checkpoint`] started after it
 //!   has returned `Ok`, or once [`Engine::shutdown`] has returned `Ok`.
+//! - A write made with [`Engine::set_with`] and [`Durability::Flushed`]
+//!   survives a crash of the process once the call returns; with
+//!   [`Durability::Synced`], a power cut.
 //! - After a crash, the store reopens at one point of the write history, no
 //!   older than the last successful checkpoint: never a mix of two flushes,
 //!   never a value that was not written.
@@ -70,29 +111,35 @@ mod buffer;
 mod clock;
 mod codec;
 mod config;
+mod durability;
 mod engine;
 mod error;
 mod flush;
+mod iter;
 mod lookup;
 mod purger;
 mod recovery;
-mod scan;
 mod shared;
 mod stats;
 mod storage;
+mod tree;
 mod txn;
 mod value;
 mod verify;
+mod watch;
 
 pub use clock::{Clock, MockClock, SystemClock};
 pub use config::Config;
+pub use durability::Durability;
 pub use engine::Engine;
 pub use error::{Error, Result};
-pub use scan::Scan;
+pub use iter::{Iter, Keys};
 pub use stats::{Checkpoint, Stats};
-pub use txn::Transaction;
+pub use tree::Tree;
+pub use txn::{Transaction, TransactionError, TransactionTree};
 pub use value::Value;
 pub use verify::{Problem, VerifyReport};
+pub use watch::{Event, Subscriber};
 
 /// Test support, for millpond's own tests and fuzz targets: a fault plan for
 /// the storage layer, a simulated crash, and raw record decoding. Only with

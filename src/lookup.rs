@@ -1,5 +1,5 @@
 //! [`Lookup`]: the one read path of a key. Every verb that reads a key (`get`,
-//! `ttl`, the read-modify-writes, transaction reads, a scan's fallback) goes
+//! `ttl`, the read-modify-writes, transaction reads) goes
 //! through it, so a fix to the read path is made here once.
 //!
 //! The path: the key's dirty entry (active map, else frozen map, both under
@@ -284,28 +284,6 @@ impl Shared {
                 Ok(Some(v))
             }
             None => Ok(None),
-        }
-    }
-
-    /// The live value of a dirty entry or stored record that a scan found
-    /// outside [`Shared::lookup`] (`None` if it is a tombstone or expired at
-    /// `now`). A blob is loaded; if it was collected meanwhile, the entry or
-    /// record was replaced, and the key is looked up again.
-    pub(crate) fn value_of(
-        &self,
-        key: &[u8],
-        found: Option<Found>,
-        now: UnixMillis,
-    ) -> Result<Option<Bytes>> {
-        let Some(found) = found.filter(|f| live(f.deadline, || now)) else {
-            return Ok(None);
-        };
-        match found.held {
-            Held::Bytes(v) => Ok(Some(v)),
-            Held::Blob(b) => match self.load_blob(key, &b)? {
-                Some(v) => Ok(Some(v)),
-                None => Ok(self.lookup(key, true)?.into_value()),
-            },
         }
     }
 }

@@ -257,10 +257,10 @@ fn check_format(storage: &dyn Storage) -> Result<Format> {
                     reason: "its format record has a foreign marker".into(),
                 });
             }
-            if format.version != FORMAT_VERSION {
+            if format.version != FORMAT_VERSION && format.version != codec::FORMAT_VERSION_TREES {
                 return Err(Error::UnsupportedFormat {
                     found: format.version,
-                    supported: FORMAT_VERSION,
+                    supported: codec::FORMAT_VERSION_TREES,
                 });
             }
             Ok(Format::Present)

@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::flush::FlushControl;
 use crate::stats::Counters;
 use crate::storage::keeper::{Health, Keeper, StorageRef};
+use crate::watch::Watchers;
 
 /// Everything the engine's threads share. Owned through an `Arc` by the
 /// public handle and by every flusher thread.
@@ -28,6 +29,10 @@ pub(crate) struct Shared {
     pub buffer: DirtyMap,
     pub counters: Counters,
     pub flush: FlushControl,
+    /// The subscribers of `watch_prefix`, told about changes by flush cycles.
+    pub watchers: Watchers,
+    /// The store's format record says it may hold trees (version 2).
+    pub trees_marked: AtomicBool,
     /// Held by the coordinator while a flush cycle runs (and while it
     /// replaces a failed storage), and by `verify` while it reads the
     /// stores: verification never sees half a cycle. Taken before any shard

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::MutexGuard;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::access::{deadline_after, WAIT};
 use crate::buffer::dirty::{cost_of, Shard};
@@ -36,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::lookup::live;
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::tree::{decode, encode, Keyspace, Tree, DEFAULT};
 use crate::value::Value;
 
 /// Failed attempts after which a transaction takes the exclusive lane.
@@ -100,6 +103,20 @@ impl<'a> Transaction<'a> {
         }
     }
 
+    /// The view of this transaction over `tree` (a tree of the same
+    /// engine): its reads and writes are part of this transaction, committed
+    /// atomically with the rest. Returns [`Error::ForeignTree`] for a tree of
+    /// another engine.
+    pub fn tree<'t>(&'t mut self, tree: &Tree) -> Result<TransactionTree<'t, 'a>> {
+        if !std::ptr::eq(tree.engine().shared(), self.shared) {
+            return Err(Error::ForeignTree);
+        }
+        Ok(TransactionTree {
+            tx: self,
+            ks: tree.keyspace().clone(),
+        })
+    }
+
     /// The value of `key` as this transaction sees it: its own write if it
     /// made one, else the engine's (expired values are absent). Reading the
     /// same key again returns the same value.
@@ -107,47 +124,120 @@ impl<'a> Transaction<'a> {
     /// Returns [`Error::Conflict`] if another writer changed something this
     /// transaction read earlier; pass it on with `?` (the attempt is retried).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
-        self.shared.check_key(key)?;
-        if self.conflicted {
-            return Err(conflict(0));
-        }
-        if let Some(w) = self.writes.get(key) {
-            return Ok(match &w.slot {
-                Slot::Value(v) if live(w.deadline, || self.shared.now()) => Some(Value(v.clone())),
-                _ => None,
-            });
-        }
-        if let Some(r) = self.reads.get(key) {
-            return Ok(r.value.clone().map(Value));
-        }
-        let read = self.read(key)?;
-        let value = read.value.clone().map(Value);
-        self.reads.insert(Box::from(key), read);
-        self.revalidate()?;
-        Ok(value)
+        self.get_in(&DEFAULT, key)
     }
 
     /// Sets `key` to `value` when the transaction commits (clearing any
     /// deadline, or giving `Config::default_ttl`, like [`Engine::set`](crate::Engine::set)).
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let deadline = self.shared.default_deadline();
-        self.put(key, value, deadline)
+        self.set_in(&DEFAULT, key, value)
     }
 
     /// Sets `key` to `value`, to expire `ttl` from now, when the transaction
     /// commits.
     pub fn set_with_ttl(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        let deadline = Some(deadline_after(self.shared.now(), ttl));
-        self.put(key, value, deadline)
+        self.set_with_ttl_in(&DEFAULT, key, value, ttl)
     }
 
     /// Deletes `key` when the transaction commits. Returns `true` if it has a
     /// live value (as this transaction sees it).
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let live = self.get(key)?.is_some();
+        self.delete_in(&DEFAULT, key)
+    }
+
+    /// Reads `key`, lets `f` change its value (`None`: absent; set it to
+    /// `None` to delete), and writes the result when the transaction
+    /// commits, keeping the key's deadline (a key `f` creates gets
+    /// `Config::default_ttl`). Nothing is written if `f` leaves the value as
+    /// it was. Returns what `f` returns. `f` runs once per attempt.
+    pub fn modify<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut Option<Vec<u8>>) -> R,
+    ) -> Result<R> {
+        self.modify_in(&DEFAULT, key, f)
+    }
+
+    /// [`Transaction::get`], decoding the value with postcard.
+    pub fn get_as<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>> {
+        self.get_as_in(&DEFAULT, key)
+    }
+
+    /// [`Transaction::set`], encoding the value with postcard.
+    pub fn set_as<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) -> Result<()> {
+        self.set_in(&DEFAULT, key, &encode(value)?)
+    }
+
+    /// The time `key` has left before it expires, as this transaction sees
+    /// it (`None`: no deadline, or no live value).
+    pub fn ttl(&mut self, key: &[u8]) -> Result<Option<Duration>> {
+        self.ttl_in(&DEFAULT, key)
+    }
+
+    /// Gives `key` a new deadline, `ttl` from now, when the transaction
+    /// commits. Returns `false` (nothing written) if it has no live value.
+    pub fn expire(&mut self, key: &[u8], ttl: Duration) -> Result<bool> {
+        self.expire_in(&DEFAULT, key, ttl)
+    }
+
+    fn get_in(&mut self, ks: &Keyspace, key: &[u8]) -> Result<Option<Value>> {
+        Ok(self.read_in(ks, key)?.0)
+    }
+
+    /// The value and deadline of `key` as this transaction sees it.
+    fn read_in(
+        &mut self,
+        ks: &Keyspace,
+        key: &[u8],
+    ) -> Result<(Option<Value>, Option<UnixMillis>)> {
+        self.shared.check_key(key)?;
+        if self.conflicted {
+            return Err(conflict(0));
+        }
+        let ik = ks.key(key);
+        let key: &[u8] = &ik;
+        if let Some(w) = self.writes.get(key) {
+            return Ok(match &w.slot {
+                Slot::Value(v) if live(w.deadline, || self.shared.now()) => {
+                    (Some(Value(v.clone())), w.deadline)
+                }
+                _ => (None, None),
+            });
+        }
+        if let Some(r) = self.reads.get(key) {
+            let value = r.value.clone().map(Value);
+            let deadline = value.as_ref().and(r.deadline);
+            return Ok((value, deadline));
+        }
+        let read = self.read(key).map_err(|e| ks.user_error(e))?;
+        let value = read.value.clone().map(Value);
+        let deadline = value.as_ref().and(read.deadline);
+        self.reads.insert(Box::from(key), read);
+        self.revalidate()?;
+        Ok((value, deadline))
+    }
+
+    fn set_in(&mut self, ks: &Keyspace, key: &[u8], value: &[u8]) -> Result<()> {
+        let deadline = self.shared.default_deadline();
+        self.put(ks, key, value, deadline)
+    }
+
+    fn set_with_ttl_in(
+        &mut self,
+        ks: &Keyspace,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<()> {
+        let deadline = Some(deadline_after(self.shared.now(), ttl));
+        self.put(ks, key, value, deadline)
+    }
+
+    fn delete_in(&mut self, ks: &Keyspace, key: &[u8]) -> Result<bool> {
+        let live = self.get_in(ks, key)?.is_some();
         if live {
             self.writes.insert(
-                Box::from(key),
+                Box::from(&*ks.key(key)),
                 Write {
                     slot: Slot::Tombstone,
                     deadline: None,
@@ -157,11 +247,66 @@ impl<'a> Transaction<'a> {
         Ok(live)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], deadline: Option<UnixMillis>) -> Result<()> {
+    fn modify_in<R>(
+        &mut self,
+        ks: &Keyspace,
+        key: &[u8],
+        f: impl FnOnce(&mut Option<Vec<u8>>) -> R,
+    ) -> Result<R> {
+        let (old, deadline) = self.read_in(ks, key)?;
+        let mut value = old.as_ref().map(|v| v.to_vec());
+        let r = f(&mut value);
+        match (value, old) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                self.delete_in(ks, key)?;
+            }
+            (Some(v), Some(o)) if o[..] == v[..] => {}
+            (Some(v), old) => {
+                let deadline = match old {
+                    Some(_) => deadline,
+                    None => self.shared.default_deadline(),
+                };
+                self.put(ks, key, &v, deadline)?;
+            }
+        }
+        Ok(r)
+    }
+
+    fn get_as_in<T: DeserializeOwned>(&mut self, ks: &Keyspace, key: &[u8]) -> Result<Option<T>> {
+        match self.get_in(ks, key)? {
+            None => Ok(None),
+            Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    fn ttl_in(&mut self, ks: &Keyspace, key: &[u8]) -> Result<Option<Duration>> {
+        let (_, deadline) = self.read_in(ks, key)?;
+        let now = self.shared.now();
+        Ok(deadline.map(|d| Duration::from_millis(d.0.saturating_sub(now.0))))
+    }
+
+    fn expire_in(&mut self, ks: &Keyspace, key: &[u8], ttl: Duration) -> Result<bool> {
+        let (value, _) = self.read_in(ks, key)?;
+        let Some(value) = value else {
+            return Ok(false);
+        };
+        let deadline = Some(deadline_after(self.shared.now(), ttl));
+        self.put(ks, key, &value, deadline)?;
+        Ok(true)
+    }
+
+    fn put(
+        &mut self,
+        ks: &Keyspace,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<UnixMillis>,
+    ) -> Result<()> {
         self.shared.check_key(key)?;
         self.shared.check_value(value.len())?;
         self.writes.insert(
-            Box::from(key),
+            Box::from(&*ks.key(key)),
             Write {
                 slot: Slot::Value(Bytes::copy_from_slice(value)),
                 deadline,
@@ -354,10 +499,10 @@ impl Drop for InTransaction {
 }
 
 /// Runs `f` as a transaction: see [`Engine::transaction`](crate::Engine::transaction).
-pub(crate) fn run<R>(
+pub(crate) fn run<R, E: From<Error>>(
     shared: &Shared,
-    mut f: impl FnMut(&mut Transaction<'_>) -> Result<R>,
-) -> Result<R> {
+    mut f: impl FnMut(&mut Transaction<'_>) -> std::result::Result<R, E>,
+) -> std::result::Result<R, E> {
     let _in = InTransaction::enter()?;
     let mut attempt = 0;
     loop {
@@ -378,9 +523,107 @@ pub(crate) fn run<R>(
         }
         Counters::add(&shared.counters.transaction_retries, 1);
         if attempt >= MAX_ATTEMPTS {
-            return Err(conflict(attempt));
+            return Err(conflict(attempt).into());
         }
         drop(_lane);
         backoff(attempt);
+    }
+}
+
+/// A transaction's view of one [`Tree`], from [`Transaction::tree`]: the
+/// same verbs as [`Transaction`], over the tree's keys, in the same
+/// transaction.
+pub struct TransactionTree<'t, 'a> {
+    tx: &'t mut Transaction<'a>,
+    ks: Keyspace,
+}
+
+impl TransactionTree<'_, '_> {
+    /// [`Transaction::get`] in this tree.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.tx.get_in(&self.ks, key)
+    }
+
+    /// [`Transaction::set`] in this tree.
+    pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tx.set_in(&self.ks, key, value)
+    }
+
+    /// [`Transaction::set_with_ttl`] in this tree.
+    pub fn set_with_ttl(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.tx.set_with_ttl_in(&self.ks, key, value, ttl)
+    }
+
+    /// [`Transaction::delete`] in this tree.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.tx.delete_in(&self.ks, key)
+    }
+
+    /// [`Transaction::modify`] in this tree.
+    pub fn modify<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut Option<Vec<u8>>) -> R,
+    ) -> Result<R> {
+        self.tx.modify_in(&self.ks, key, f)
+    }
+
+    /// [`Transaction::get_as`] in this tree.
+    pub fn get_as<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>> {
+        self.tx.get_as_in(&self.ks, key)
+    }
+
+    /// [`Transaction::set_as`] in this tree.
+    pub fn set_as<T: Serialize + ?Sized>(&mut self, key: &[u8], value: &T) -> Result<()> {
+        self.tx.set_in(&self.ks, key, &encode(value)?)
+    }
+
+    /// [`Transaction::ttl`] in this tree.
+    pub fn ttl(&mut self, key: &[u8]) -> Result<Option<Duration>> {
+        self.tx.ttl_in(&self.ks, key)
+    }
+
+    /// [`Transaction::expire`] in this tree.
+    pub fn expire(&mut self, key: &[u8], ttl: Duration) -> Result<bool> {
+        self.tx.expire_in(&self.ks, key, ttl)
+    }
+}
+
+/// What [`Engine::try_transaction`](crate::Engine::try_transaction) and its
+/// closure return on failure: the closure's own abort, or an engine error.
+///
+/// Inside the closure, `?` on the transaction's verbs turns their errors into
+/// [`TransactionError::Engine`] (an [`Error::Conflict`] among them makes the
+/// attempt run again); return `Err(TransactionError::Abort(e))` to stop,
+/// write nothing, and get `e` back from the call.
+#[derive(Debug)]
+pub enum TransactionError<E> {
+    /// The closure aborted the transaction with its own error.
+    Abort(E),
+    /// The engine failed (or the transaction kept conflicting).
+    Engine(Error),
+}
+
+impl<E> From<Error> for TransactionError<E> {
+    fn from(e: Error) -> TransactionError<E> {
+        TransactionError::Engine(e)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for TransactionError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransactionError::Abort(e) => write!(f, "transaction aborted: {e}"),
+            TransactionError::Engine(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for TransactionError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransactionError::Abort(e) => Some(e),
+            TransactionError::Engine(e) => Some(e),
+        }
     }
 }

@@ -29,6 +29,7 @@ use crate::codec::{self, Digest, ValueRef, FORMAT_VERSION};
 use crate::error::{DisplayKey, Result};
 use crate::shared::Shared;
 use crate::storage::{BlobId, Commit, DeadlineOp, MetaOp, SysKey};
+use crate::tree::shown_key;
 
 const PAGE: usize = 4096;
 
@@ -38,21 +39,24 @@ const PAGE: usize = 4096;
 pub enum Problem {
     /// A metadata record that fails its checksum or does not decode.
     CorruptRecord {
-        /// The user key.
+        /// The key (a key of the default keyspace as given; a tree's key as
+        /// stored: `[0x02, len(name)] ++ name ++ key`).
         key: Vec<u8>,
         /// What the decoder found.
         detail: String,
     },
     /// A record points at a blob that is not in the blob tree.
     MissingBlob {
-        /// The user key.
+        /// The key (a key of the default keyspace as given; a tree's key as
+        /// stored: `[0x02, len(name)] ++ name ++ key`).
         key: Vec<u8>,
         /// The blob id.
         blob: u64,
     },
     /// A blob whose length or checksum differs from its record's.
     CorruptBlob {
-        /// The user key.
+        /// The key (a key of the default keyspace as given; a tree's key as
+        /// stored: `[0x02, len(name)] ++ name ++ key`).
         key: Vec<u8>,
         /// The blob id.
         blob: u64,
@@ -69,7 +73,8 @@ pub enum Problem {
     /// The deadline index disagrees with a record's deadline (`index` and
     /// `record` in milliseconds since the Unix epoch; `None`: absent).
     DeadlineMismatch {
-        /// The user key.
+        /// The key (a key of the default keyspace as given; a tree's key as
+        /// stored: `[0x02, len(name)] ++ name ++ key`).
         key: Vec<u8>,
         /// What the deadline index holds.
         index: Option<u64>,
@@ -207,7 +212,7 @@ impl Shared {
                     Ok(rec) => rec,
                     Err(e) => {
                         r.problems.push(Problem::CorruptRecord {
-                            key: key.to_vec(),
+                            key: shown_key(key).to_vec(),
                             detail: e.to_string(),
                         });
                         continue;
@@ -229,13 +234,13 @@ impl Shared {
                         referenced.insert(b.id);
                         match storage.get_blob(b.id)? {
                             None => r.problems.push(Problem::MissingBlob {
-                                key: key.to_vec(),
+                                key: shown_key(key).to_vec(),
                                 blob: b.id,
                             }),
                             Some(v) => {
                                 if let Err(e) = b.check(key, &v) {
                                     r.problems.push(Problem::CorruptBlob {
-                                        key: key.to_vec(),
+                                        key: shown_key(key).to_vec(),
                                         blob: b.id,
                                         detail: e.to_string(),
                                     });
@@ -299,7 +304,7 @@ impl Shared {
             let in_index = index.remove(key);
             if in_index != Some(Some(d)) {
                 r.problems.push(Problem::DeadlineMismatch {
-                    key: key.clone(),
+                    key: shown_key(key).to_vec(),
                     index: in_index.flatten(),
                     record: Some(d),
                 });
@@ -308,7 +313,7 @@ impl Shared {
         }
         for (key, d) in index {
             r.problems.push(Problem::DeadlineMismatch {
-                key: key.clone(),
+                key: shown_key(&key).to_vec(),
                 index: d,
                 record: None,
             });

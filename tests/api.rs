@@ -333,7 +333,7 @@ fn a_store_from_an_unknown_format_version_is_refused() {
             r,
             Err(Error::UnsupportedFormat {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ),
         "{r:?}"
@@ -453,7 +453,7 @@ fn scan_lists_live_keys_in_order_across_buffer_and_disk() {
     e.set_with_ttl(b"user/gone", b"x", Duration::ZERO).unwrap();
     let scanned: Vec<(Vec<u8>, Vec<u8>)> = e
         .scan_prefix(b"user")
-        .map(|r| r.map(|(k, v)| (k, v.to_vec())))
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
         .collect::<millpond::Result<_>>()
         .unwrap();
     let expected: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();

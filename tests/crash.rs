@@ -7,6 +7,8 @@
 //!   blob, no checksum failure);
 //! - the bank workload never shows a transaction half applied;
 //! - a write the engine reported flushed survives;
+//! - no watcher (`watch_prefix`, Flushed or Synced) was told of a change
+//!   that is gone after the crash;
 //! - with `--features failpoints`, the same at exact points of a flush
 //!   cycle, where the child aborts by itself (including halfway through
 //!   applying a logged commit, which the next open must finish).
@@ -17,7 +19,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::workload::{self, assert_one_point_in_history, check_bank, value_for, Spec};
+use common::workload::{
+    self, assert_one_point_in_history, check_bank, check_events, value_for, Spec,
+};
 use common::{Rng, Store};
 use millpond::{Config, Engine};
 
@@ -138,4 +142,27 @@ fn crashed_at_each_point_of_a_flush_cycle_recovers_one_point_in_history() {
             e.shutdown().unwrap();
         }
     }
+}
+
+#[test]
+fn no_watcher_saw_a_change_that_a_crash_took_back() {
+    let seed = common::seed("crash-watched");
+    let mut rng = Rng::new(seed);
+    let mut events = 0;
+    for trial in 0..workload::trials("CRASH", 8) {
+        let store = Store::new();
+        let child_seed = rng.next();
+        let mut t = workload::spawn(spec(&store, child_seed, "watched"));
+        // Let some events come, then kill at a random moment.
+        t.wait_for("event ");
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        t.kill();
+        let what = format!("trial {trial} (child seed {child_seed})");
+        let e = reopen(&store, &what);
+        let n = check_events(&e, &t.log, &what);
+        eprintln!("{what}: {n} events, none taken back");
+        events += n;
+        e.shutdown().unwrap();
+    }
+    assert!(events > 0);
 }

@@ -411,7 +411,7 @@ fn compare(t: &Template, e: &Engine) -> Result<Option<String>, String> {
     let mut scanned = BTreeMap::new();
     for item in e.scan_prefix(b"") {
         let (k, v) = item.map_err(|err| format!("scan: {err}"))?;
-        scanned.insert(k, v.to_vec());
+        scanned.insert(k.to_vec(), v.to_vec());
     }
     let scan_differs = scanned != t.expected;
     if (missing, extra, changed, ttl) == (0, 0, 0, 0) && !scan_differs {

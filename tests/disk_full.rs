@@ -266,7 +266,7 @@ fn a_full_disk_that_is_freed_again_loses_nothing() {
     }
     let listed: Vec<Vec<u8>> = e
         .scan_prefix(b"")
-        .map(|item| item.expect("scan").0)
+        .map(|item| item.expect("scan").0.to_vec())
         .collect();
     let extra: Vec<_> = listed.iter().filter(|k| !acked.contains_key(*k)).collect();
     let refused_present = refused.iter().filter(|(k, _)| listed.contains(k)).count();

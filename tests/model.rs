@@ -1,5 +1,6 @@
 //! Model-based property tests: random operation sequences (writes with and
-//! without deadlines, deletes, modifies, transactions, checkpoints, time
+//! without deadlines, deletes, modifies, compare-and-swaps, writes to a tree
+//! and transactions across keyspaces, transactions, checkpoints, time
 //! moving, clean reopens, drops without shutdown, crashes, injected commit
 //! failures) run against the engine and a `BTreeMap` model; every key is
 //! compared after every step (see `common/model.rs`), on a temporary store
@@ -43,6 +44,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DropReopen),
         2 => Just(Op::Crash),
         1 => Just(Op::FailCommit),
+        2 => (0..2 * KEYS, any::<bool>(), proptest::option::of(len()))
+            .prop_map(|(key, hit, new)| Op::Cas { key, hit, new }),
+        2 => (0..KEYS, proptest::option::of(len())).prop_map(|(key, len)| Op::TreeWrite { key, len }),
+        1 => proptest::collection::vec((0..2 * KEYS, proptest::option::of(len())), 1..4)
+            .prop_map(|writes| Op::CrossTransaction { writes }),
     ]
 }
 

@@ -12,6 +12,10 @@
 //! that the state is one point in history, that no transaction is half
 //! applied, and that reopening neither fails nor panics.
 //!
+//! `Synced` writes (`set_with`) and `Synced` watchers are checked the same
+//! way: every write acknowledged, and every change a watcher was told of,
+//! is there after the cut.
+//!
 //! Needs root and `/dev/fuse`; without them every test prints one line
 //! saying why and passes. Trials: `MILLPOND_POWER_TRIALS` (default 16 for
 //! the engine, 6 per control); seed: `MILLPOND_SEED`.
@@ -21,7 +25,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::workload::{self, check_bank, matching_prefix, read_all, Spec};
+use common::workload::{self, check_bank, check_events, matching_prefix, read_all, Spec};
 use common::Rng;
 use millpond::{Config, Engine};
 
@@ -156,6 +160,50 @@ fn power_cuts_lose_no_checkpoint_and_split_no_transaction() {
     }
     eprintln!("power cuts: {ran} trials, {lost} lost a checkpoint or a point in history");
     assert_eq!(lost, 0, "checkpoints lost in {lost} of {ran} power cuts");
+}
+
+/// Four threads write with `Durability::Synced`; a Synced watcher prints
+/// what it is told. After a power cut at a random moment, every write whose
+/// `set_with` returned is there, and so is every change the watcher saw.
+#[test]
+fn no_synced_write_or_synced_event_is_lost_by_a_power_cut() {
+    let seed = common::seed("power-synced");
+    let mut rng = Rng::new(seed);
+    let trials = workload::trials("POWER", 16) / 2;
+    let (mut acked, mut events) = (0, 0);
+    for trial in 0..trials.max(2) {
+        let Some(mut m) = Mounted::new() else { return };
+        let child_seed = rng.next();
+        let store = m.mnt.join("store");
+        // Nothing but the Synced writes makes anything durable.
+        let mut t = workload::spawn(spec(&store, child_seed, "synced", Some(3_600_000)));
+        t.wait_for("acked ");
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let cut = m.cut((trial % 2 == 1).then(|| rng.next()));
+        t.kill();
+        m.unmount();
+        let what = format!("synced trial {trial}: {cut}, child seed {child_seed}");
+        let e = reopen(&m.backing.join("store"), &what);
+        let mut missing = Vec::new();
+        for line in &t.log {
+            if let Some(k) = line.strip_prefix("acked ") {
+                acked += 1;
+                if e.get(k.as_bytes()).unwrap().is_none() {
+                    missing.push(k.to_string());
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{what}: {} Synced writes lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        events += check_events(&e, &t.log, &what);
+        eprintln!("{what}: every acknowledged Synced write and every Synced event is there");
+        e.shutdown().unwrap();
+    }
+    eprintln!("power cuts: {acked} Synced writes and {events} Synced events checked, none lost");
 }
 
 #[test]

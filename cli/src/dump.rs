@@ -144,7 +144,7 @@ fn write_dump(e: &Engine, out: &mut impl Write, clock: &dyn Clock) -> Result<u64
         write_frame(
             out,
             &Frame::Record {
-                key,
+                key: key.to_vec(),
                 value: value.to_vec(),
                 deadline_ms,
             },

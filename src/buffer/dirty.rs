@@ -61,6 +61,7 @@ use crate::buffer::cache::ReadCache;
 use crate::buffer::expiry::ExpiryIndex;
 use crate::clock::UnixMillis;
 use crate::codec::BlobRef;
+use crate::iter::KeyRange;
 use crate::lookup::Found;
 
 /// Number of shards. A power of two.
@@ -253,12 +254,20 @@ pub(crate) struct DirtyMap {
     /// Held keys released so far (a waiter for a held key waits until it
     /// moves).
     unholds: AtomicU64,
+    /// Freezes so far; raised by [`DirtyMap::freeze`] under every shard
+    /// lock. A reader that took a snapshot of dirty entries (under every
+    /// shard lock, [`DirtyMap::nearest`]) and then read storage knows that
+    /// storage holds no commit newer than its snapshot's frozen maps if
+    /// this has not moved (a commit follows its freeze).
+    freezes: AtomicU64,
 }
 
 /// What [`DirtyMap::insert`] did.
 pub(crate) struct Inserted {
     /// The active maps were clean before this write.
     pub first_dirty: bool,
+    /// The write's seq.
+    pub seq: Seq,
 }
 
 impl DirtyMap {
@@ -286,6 +295,7 @@ impl DirtyMap {
             room_freed: Condvar::new(),
             waiters: AtomicUsize::new(0),
             unholds: AtomicU64::new(0),
+            freezes: AtomicU64::new(0),
         }
     }
 
@@ -371,7 +381,7 @@ impl DirtyMap {
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         }
-        Inserted { first_dirty }
+        Inserted { first_dirty, seq }
     }
 
     /// The bytes a write of `slot` to `key` would add to `bytes` now: its
@@ -483,27 +493,62 @@ impl DirtyMap {
         }
     }
 
-    /// The newest unpersisted write of every key with `prefix` greater than
-    /// `after`, in key order (shard by shard, so not one instant).
-    pub(crate) fn entries_with_prefix(
+    /// The newest unpersisted write of the (at most) `limit` keys in
+    /// `range` nearest to its start (`rev`: to its end), in key order, all
+    /// taken at one instant: every shard lock is held at once while they
+    /// are collected (as by a freeze), so a transaction's writes are all
+    /// there or none. Also returns the freeze count at that instant
+    /// ([`DirtyMap::freezes`]). A pass over every dirty entry: writers wait
+    /// for it.
+    pub(crate) fn nearest(
         &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-    ) -> std::collections::BTreeMap<Key, Entry> {
-        let mut out = std::collections::BTreeMap::new();
-        let wanted = |k: &[u8]| k.starts_with(prefix) && after.is_none_or(|a| k > a);
-        for s in self.shards.iter() {
-            let g = s.0.lock();
-            if let Some(frozen) = &g.frozen {
-                for (k, e) in frozen.entries.iter().filter(|(k, _)| wanted(k)) {
-                    out.insert(k.clone(), e.clone());
+        range: &KeyRange,
+        rev: bool,
+        limit: usize,
+    ) -> (u64, std::collections::BTreeMap<Key, Entry>) {
+        let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(|s| s.0.lock()).collect();
+        let freezes = self.freezes.load(Ordering::SeqCst);
+        let mut out: std::collections::BTreeMap<Key, Entry> = std::collections::BTreeMap::new();
+        let limit = limit.max(1);
+        for g in &guards {
+            let frozen = g.frozen.as_ref().map(|f| &f.entries);
+            let active = g.active.iter();
+            let only_frozen = frozen
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !g.active.contains_key(*k));
+            for (k, e) in active.chain(only_frozen) {
+                if !range.contains(k) {
+                    continue;
                 }
-            }
-            for (k, e) in g.active.iter().filter(|(k, _)| wanted(k)) {
+                if out.len() >= limit {
+                    // Keep the `limit` nearest: skip a key farther than the
+                    // farthest kept, else evict the farthest.
+                    let farthest = if rev {
+                        out.first_key_value()
+                    } else {
+                        out.last_key_value()
+                    };
+                    let farther = farthest.is_some_and(|(f, _)| if rev { k < f } else { k > f });
+                    if farther {
+                        continue;
+                    }
+                    if rev {
+                        out.pop_first();
+                    } else {
+                        out.pop_last();
+                    }
+                }
                 out.insert(k.clone(), e.clone());
             }
         }
-        out
+        drop(guards);
+        (freezes, out)
+    }
+
+    /// Freezes so far (see the field).
+    pub(crate) fn freezes(&self) -> u64 {
+        self.freezes.load(Ordering::SeqCst)
     }
 
     /// Keys with a deadline, summed over the shards.
@@ -522,6 +567,7 @@ impl DirtyMap {
         }
         let cut = Seq(self.last_seq.load(Ordering::Relaxed));
         self.dirty_since.store(0, Ordering::Relaxed);
+        self.freezes.fetch_add(1, Ordering::SeqCst);
         let mut frozen = Frozen {
             shards: Vec::with_capacity(SHARDS),
             cut,

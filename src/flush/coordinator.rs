@@ -48,11 +48,14 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         let backoff_over = retry_at.is_none_or(|t| now >= t);
         let (shutdown, waiting, halt) = {
             let r = shared.flush.requests();
-            (r.shutdown, !r.syncs.is_empty(), r.halt)
+            (
+                r.shutdown,
+                !r.syncs.is_empty() || !r.flushes.is_empty(),
+                r.halt,
+            )
         };
         if halt {
-            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
-            answer(syncs, &Err(crate::error::Error::Closed));
+            answer(take_waiters(shared), &Err(crate::error::Error::Closed));
             return;
         }
         let dirty_for = shared.buffer.dirty_for();
@@ -63,8 +66,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         if shared.health().is_poisoned() {
             // Nothing more may be reported durable: answer every waiter with
             // the poison and stop flushing once shutdown is asked.
-            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
-            for tx in syncs {
+            for tx in take_waiters(shared) {
                 let _ = tx.send(Err(shared.health().poison_error()));
             }
             if shutdown {
@@ -80,9 +82,15 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         }
 
         if backoff_over && (waiting || due) {
-            let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+            // Taken before the freeze: the cycle covers every write
+            // acknowledged before a waiter registered.
+            let (syncs, flushes) = {
+                let mut r = shared.flush.requests();
+                (std::mem::take(&mut r.syncs), std::mem::take(&mut r.flushes))
+            };
+            let sync = !syncs.is_empty();
             let outcome: SyncOutcome = cycles
-                .run(shared, pool, !syncs.is_empty())
+                .run(shared, pool, sync)
                 .map(|r| (r.committed, r.entries));
             match &outcome {
                 Ok(_) => {
@@ -102,6 +110,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
                 }
             }
             answer(syncs, &outcome);
+            answer(flushes, &outcome);
             continue;
         }
 
@@ -150,7 +159,7 @@ fn wait(shared: &Shared, timeout: Option<Duration>) {
 /// The last durable cycle, retried a few times; its outcome goes to every
 /// waiter, shutdown included.
 fn final_cycle(shared: &Shared, pool: &Pool, cycles: &mut Cycles) {
-    let syncs = std::mem::take(&mut shared.flush.requests().syncs);
+    let syncs = take_waiters(shared);
     let mut attempt = 0;
     let outcome: SyncOutcome = loop {
         attempt += 1;
@@ -170,6 +179,14 @@ fn final_cycle(shared: &Shared, pool: &Pool, cycles: &mut Cycles) {
         }
     };
     answer(syncs, &outcome);
+}
+
+/// Every caller waiting for a flush or a sync.
+fn take_waiters(shared: &Shared) -> Vec<crossbeam_channel::Sender<SyncOutcome>> {
+    let mut r = shared.flush.requests();
+    let mut all = std::mem::take(&mut r.syncs);
+    all.append(&mut r.flushes);
+    all
 }
 
 fn answer(syncs: Vec<crossbeam_channel::Sender<SyncOutcome>>, outcome: &SyncOutcome) {

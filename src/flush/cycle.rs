@@ -148,6 +148,7 @@ impl Cycles {
             };
             crash_point("flush-before-sync");
             shared.keeper.sync(self.committed, digest)?;
+            shared.watchers.synced();
             self.unsynced = false;
             self.synced = self.committed;
             Counters::add(&shared.counters.syncs, 1);
@@ -262,8 +263,10 @@ impl Cycles {
         self.unsynced = true;
         self.committed = frozen.cut;
         self.digest = Some(digest);
-        // 5. Flush.
+        // 5. Flush. The cycle now survives a crash of the process: its
+        // changes may be told to watchers.
         storage.flush()?;
+        shared.watchers.flushed(frozen, &*storage, shared.now());
         // 6. Release.
         shared.buffer.release(frozen);
         let c = &shared.counters;

@@ -11,7 +11,8 @@
 //!   blob tree and encodes their metadata records.
 //!
 //! [`FlushControl`] is how the rest of the engine talks to the coordinator:
-//! a non-blocking wake-up, and a list of callers waiting for a durable flush.
+//! a non-blocking wake-up, and the lists of callers waiting for a flush or a
+//! durable flush.
 
 pub(crate) mod coordinator;
 pub(crate) mod cycle;
@@ -46,6 +47,10 @@ pub(crate) struct Requests {
     /// Callers waiting for everything acknowledged before their request to
     /// be durable. Taken by the coordinator before it freezes a cycle.
     pub syncs: Vec<Sender<SyncOutcome>>,
+    /// Callers waiting for everything acknowledged before their request to
+    /// be flushed (committed, not necessarily synced): `set_with(..,
+    /// Durability::Flushed)`. Served by the next cycle, synced or not.
+    pub flushes: Vec<Sender<SyncOutcome>>,
     /// Shutdown asked: run a final durable cycle, answer, exit.
     pub shutdown: bool,
     /// Halt asked (a simulated crash, for tests): exit without flushing.
@@ -93,6 +98,21 @@ impl FlushControl {
                 return Err(Error::Closed);
             }
             r.syncs.push(tx);
+        }
+        self.wake();
+        Ok(rx)
+    }
+
+    /// Registers a caller waiting for a flush (not a sync) of everything
+    /// acknowledged so far. The coordinator runs a cycle at once.
+    pub(crate) fn request_flush(&self) -> Result<Receiver<SyncOutcome>> {
+        let (tx, rx) = bounded(1);
+        {
+            let mut r = self.requests.lock();
+            if r.shutdown {
+                return Err(Error::Closed);
+            }
+            r.flushes.push(tx);
         }
         self.wake();
         Ok(rx)

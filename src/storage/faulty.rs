@@ -126,6 +126,16 @@ impl Storage for FaultyStorage {
         self.inner.scan_meta(from, limit)
     }
 
+    fn scan_meta_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        self.faults.check(StorageOp::GetMeta)?;
+        self.inner.scan_meta_rev(from, to, limit)
+    }
+
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         self.inner.scan_deadlines(from, limit)
     }

@@ -158,6 +158,27 @@ impl Storage for MemoryStorage {
         Ok(scan(&self.contents.trees.read().meta, from, limit))
     }
 
+    fn scan_meta_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let trees = self.contents.trees.read();
+        let hi = match to {
+            Some(hi) if hi <= from => return Ok(Vec::new()),
+            Some(hi) => Bound::Excluded(hi),
+            None => Bound::Unbounded,
+        };
+        Ok(trees
+            .meta
+            .range::<[u8], _>((Bound::Included(from), hi))
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         Ok(scan(&self.contents.trees.read().deadlines, from, limit))
     }

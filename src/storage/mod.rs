@@ -150,6 +150,15 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// `(key, encoded record)`.
     fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
 
+    /// Up to `limit` metadata records with user keys `>= from` and `< to`
+    /// (`None`: no upper bound), in **descending** key order.
+    fn scan_meta_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>>;
+
     /// Up to `limit` deadline index entries with user keys `>= from`, in key
     /// order: `(key, encoded deadline record)`.
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;

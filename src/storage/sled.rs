@@ -44,7 +44,7 @@ use super::{Backend, BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
 use crate::codec::{self, CommitLog, LoggedDeadline, LoggedOp};
 use crate::error::{Error, Result};
 
-const USER: u8 = 0x01;
+use crate::tree::{DEFAULT_TAG as USER, TREE_TAG as TREE};
 const SYS: u8 = 0x00;
 
 /// How long `open` keeps retrying while another handle holds the file lock
@@ -303,25 +303,25 @@ fn storage_error(e: ::sled::Error) -> Error {
     }
 }
 
-/// Runs `f` with `[0x01] ++ key` (a user record's key in the metadata
-/// tree), built on the stack for keys up to 255 bytes: reads do not
-/// allocate it.
-fn with_user_key<R>(key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    let mut buf = [USER; 256];
-    match buf.get_mut(1..=key.len()) {
-        Some(rest) => {
-            rest.copy_from_slice(key);
-            f(&buf[..=key.len()])
-        }
-        None => f(&user_key(key)),
-    }
+/// The metadata-tree key of a user record: its internal key, which starts
+/// with its keyspace's tag (`[0x01] ++ key` for the default keyspace, as in
+/// format version 1; `[0x02] ++ tree ++ key` for a tree: see `tree.rs`).
+fn user_key(key: &[u8]) -> Vec<u8> {
+    debug_assert!(
+        key.first().is_some_and(|t| *t >= USER),
+        "not an internal key"
+    );
+    key.to_vec()
 }
 
-fn user_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(USER);
-    k.extend_from_slice(key);
-    k
+/// Where a scan of user records starts: at `from`, but never among the
+/// system records before the first keyspace.
+fn user_start(from: &[u8]) -> Vec<u8> {
+    if from < [USER].as_slice() {
+        vec![USER]
+    } else {
+        from.to_vec()
+    }
 }
 
 fn sys_key(key: SysKey) -> Vec<u8> {
@@ -337,12 +337,21 @@ fn sys_key(key: SysKey) -> Vec<u8> {
     k
 }
 
+/// The deadline index of the default keyspace: `[0x00] "ttl" ++ key`.
 const TTL_PREFIX: &[u8] = b"\x00ttl";
+/// The deadline index of the trees: `[0x00] "tree-ttl" ++ tree ++ key`.
+const TREE_TTL_PREFIX: &[u8] = b"\x00tree-ttl";
 
+/// The deadline index key of the user record under internal key `key`.
 fn ttl_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(TTL_PREFIX.len() + key.len());
-    k.extend_from_slice(TTL_PREFIX);
-    k.extend_from_slice(key);
+    let (prefix, rest) = match key.split_first() {
+        Some((&TREE, rest)) => (TREE_TTL_PREFIX, rest),
+        Some((_, rest)) => (TTL_PREFIX, rest),
+        None => (TTL_PREFIX, key),
+    };
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
     k
 }
 
@@ -513,8 +522,8 @@ impl SledStorage {
     /// Applies logged changes (idempotent: each sets or removes one key).
     fn apply<'o>(&self, ops: impl IntoIterator<Item = &'o LoggedOp<'o>>) -> Result<()> {
         let deadline = |key: &[u8], d: &LoggedDeadline<'_>| -> Result<()> {
-            // `key` is the user record's key ([0x01] ++ user key).
-            let ttl = ttl_key(&key[1..]);
+            // `key` is the user record's key (its internal key).
+            let ttl = ttl_key(key);
             match d {
                 LoggedDeadline::Keep => Ok(()),
                 LoggedDeadline::Set(v) => self.meta.insert(ttl, *v).map(drop),
@@ -616,24 +625,61 @@ impl SledStorage {
 
     fn scan_meta_inner(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.meta.range(user_key(from)..).take(limit) {
+        for item in self.meta.range(user_start(from)..).take(limit) {
             let (k, v) = item.map_err(storage_error)?;
-            if k.first() != Some(&USER) {
+            if k.first().is_none_or(|t| *t < USER) {
                 break;
             }
-            out.push((bytes(k).slice(1..), bytes(v)));
+            out.push((bytes(k), bytes(v)));
+        }
+        Ok(out)
+    }
+
+    fn scan_meta_rev_inner(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let lo = user_start(from);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let range = match to {
+            Some(hi) if lo.as_slice() >= hi => return Ok(out),
+            Some(hi) => self.meta.range(lo..hi.to_vec()),
+            // User records are the last keys of the metadata tree.
+            None => self.meta.range(lo..),
+        };
+        for item in range.rev().take(limit) {
+            let (k, v) = item.map_err(storage_error)?;
+            out.push((bytes(k), bytes(v)));
         }
         Ok(out)
     }
 
     fn scan_deadlines_inner(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        // In internal key order: the default keyspace's index, then the
+        // trees'. Keys are given back as internal keys.
         let mut out = Vec::new();
-        for item in self.meta.range(ttl_key(from)..).take(limit) {
-            let (k, v) = item.map_err(storage_error)?;
-            if !k.starts_with(TTL_PREFIX) {
-                break;
+        let from = user_start(from);
+        for (tag, prefix) in [(USER, TTL_PREFIX), (TREE, TREE_TTL_PREFIX)] {
+            let start = match from.split_first() {
+                Some((&t, rest)) if t == tag => ttl_key(&[&[t], rest].concat()),
+                Some((&t, _)) if t < tag => prefix.to_vec(),
+                _ => continue,
+            };
+            for item in self.meta.range(start..) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (k, v) = item.map_err(storage_error)?;
+                let Some(rest) = k.strip_prefix(prefix) else {
+                    break;
+                };
+                let mut key = Vec::with_capacity(rest.len() + 1);
+                key.push(tag);
+                key.extend_from_slice(rest);
+                out.push((Bytes::from(key), bytes(v)));
             }
-            out.push((bytes(k).slice(TTL_PREFIX.len()..), bytes(v)));
         }
         Ok(out)
     }
@@ -688,14 +734,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Storage for SledStorage {
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
         guard("reading a record", || {
-            Ok(with_user_key(key, |k| self.meta.get(k))
-                .map_err(storage_error)?
-                .map(bytes))
+            Ok(self.meta.get(key).map_err(storage_error)?.map(bytes))
         })
     }
 
     fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         guard("reading records", || self.scan_meta_inner(from, limit))
+    }
+
+    fn scan_meta_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        guard("reading records", || {
+            self.scan_meta_rev_inner(from, to, limit)
+        })
     }
 
     fn scan_deadlines(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
@@ -945,12 +1000,17 @@ mod tests {
         s.commit(Commit {
             ops: vec![
                 MetaOp::Put {
-                    key: Box::from(&b""[..]),
+                    key: Box::from(&b"\x01"[..]),
                     record: b"empty".to_vec(),
                     deadline: DeadlineOp::Set(b"d1".to_vec()),
                 },
                 MetaOp::Put {
-                    key: Box::from(&b"\x00state"[..]),
+                    key: Box::from(&b"\x02\x01t"[..]),
+                    record: b"tree".to_vec(),
+                    deadline: DeadlineOp::Set(b"d2".to_vec()),
+                },
+                MetaOp::Put {
+                    key: Box::from(&b"\x01\x00state"[..]),
                     record: b"user".to_vec(),
                     deadline: DeadlineOp::Keep,
                 },
@@ -958,32 +1018,50 @@ mod tests {
             sys: vec![(SysKey::State, Some(b"sys".to_vec()))],
         })
         .unwrap();
-        assert_eq!(s.get_meta(b"").unwrap().unwrap(), &b"empty"[..]);
-        assert_eq!(s.get_meta(b"\x00state").unwrap().unwrap(), &b"user"[..]);
+        assert_eq!(s.get_meta(b"\x01").unwrap().unwrap(), &b"empty"[..]);
+        assert_eq!(s.get_meta(b"\x01\x00state").unwrap().unwrap(), &b"user"[..]);
         assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"sys"[..]);
         s.put_sys(SysKey::Gc(3), Some(b"x")).unwrap();
         s.put_sys(SysKey::Gc(9), Some(b"y")).unwrap();
         assert_eq!(s.gc_ids().unwrap(), vec![3, 9]);
         let scanned = s.scan_meta(b"", 10).unwrap();
-        assert_eq!(scanned.len(), 2, "system records are not user records");
-        assert_eq!(&scanned[0].0[..], b"");
-        assert_eq!(s.scan_meta(b"\x00", 10).unwrap().len(), 1);
+        assert_eq!(scanned.len(), 3, "system records are not user records");
+        assert_eq!(&scanned[0].0[..], b"\x01");
+        assert_eq!(&scanned[2].0[..], b"\x02\x01t");
+        assert_eq!(s.scan_meta(b"\x01\x00", 10).unwrap().len(), 2);
+        let rev = s.scan_meta_rev(b"", None, 10).unwrap();
+        assert_eq!(rev.len(), 3);
+        assert_eq!(&rev[0].0[..], b"\x02\x01t");
+        assert_eq!(
+            s.scan_meta_rev(b"\x01", Some(b"\x02"), 10).unwrap().len(),
+            2
+        );
+        // The deadline index of both keyspaces, in internal key order, from
+        // anywhere.
         let deadlines = s.scan_deadlines(b"", 10).unwrap();
-        assert_eq!(deadlines.len(), 1);
+        assert_eq!(deadlines.len(), 2);
         assert_eq!(
             (&deadlines[0].0[..], &deadlines[0].1[..]),
-            (&b""[..], &b"d1"[..])
+            (&b"\x01"[..], &b"d1"[..])
         );
+        assert_eq!(
+            (&deadlines[1].0[..], &deadlines[1].1[..]),
+            (&b"\x02\x01t"[..], &b"d2"[..])
+        );
+        assert_eq!(s.scan_deadlines(b"\x01\x00", 10).unwrap().len(), 1);
+        assert_eq!(s.scan_deadlines(b"\x02", 10).unwrap().len(), 1);
+        assert_eq!(s.scan_deadlines(b"\x02\x01u", 10).unwrap().len(), 0);
+        assert_eq!(s.scan_deadlines(b"", 1).unwrap().len(), 1);
         s.commit(Commit {
             ops: vec![MetaOp::Remove {
-                key: Box::from(&b""[..]),
+                key: Box::from(&b"\x01"[..]),
                 deadline: DeadlineOp::Clear,
             }],
             sys: vec![],
         })
         .unwrap();
-        assert!(s.scan_deadlines(b"", 10).unwrap().is_empty());
-        assert!(s.get_meta(b"").unwrap().is_none());
+        assert_eq!(s.scan_deadlines(b"", 10).unwrap().len(), 1);
+        assert!(s.get_meta(b"\x01").unwrap().is_none());
     }
 
     #[test]
@@ -994,7 +1072,7 @@ mod tests {
             let s = SledStorage::open(&path, 1 << 20).unwrap();
             s.commit(Commit {
                 ops: vec![MetaOp::Put {
-                    key: Box::from(&b"old"[..]),
+                    key: Box::from(&b"\x01old"[..]),
                     record: b"1".to_vec(),
                     deadline: DeadlineOp::Keep,
                 }],
@@ -1041,8 +1119,8 @@ mod tests {
             s.flush().unwrap();
         }
         let s = SledStorage::open(&path, 1 << 20).unwrap();
-        assert_eq!(s.get_meta(b"new").unwrap().unwrap(), &b"2"[..]);
-        assert!(s.get_meta(b"old").unwrap().is_none());
+        assert_eq!(s.get_meta(b"\x01new").unwrap().unwrap(), &b"2"[..]);
+        assert!(s.get_meta(b"\x01old").unwrap().is_none());
         assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"s"[..]);
         assert_eq!(s.scan_deadlines(b"", 10).unwrap().len(), 1);
         assert!(s.log.is_empty(), "the logs are gone");

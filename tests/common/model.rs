@@ -12,7 +12,13 @@
 //! its reopens and crashes go through the same engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend.
 //!
 //! What is checked:
-//! - after every step, every key reads (`get`, `ttl`) as the model says;
+//! - after every step, every key reads (`get`, `ttl`, `contains_key`) as the
+//!   model says, in the default keyspace and in the tree `t` (model keys
+//!   `KEYS..2 * KEYS`, with the same user keys as the default keyspace's, so
+//!   a collision between keyspaces would show), and iteration (`iter`,
+//!   `range` over a sub-range, both directions, each keyspace alone) lists
+//!   exactly the model's live keys in order;
+//! - `compare_and_swap` returns and does what the model says;
 //! - `delete`, `expire`, `persist` return what the model says;
 //! - after a clean reopen (shutdown, or drop of the last handle) the store
 //!   equals the model: nothing acknowledged is lost;
@@ -29,7 +35,8 @@ use std::time::{Duration, SystemTime};
 use millpond::testing::{halt, Faults, StorageOp};
 use millpond::{Config, Engine, Error, MockClock};
 
-/// Keys are `key-0` .. `key-7`.
+/// Keys are `key-0` .. `key-7`; model keys `KEYS..2 * KEYS` are the same
+/// user keys in the tree `t`.
 pub const KEYS: u8 = 8;
 
 /// Value lengths: empty, inline, and long enough for the blob tree.
@@ -93,6 +100,22 @@ pub enum Op {
     Crash,
     /// The next commit of a flush cycle fails (it is retried).
     FailCommit,
+    /// `compare_and_swap` of a key (`0..2 * KEYS`): with the live value as
+    /// expected (`hit`) or a value it never has; to a new value or absent.
+    Cas {
+        key: u8,
+        hit: bool,
+        new: Option<Len>,
+    },
+    /// Sets (`Some`) or deletes (`None`) key `key` (`0..KEYS`) of the tree.
+    TreeWrite {
+        key: u8,
+        len: Option<Len>,
+    },
+    /// One transaction writing keys of both keyspaces (`0..2 * KEYS`).
+    CrossTransaction {
+        writes: Vec<(u8, Option<Len>)>,
+    },
 }
 
 impl Op {
@@ -111,6 +134,27 @@ impl Op {
                 _ => Len::Large,
             };
             let ms = u16::from_le_bytes([next().unwrap_or(0), next().unwrap_or(0)]);
+            if tag >= 240 {
+                let key2 = key + KEYS * (ms as u8 % 2);
+                ops.push(match tag % 3 {
+                    0 => Op::Cas {
+                        key: key2,
+                        hit: ms % 3 != 0,
+                        new: (ms % 5 != 0).then_some(len),
+                    },
+                    1 => Op::TreeWrite {
+                        key,
+                        len: (ms % 4 != 0).then_some(len),
+                    },
+                    _ => Op::CrossTransaction {
+                        writes: vec![
+                            (key, Some(len)),
+                            ((key + 3) % KEYS + KEYS, (ms % 2 == 0).then_some(len)),
+                        ],
+                    },
+                });
+                continue;
+            }
             ops.push(match tag % 15 {
                 0 | 1 => Op::Set { key, len },
                 2 => Op::SetTtl {
@@ -200,9 +244,13 @@ pub fn run_on(backend: Backend, ops: &[Op], write_delay: Option<Duration>) -> Re
     Ok(())
 }
 
+/// The user key of model key `k` (in its keyspace).
 fn key(k: u8) -> Vec<u8> {
-    format!("key-{k}").into_bytes()
+    format!("key-{}", k % KEYS).into_bytes()
 }
+
+/// The name of the model's tree.
+const TREE: &str = "t";
 
 struct Checker {
     /// The sled store's directory, removed when dropped.
@@ -444,6 +492,94 @@ impl Checker {
                 self.faults.fail_nth(StorageOp::Commit, 1);
                 return Ok(());
             }
+            Op::Cas { key: k, hit, new } => {
+                let live = self.live(k).map(|(v, _)| v.clone());
+                let expected = if hit {
+                    live.clone()
+                } else {
+                    Some(b"\xffnever".to_vec())
+                };
+                let new_value = new.map(|l| self.value(l));
+                let got = if k < KEYS {
+                    e.compare_and_swap(&key(k), expected.as_deref(), new_value.as_deref())
+                } else {
+                    e.tree(TREE).and_then(|t| {
+                        t.compare_and_swap(&key(k), expected.as_deref(), new_value.as_deref())
+                    })
+                }
+                .map_err(|x| err("compare_and_swap", x))?;
+                if got != hit {
+                    return Err(format!(
+                        "compare_and_swap returned {got}, the model says {hit}"
+                    ));
+                }
+                if hit {
+                    let deadline = self.live(k).and_then(|(_, d)| *d);
+                    match new_value {
+                        Some(v) => {
+                            self.model.insert(k, (v, deadline));
+                        }
+                        None => {
+                            self.model.remove(&k);
+                        }
+                    }
+                }
+            }
+            Op::TreeWrite { key: k, len } => {
+                let t = e.tree(TREE).map_err(|x| err("tree", x))?;
+                match len {
+                    Some(len) => {
+                        let v = self.value(len);
+                        t.set(&key(k), &v).map_err(|x| err("tree set", x))?;
+                        self.model.insert(k % KEYS + KEYS, (v, None));
+                    }
+                    None => {
+                        let want = self.live(k % KEYS + KEYS).is_some();
+                        let got = t.delete(&key(k)).map_err(|x| err("tree delete", x))?;
+                        if got != want {
+                            return Err(format!(
+                                "tree delete returned {got}, the model says {want}"
+                            ));
+                        }
+                        self.model.remove(&(k % KEYS + KEYS));
+                    }
+                }
+            }
+            Op::CrossTransaction { ref writes } => {
+                let values: Vec<(u8, Option<Vec<u8>>)> = writes
+                    .iter()
+                    .map(|&(k, len)| (k, len.map(|l| self.value(l))))
+                    .collect();
+                let t = e.tree(TREE).map_err(|x| err("tree", x))?;
+                e.transaction(|tx| {
+                    for (k, v) in &values {
+                        if *k < KEYS {
+                            match v {
+                                Some(v) => tx.set(&key(*k), v)?,
+                                None => drop(tx.delete(&key(*k))?),
+                            }
+                        } else {
+                            let mut tt = tx.tree(&t)?;
+                            match v {
+                                Some(v) => tt.set(&key(*k), v)?,
+                                None => drop(tt.delete(&key(*k))?),
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|x| err("cross-keyspace transaction", x))?;
+                for (k, v) in values {
+                    match v {
+                        Some(v) => {
+                            self.model.insert(k, (v, None));
+                        }
+                        None => {
+                            self.model.remove(&k);
+                        }
+                    }
+                }
+            }
         }
         self.history.push(self.model.clone());
         Ok(())
@@ -452,15 +588,27 @@ impl Checker {
     /// Every key's visible value and remaining time, as the engine says.
     fn read_all(&self) -> Result<Visible, String> {
         let mut out = BTreeMap::new();
-        for k in 0..KEYS {
-            let v = self
-                .engine()
-                .get(&key(k))
-                .map_err(|e| format!("get key-{k} failed: {e}"))?;
-            let ttl = self
-                .engine()
-                .ttl(&key(k))
-                .map_err(|e| format!("ttl key-{k} failed: {e}"))?;
+        let tree = self
+            .engine()
+            .tree(TREE)
+            .map_err(|e| format!("tree failed: {e}"))?;
+        for k in 0..2 * KEYS {
+            let (v, ttl, has) = if k < KEYS {
+                let e = self.engine();
+                (e.get(&key(k)), e.ttl(&key(k)), e.contains_key(&key(k)))
+            } else {
+                (
+                    tree.get(&key(k)),
+                    tree.ttl(&key(k)),
+                    tree.contains_key(&key(k)),
+                )
+            };
+            let v = v.map_err(|e| format!("get of model key {k} failed: {e}"))?;
+            let ttl = ttl.map_err(|e| format!("ttl of model key {k} failed: {e}"))?;
+            let has = has.map_err(|e| format!("contains_key of model key {k} failed: {e}"))?;
+            if has != v.is_some() {
+                return Err(format!("model key {k}: contains_key says {has}, get {v:?}"));
+            }
             if let Some(v) = v {
                 out.insert(k, (v.to_vec(), ttl.map(|t| t.as_millis() as u64)));
             } else if ttl.is_some() {
@@ -476,30 +624,78 @@ impl Checker {
         if got != want {
             return Err(format!("the store holds {got:?}, the model {want:?}"));
         }
-        // A scan lists the same keys and values, in order.
-        let scanned: Vec<(Vec<u8>, Vec<u8>)> = self
+        // Iteration lists the same keys and values, in order, per keyspace,
+        // from both ends, over the whole keyspace and over a sub-range.
+        let tree = self
             .engine()
-            .scan_prefix(b"key-")
-            .map(|r| r.map(|(k, v)| (k, v.to_vec())))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("scan failed: {e}"))?;
-        let expected: Vec<(Vec<u8>, Vec<u8>)> =
-            want.into_iter().map(|(k, (v, _))| (key(k), v)).collect();
-        if scanned != expected {
-            return Err(format!(
-                "a scan lists {:?}, the model {:?}",
-                scanned
-                    .iter()
-                    .map(|(k, v)| (String::from_utf8_lossy(k), v.len()))
-                    .collect::<Vec<_>>(),
-                expected
-                    .iter()
-                    .map(|(k, v)| (String::from_utf8_lossy(k), v.len()))
-                    .collect::<Vec<_>>()
-            ));
+            .tree(TREE)
+            .map_err(|e| format!("tree failed: {e}"))?;
+        let (lo, hi) = (key(2), key(6));
+        for in_tree in [false, true] {
+            let expected: Pairs = want
+                .iter()
+                .filter(|(k, _)| (**k >= KEYS) == in_tree)
+                .map(|(k, (v, _))| (key(*k), v.clone()))
+                .collect();
+            let sub: Pairs = expected
+                .iter()
+                .filter(|(k, _)| *k >= lo && *k < hi)
+                .cloned()
+                .collect();
+            let (all, rev, range, range_rev) = if in_tree {
+                (
+                    tree.iter(),
+                    tree.iter(),
+                    tree.range(lo.clone()..hi.clone()),
+                    tree.range(lo.clone()..hi.clone()),
+                )
+            } else {
+                (
+                    self.engine().scan_prefix(b"key-"),
+                    self.engine().iter(),
+                    self.engine().range(lo.clone()..hi.clone()),
+                    self.engine().range(lo.clone()..hi.clone()),
+                )
+            };
+            let mut rev = listed(rev.rev())?;
+            rev.reverse();
+            let mut range_rev = listed(range_rev.rev())?;
+            range_rev.reverse();
+            for (what, got, want) in [
+                ("a scan", listed(all)?, &expected),
+                ("a reverse iteration", rev, &expected),
+                ("a range", listed(range)?, &sub),
+                ("a reverse range", range_rev, &sub),
+            ] {
+                if got != *want {
+                    return Err(format!(
+                        "{what}{} lists {:?}, the model {:?}",
+                        if in_tree { " of the tree" } else { "" },
+                        shown(&got),
+                        shown(want)
+                    ));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Keys and values, as listed.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn listed(
+    it: impl Iterator<Item = millpond::Result<(millpond::Value, millpond::Value)>>,
+) -> Result<Pairs, String> {
+    it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("iteration failed: {e}"))
+}
+
+fn shown(kv: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, usize)> {
+    kv.iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.len()))
+        .collect()
 }
 
 /// The keys of a model state that are live at `now`, with their remaining

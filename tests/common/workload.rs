@@ -214,6 +214,9 @@ pub struct Trial {
     lines: mpsc::Receiver<String>,
     /// The last `checkpoint <n>` seen.
     pub checkpoint: u64,
+    /// Every `event ...` and `acked ...` line seen (the `watched` and
+    /// `synced` modes).
+    pub log: Vec<String>,
 }
 
 pub fn spawn(spec: Spec<'_>) -> Trial {
@@ -250,6 +253,7 @@ pub fn spawn(spec: Spec<'_>) -> Trial {
         stdin,
         lines,
         checkpoint: 0,
+        log: Vec::new(),
     }
 }
 
@@ -257,6 +261,9 @@ impl Trial {
     fn note(&mut self, line: &str) {
         if let Some(n) = line.strip_prefix("checkpoint ") {
             self.checkpoint = n.parse().unwrap();
+        }
+        if line.starts_with("event ") || line.starts_with("acked ") {
+            self.log.push(line.to_string());
         }
     }
 
@@ -395,6 +402,8 @@ pub fn child_main() {
         "flushed" => flushed_child(&e, &mut rng),
         "shutdown" => shutdown_child(e, seed, &mut rng),
         "fsync-fail" => fsync_fail_child(&e, seed),
+        "watched" => watched_child(&e, rng.next()),
+        "synced" => synced_child(&e),
         _ => history_child(&e, seed, &mut rng),
     }
     // Wait to be killed.
@@ -442,6 +451,120 @@ fn flushed_child(e: &Engine, rng: &mut Rng) {
         std::thread::sleep(Duration::from_millis(1));
     }
     println!("flushed {n}");
+}
+
+/// Key `w-<k>` of the `watched` and `synced` modes.
+pub fn watched_key(k: u64) -> Vec<u8> {
+    format!("w-{k}").into_bytes()
+}
+
+/// Keys of the `watched` and `synced` modes.
+pub const WATCHED_KEYS: u64 = 8;
+
+/// Prints `event <durability> <key> <counter or "removed">` for every event
+/// a subscriber gets, as it gets it (stdout is line-buffered: each line is
+/// in the pipe before the next event is read).
+fn print_events(e: &Engine, durability: millpond::Durability, name: &'static str) {
+    let sub = e.watch_prefix(b"w-", durability).unwrap();
+    std::thread::spawn(move || {
+        for ev in sub {
+            if let Some(missed) = ev.lagged() {
+                println!("lagged {missed}");
+                continue;
+            }
+            let key = String::from_utf8_lossy(ev.key()).into_owned();
+            match ev.value() {
+                Some(v) => println!("event {name} {key} {}", u64_value(v)),
+                None => println!("event {name} {key} removed"),
+            }
+        }
+    });
+}
+
+/// The `watched` child: a Flushed and a Synced subscriber print every event;
+/// the main thread sets `w-<k>` to increasing counters (never deleting, so
+/// a key's value only grows), asks for `Flushed` or `Synced` on some writes
+/// and checkpoints on others.
+fn watched_child(e: &Engine, seed: u64) {
+    print_events(e, millpond::Durability::Flushed, "flushed");
+    print_events(e, millpond::Durability::Synced, "synced");
+    let mut rng = Rng::new(seed);
+    for i in 1..OPS {
+        let k = watched_key(rng.below(WATCHED_KEYS));
+        let done = match rng.below(100) {
+            5 => e.set_with(&k, &i.to_le_bytes(), millpond::Durability::Flushed),
+            6 => e.set_with(&k, &i.to_le_bytes(), millpond::Durability::Synced),
+            7 => e.checkpoint().map(drop),
+            _ => e.set(&k, &i.to_le_bytes()),
+        };
+        if done.is_err() {
+            return;
+        }
+    }
+}
+
+/// The `synced` child: four threads write `s-<t>-<i>` with
+/// `Durability::Synced` and print `acked s-<t>-<i>` once each returned; a
+/// Synced subscriber of `w-` prints its events while a fifth thread sets
+/// `w-<k>` to increasing counters.
+fn synced_child(e: &Engine) {
+    print_events(e, millpond::Durability::Synced, "synced");
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for i in 0..OPS {
+                    let k = format!("s-{t}-{i}");
+                    if e.set_with(k.as_bytes(), b"v", millpond::Durability::Synced)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    println!("acked {k}");
+                }
+            })
+        })
+        .collect();
+    for i in 1..OPS {
+        if e.set(&watched_key(i % WATCHED_KEYS), &i.to_le_bytes())
+            .is_err()
+        {
+            break;
+        }
+    }
+    for w in writers {
+        let _ = w.join();
+    }
+}
+
+/// Checks a store recovered after the `watched` or `synced` child died
+/// against the events its subscribers printed: no event of a change that is
+/// gone. The children never delete and each key's counters only grow, so
+/// the recovered value of a key must be at or past the highest counter any
+/// event showed for it. Returns the events checked.
+pub fn check_events(e: &Engine, log: &[String], what: &str) -> usize {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut events = 0;
+    for line in log.iter().filter(|l| l.starts_with("event ")) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [_, _, key, v] = parts[..] else {
+            panic!("{what}: a torn event line {line:?}");
+        };
+        let v: u64 = v
+            .parse()
+            .unwrap_or_else(|_| panic!("{what}: an unexpected event {line:?}"));
+        events += 1;
+        let max = seen.entry(key.to_string()).or_insert(0);
+        *max = (*max).max(v);
+    }
+    for (key, s) in &seen {
+        let got = e.get(key.as_bytes()).unwrap().map(|v| u64_value(&v));
+        assert!(
+            got.is_some_and(|g| g >= *s),
+            "{what}: a watcher saw {key} = {s}, the recovered store has {got:?}"
+        );
+    }
+    events
 }
 
 fn shutdown_child(e: Engine, seed: u64, rng: &mut Rng) {
