@@ -339,3 +339,20 @@ fn a_store_on_which_sled_panics_gets_one_error_line_and_no_panic_output() {
         }
     }
 }
+
+#[test]
+fn dump_refuses_a_store_with_named_trees_rather_than_leave_them_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    {
+        let e = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
+        e.set(b"plain", b"1").unwrap();
+        e.tree("sessions").unwrap().set(b"s1", b"2").unwrap();
+        e.shutdown().unwrap();
+    }
+    let out = millpond(&["dump", p(&dir)]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("named trees"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing half-written");
+}
