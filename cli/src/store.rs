@@ -70,7 +70,7 @@ impl Encoding {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("{s:?} is not hex: odd number of digits");
     }
     (0..s.len())

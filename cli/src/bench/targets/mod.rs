@@ -1246,20 +1246,27 @@ mod tests {
         for (name, run) in [
             ("ttl-millpond", ttl_script::<MillpondTarget> as fn(&Path)),
             ("ttl-sled", ttl_script::<SledTarget>),
+            ("ttl-fjall", ttl_script::<FjallTarget>),
+            ("ttl-redb", ttl_script::<RedbTarget>),
         ] {
             let d = tempdir(name);
             run(&d);
             std::fs::remove_dir_all(&d).unwrap();
         }
-        // sled keeps TTL keys in their own tree, under their own prefix.
-        let d = tempdir("ttl-sled-prefix");
-        let t = SledTarget::open(&d, &tuning()).unwrap();
-        let err = t
-            .set_with_ttl(b"other", b"1", Duration::from_secs(1))
-            .unwrap_err();
-        assert!(err.downcast_ref::<Unsupported>().is_some());
-        t.close().unwrap();
-        std::fs::remove_dir_all(&d).unwrap();
+        // The disk-backed emulations keep TTL keys in their own tree, under
+        // their own prefix.
+        fn refuses_other_keys<T: Target>(d: &Path) {
+            let t = T::open(d, &tuning()).unwrap();
+            let err = t
+                .set_with_ttl(b"other", b"1", Duration::from_secs(1))
+                .unwrap_err();
+            assert!(err.downcast_ref::<Unsupported>().is_some());
+            t.close().unwrap();
+            std::fs::remove_dir_all(d).unwrap();
+        }
+        refuses_other_keys::<SledTarget>(&tempdir("ttl-sled-prefix"));
+        refuses_other_keys::<FjallTarget>(&tempdir("ttl-fjall-prefix"));
+        refuses_other_keys::<RedbTarget>(&tempdir("ttl-redb-prefix"));
     }
 
     #[test]
@@ -1268,6 +1275,8 @@ mod tests {
         for (name, run) in [
             ("millpond", script::<MillpondTarget> as fn(&Path)),
             ("sled", script::<SledTarget>),
+            ("fjall", script::<FjallTarget>),
+            ("redb", script::<RedbTarget>),
         ] {
             let d = tempdir(name);
             run(&d);

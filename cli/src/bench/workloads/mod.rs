@@ -1541,7 +1541,7 @@ mod tests {
 
     #[test]
     fn ttl_churn_checks_expiry_on_every_target() {
-        use crate::bench::targets::{MillpondTarget, SledTarget};
+        use crate::bench::targets::{FjallTarget, MillpondTarget, RedbTarget, SledTarget};
         fn on<T: Target>(dir: &Path) {
             let mut w = quick_ttl_churn(8);
             let t = T::open(dir, &tuning()).unwrap();
@@ -1578,6 +1578,8 @@ mod tests {
         on::<MemoryTarget>(&base.join("mem"));
         on::<MillpondTarget>(&base.join("millpond"));
         on::<SledTarget>(&base.join("sled"));
+        on::<FjallTarget>(&base.join("fjall"));
+        on::<RedbTarget>(&base.join("redb"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 

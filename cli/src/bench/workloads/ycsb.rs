@@ -260,9 +260,7 @@ impl Ycsb {
                     }
                 } else if phase == Phase::F {
                     let made = t.modify(key, |cur| {
-                        let Some(cur) = cur.as_mut() else {
-                            return None;
-                        };
+                        let cur = cur.as_mut()?;
                         let (i, w, ver) = Ycsb::header(cur)?;
                         if i != id || w != 0 {
                             return None;
