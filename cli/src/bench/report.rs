@@ -247,7 +247,17 @@ impl Measure {
         let Some(p) = peer else {
             return "-".into();
         };
-        let r = self.of(m) / self.of(p);
+        let (mine, theirs) = (self.of(m), self.of(p));
+        if let Measure::DeviceBytes = self {
+            // A run that wrote nothing (ycsb-c) has no ratio to speak of.
+            match (mine == 0.0, theirs == 0.0) {
+                (true, true) => return "none written".into(),
+                (true, false) => return format!("0 B vs {}", fmt_bytes(theirs as u64)),
+                (false, true) => return format!("{} vs 0 B", fmt_bytes(mine as u64)),
+                _ => {}
+            }
+        }
+        let r = mine / theirs;
         match self {
             Measure::DeviceBytes if r > 0.0 && r < 1.0 => {
                 format!("{} ({:.1}x fewer)", fmt_ratio(r), 1.0 / r)
@@ -589,6 +599,8 @@ mod tests {
                     notes: vec!["per target".into(), "everywhere".into()],
                     ..run("sessions", TargetKind::InMemory, 4000.0, 0)
                 },
+                run("reads", TargetKind::Millpond, 500.0, 0),
+                run("reads", TargetKind::Sled, 1000.0, 4096),
                 failed,
                 RunReport::not_run(
                     WorkloadKind::TtlChurn,
@@ -618,6 +630,17 @@ mod tests {
             .find(|l| l.starts_with("sessions") && l.contains("fewer"))
             .expect("a device bytes ratio line");
         assert!(bytes.contains("0.05x (20.0x fewer)"), "{bytes}");
+        // A workload that writes nothing, and a peer that did not run it.
+        let reads: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("reads ") && !l.contains("ok ("))
+            .collect();
+        assert_eq!(
+            reads[0].split_whitespace().collect::<Vec<_>>(),
+            ["reads", "0.50x", "-"],
+            "{text}"
+        );
+        assert!(reads[1].ends_with("0 B vs 4.0 KiB"), "{text}");
         // The in-memory map writes nothing: no bytes column for it.
         let headers: Vec<Vec<&str>> = text
             .lines()
