@@ -21,7 +21,9 @@
 //!   `expiring` keyspace as `deadline || value`; `deadlines` holds
 //!   `deadline || key` for each one with a deadline, written in the same
 //!   batch, under the key's stripe lock; reads check the deadline; a
-//!   [`Sweeper`] deletes expired entries every 100 ms, 256 per batch.
+//!   [`Sweeper`] deletes expired entries every 100 ms, 256 per batch,
+//!   scanning the index from where its last sweep ended (not through the
+//!   tombstones of every earlier sweep).
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -148,17 +150,28 @@ impl Spaces {
 
     /// One sweep: deletes every entry whose deadline has passed, from both
     /// keyspaces, `SWEEP_SLICE` per batch. Returns how many.
-    fn sweep(&self, stripes: &Stripes) -> Result<u64> {
-        let end = unix_millis().saturating_add(1).to_be_bytes();
+    ///
+    /// The scan starts at `*from`, a second before the end of the last
+    /// complete sweep, not at the start of the index, and each slice after
+    /// the previous one: deletions are tombstones until compaction, and an
+    /// LSM scan from the start would wade through all of them every time
+    /// (how an application uses an LSM as a queue: with a lower bound). A new
+    /// entry's deadline is never before the time it is written; the second
+    /// covers a write racing with a sweep and small clock steps.
+    fn sweep(&self, stripes: &Stripes, from: &mut u64) -> Result<u64> {
+        let now = unix_millis();
+        let end = now.saturating_add(1).to_be_bytes();
+        let mut start = from.to_be_bytes().to_vec();
         let mut swept = 0;
         loop {
             let entries = self
                 .deadlines
-                .range(..&end[..])
+                .range(&start[..]..&end[..])
                 .take(SWEEP_SLICE)
                 .map(|g| g.key())
                 .collect::<fjall::Result<Vec<Slice>>>()?;
             if entries.is_empty() {
+                *from = now.saturating_sub(1000);
                 return Ok(swept);
             }
             let _held = stripes.lock_all(entries.iter().map(|e| &e[8..]));
@@ -175,7 +188,14 @@ impl Spaces {
             }
             batch.commit()?;
             swept += entries.len() as u64;
+            // The next slice starts just after this one (its keys are
+            // tombstones now).
+            if let Some(last) = entries.last() {
+                start = last.to_vec();
+                start.push(0);
+            }
             if entries.len() < SWEEP_SLICE {
+                *from = now.saturating_sub(1000);
                 return Ok(swept);
             }
         }
@@ -193,7 +213,8 @@ impl FjallTarget {
     fn start_sweeper(&self) -> Result<()> {
         ensure_sweeper(&self.sweeper, "fjall-expiry", || {
             let (spaces, stripes) = (self.spaces.clone(), Arc::clone(&self.stripes));
-            move || spaces.sweep(&stripes)
+            let mut from = 0;
+            move || spaces.sweep(&stripes, &mut from)
         })
     }
 }
