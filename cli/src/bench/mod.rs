@@ -7,6 +7,9 @@
 //! phase, which ends with the target's durable point; it then reopens the
 //! store, compares every key with what the workload wrote, and prints one
 //! JSON line ([`report::RunReport`]). The parent prints the tables.
+//!
+//! `bench --soak DURATION` runs [`soak`] instead: one long run in this
+//! process, watched for stalls.
 
 pub mod measure;
 pub mod report;
@@ -124,14 +127,15 @@ pub struct BenchArgs {
     /// millpond unless --target says otherwise (e.g. millpond,sled).
     #[arg(long, value_name = "DURATION", conflicts_with_all = ["workload", "json"])]
     pub soak: Option<soak::SoakDuration>,
-    /// With --soak: how long anything may take before it is a stall.
+    /// With --soak: how long anything may take before it is a stall
+    /// [default: 30s].
     #[arg(
         long,
         value_name = "DURATION",
-        default_value = "30s",
-        requires = "soak"
+        requires = "soak",
+        conflicts_with_all = ["workload", "json"]
     )]
-    pub stall_after: soak::SoakDuration,
+    pub stall_after: Option<soak::SoakDuration>,
     #[command(flatten)]
     pub options: RunOptions,
 }
@@ -182,7 +186,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some(duration) = args.soak {
         let code = soak::run(&soak::SoakArgs {
             duration: duration.0,
-            stall_after: args.stall_after.0,
+            stall_after: args.stall_after.map_or(soak::STALL_AFTER, |d| d.0),
             targets: selection(&args.target, &[TargetKind::Millpond]),
             dir: root.clone(),
             keep: args.keep,

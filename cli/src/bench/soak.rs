@@ -118,6 +118,10 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// How long anything may take before it is a stall, unless
+/// `--stall-after` says otherwise.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+
 /// What `--soak` needs from the command line.
 pub struct SoakArgs {
     pub duration: Duration,
@@ -435,11 +439,15 @@ fn soak<T: Target + Send + 'static>(args: &SoakArgs, kind: TargetKind, dir: &Pat
         );
     }
     verdict += &format!(
-        "; longest op {}, {} checkpoints (longest {}), final close {}; {} keys checked after \
-         reopening",
+        "; longest op {}, {} checkpoints",
         fmt_secs(end.longest_op),
-        end.checkpoints,
-        fmt_secs(end.longest_checkpoint),
+        end.checkpoints
+    );
+    if end.checkpoints > 0 {
+        verdict += &format!(" (longest {})", fmt_secs(end.longest_checkpoint));
+    }
+    verdict += &format!(
+        ", final close {}; {} keys checked after reopening",
         fmt_secs(end.close),
         fmt_count(end.checked),
     );
