@@ -12,8 +12,8 @@
 //! every 10 s. At the end the store is closed, reopened and every key
 //! compared with what the run wrote.
 //!
-//! On a stall it prints the reason and exits with status 1 at once: the
-//! stuck threads cannot be joined (sled 0.34 is known to deadlock under
+//! On a stall it prints the reason and exits with status 1 at once, leaving
+//! the store on disk for inspection: the stuck threads cannot be joined (sled 0.34 is known to deadlock under
 //! write load; see `/work/shared/sled-facts.md`), so nothing after it runs.
 
 use std::fmt;
@@ -384,11 +384,12 @@ fn soak<T: Target + Send + 'static>(args: &SoakArgs, kind: TargetKind, dir: &Pat
         };
         if let Some(reason) = check(&mut watch, &sample, limit) {
             println!(
-                "soak{}: STALL after {}: {reason} (limit {}); {} ops done",
+                "soak{}: STALL after {}: {reason} (limit {}); {} ops done; the store is left in {}",
                 label(kind),
                 fmt_duration(sample.now),
                 fmt_duration(limit),
                 fmt_count(progress.ops.load(Ordering::Relaxed)),
+                dir.display(),
             );
             let _ = std::io::stdout().flush();
             // The stuck threads cannot be joined: exit from here.
