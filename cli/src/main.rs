@@ -65,8 +65,9 @@ enum Command {
     /// Runs the demo workload (session state from several threads),
     /// checkpoints, shuts down, reopens, verifies and prints a summary.
     Demo(demo::DemoArgs),
-    /// Runs workloads against millpond, raw sled and an in-memory map, each
-    /// in a fresh child process, and prints one comparison table.
+    /// Runs workloads against millpond, raw sled, fjall, redb and an
+    /// in-memory map, each in a fresh child process, and prints one
+    /// comparison table; or, with --soak, a long run with a stall watchdog.
     Bench(bench::BenchArgs),
     /// One (workload, target) run; prints its results as one JSON line.
     /// Started by `bench`, not meant to be run by hand.

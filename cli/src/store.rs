@@ -75,7 +75,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>> {
     if let Some(bad) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
         bail!("{s:?} is not hex: {bad:?} is not a hex digit");
     }
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("{s:?} is not hex: odd number of digits");
     }
     let digit = |b: u8| {

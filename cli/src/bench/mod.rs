@@ -7,9 +7,13 @@
 //! phase, which ends with the target's durable point; it then reopens the
 //! store, compares every key with what the workload wrote, and prints one
 //! JSON line ([`report::RunReport`]). The parent prints the tables.
+//!
+//! `bench --soak DURATION` runs [`soak`] instead: one long run in this
+//! process, watched for stalls.
 
 pub mod measure;
 pub mod report;
+pub mod soak;
 pub mod targets;
 pub mod workloads;
 
@@ -24,8 +28,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use measure::{disk_usage, peak_rss_bytes, IoCounters};
 use report::{BenchOutput, RunReport, Status};
-use targets::{MemoryTarget, MillpondTarget, SledTarget, Target, TargetKind, Tuning, Unsupported};
-use workloads::{Journal, Params, ReadHeavy, Sessions, Tasks, TtlChurn, UniformInsert};
+use targets::{FjallTarget, MemoryTarget, MillpondTarget, RedbTarget, SledTarget};
+use targets::{Target, TargetKind, Tuning, Unsupported};
+use workloads::Ycsb;
+use workloads::{Journal, Params, Phase, ReadHeavy, Sessions, Tasks, TtlChurn, UniformInsert};
 use workloads::{Workload, WorkloadKind};
 
 /// Options shared by `bench` and `bench-child`.
@@ -46,11 +52,11 @@ pub struct RunOptions {
     /// millpond's flush_threads.
     #[arg(long, default_value_t = 2)]
     pub flush_threads: usize,
-    /// millpond's max_dirty_bytes, in MiB (the engine's default is 64; size
-    /// it to about twice the hot working set). read-heavy uses its own,
-    /// smaller buffer.
-    #[arg(long, default_value_t = 64)]
-    pub max_dirty_mib: usize,
+    /// millpond's max_dirty_bytes, in MiB [default: the engine's default, a
+    /// share of physical memory between 64 and 512 MiB]. read-heavy uses its
+    /// own, smaller buffer.
+    #[arg(long)]
+    pub max_dirty_mib: Option<usize>,
     /// millpond's inline_threshold (values up to this many bytes live in
     /// their metadata record) [default: the engine's default].
     #[arg(long)]
@@ -61,7 +67,7 @@ impl RunOptions {
     fn tuning(&self) -> Tuning {
         Tuning {
             write_delay: Duration::from_millis(self.write_delay_ms),
-            max_dirty_bytes: self.max_dirty_mib << 20,
+            max_dirty_bytes: self.max_dirty_mib.map(|m| m << 20),
             flush_threads: self.flush_threads,
             inline_threshold: self.inline_threshold,
         }
@@ -84,9 +90,11 @@ impl RunOptions {
             self.write_delay_ms.to_string(),
             "--flush-threads".into(),
             self.flush_threads.to_string(),
-            "--max-dirty-mib".into(),
-            self.max_dirty_mib.to_string(),
         ];
+        if let Some(m) = self.max_dirty_mib {
+            args.push("--max-dirty-mib".into());
+            args.push(m.to_string());
+        }
         if let Some(t) = self.inline_threshold {
             args.push("--inline-threshold".into());
             args.push(t.to_string());
@@ -114,6 +122,22 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the workloads: a soak of this long (`10m`, `90s`, `1h`,
+    /// or seconds) of the sessions workload with a watchdog that reports
+    /// any op, checkpoint or flush cycle longer than --stall-after, progress
+    /// every 10 s and a verdict; exit status 1 on a stall. Runs against
+    /// millpond unless --target says otherwise (e.g. millpond,sled).
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["workload", "json"])]
+    pub soak: Option<soak::SoakDuration>,
+    /// With --soak: how long anything may take before it is a stall
+    /// [default: 30s].
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "soak",
+        conflicts_with_all = ["workload", "json"]
+    )]
+    pub stall_after: Option<soak::SoakDuration>,
     #[command(flatten)]
     pub options: RunOptions,
 }
@@ -154,10 +178,6 @@ fn selection<T: Copy + PartialEq>(chosen: &[T], all: &[T]) -> Vec<T> {
 /// The parent: runs every pair in a child, then prints.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     check_options(&args.options)?;
-    let workloads = selection(&args.workload, &WorkloadKind::ALL);
-    let targets = selection(&args.target, &TargetKind::ALL);
-    let exe = env::current_exe().context("finding this program's path to start child runs")?;
-
     let parent = args.dir.clone().unwrap_or_else(env::temp_dir);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,6 +185,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let root = parent.join(format!("millpond-bench-{}-{stamp}", std::process::id()));
     fs::create_dir_all(&root)
         .with_context(|| format!("creating the bench directory {}", root.display()))?;
+    if let Some(duration) = args.soak {
+        let code = soak::run(&soak::SoakArgs {
+            duration: duration.0,
+            stall_after: args.stall_after.map_or(soak::STALL_AFTER, |d| d.0),
+            targets: selection(&args.target, &[TargetKind::Millpond]),
+            dir: root.clone(),
+            keep: args.keep,
+            tuning: args.options.tuning(),
+            seed: args.options.seed,
+        })?;
+        if !args.keep {
+            remove_dir(&root)?;
+        }
+        return Ok(code);
+    }
+    let workloads = selection(&args.workload, &WorkloadKind::ALL);
+    let targets = selection(&args.target, &TargetKind::ALL);
+    let exe = env::current_exe().context("finding this program's path to start child runs")?;
 
     let runs = workloads.len() * targets.len();
     let bar = if std::io::stdout().is_terminal() {
@@ -333,6 +371,11 @@ pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
         }
         WorkloadKind::ReadHeavy => on_target(ReadHeavy::new(p), args.workload, t, dir, tuning),
         WorkloadKind::TtlChurn => on_target(TtlChurn::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::YcsbLoad => ycsb(p, Phase::Load, args.workload, t, dir, tuning),
+        WorkloadKind::YcsbA => ycsb(p, Phase::A, args.workload, t, dir, tuning),
+        WorkloadKind::YcsbB => ycsb(p, Phase::B, args.workload, t, dir, tuning),
+        WorkloadKind::YcsbC => ycsb(p, Phase::C, args.workload, t, dir, tuning),
+        WorkloadKind::YcsbF => ycsb(p, Phase::F, args.workload, t, dir, tuning),
     };
     println!("{}", serde_json::to_string(&report)?);
     if report.status == Status::Failed {
@@ -347,6 +390,17 @@ pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn ycsb(
+    p: Params,
+    phase: Phase,
+    workload: WorkloadKind,
+    target: TargetKind,
+    dir: &Path,
+    base: Tuning,
+) -> RunReport {
+    on_target(Ycsb::new(p, phase), workload, target, dir, base)
+}
+
 fn on_target<W: Workload>(
     w: W,
     workload: WorkloadKind,
@@ -357,6 +411,8 @@ fn on_target<W: Workload>(
     match target {
         TargetKind::Millpond => drive::<W, MillpondTarget>(w, workload, target, dir, base),
         TargetKind::Sled => drive::<W, SledTarget>(w, workload, target, dir, base),
+        TargetKind::Fjall => drive::<W, FjallTarget>(w, workload, target, dir, base),
+        TargetKind::Redb => drive::<W, RedbTarget>(w, workload, target, dir, base),
         TargetKind::InMemory => drive::<W, MemoryTarget>(w, workload, target, dir, base),
     }
 }

@@ -37,7 +37,8 @@ pub struct RunReport {
     /// Seconds spent in the ops themselves.
     pub ops_secs: f64,
     /// Seconds spent reaching the durable point after the last op
-    /// (millpond: checkpoint + shutdown; sled: flush + drop).
+    /// (millpond: checkpoint + shutdown; sled: flush + drop; fjall:
+    /// persist(SyncAll) + drop; redb: a durable commit + close).
     pub durable_secs: f64,
     /// `ops_secs + durable_secs`.
     pub total_secs: f64,
@@ -117,7 +118,7 @@ pub fn fmt_count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -225,6 +226,100 @@ impl Table {
     }
 }
 
+/// A measure compared between millpond and a peer.
+#[derive(Clone, Copy)]
+enum Measure {
+    Throughput,
+    DeviceBytes,
+}
+
+impl Measure {
+    fn of(self, r: &RunReport) -> f64 {
+        match self {
+            Measure::Throughput => r.ops_per_sec,
+            Measure::DeviceBytes => r.write_bytes as f64,
+        }
+    }
+
+    /// `millpond / peer`, "-" where the peer did not run; fewer bytes are
+    /// also shown as "(Nx fewer)".
+    fn ratio(self, m: &RunReport, peer: Option<&RunReport>) -> String {
+        let Some(p) = peer else {
+            return "-".into();
+        };
+        let (mine, theirs) = (self.of(m), self.of(p));
+        if let Measure::DeviceBytes = self {
+            // A run that wrote nothing (ycsb-c) has no ratio to speak of.
+            match (mine == 0.0, theirs == 0.0) {
+                (true, true) => return "none written".into(),
+                (true, false) => return format!("0 B vs {}", fmt_bytes(theirs as u64)),
+                (false, true) => return format!("{} vs 0 B", fmt_bytes(mine as u64)),
+                _ => {}
+            }
+        }
+        let r = mine / theirs;
+        match self {
+            Measure::DeviceBytes if r > 0.0 && r < 1.0 => {
+                format!("{} ({:.1}x fewer)", fmt_ratio(r), 1.0 / r)
+            }
+            _ => fmt_ratio(r),
+        }
+    }
+}
+
+/// The summary: millpond's throughput and device bytes as ratios to each
+/// peer that ran, one row per workload. The in-memory map writes nothing to
+/// the device, so it has no bytes column.
+fn ratio_tables(runs: &[RunReport], workloads: &[&str]) -> String {
+    let ran = |t: TargetKind| {
+        runs.iter()
+            .any(|r| r.target == t.name() && r.status == Status::Ok)
+    };
+    let peers: Vec<TargetKind> = TargetKind::ALL
+        .into_iter()
+        .filter(|&t| t != TargetKind::Millpond && ran(t))
+        .collect();
+    let disk_peers: Vec<TargetKind> = peers
+        .iter()
+        .copied()
+        .filter(|&t| t != TargetKind::InMemory)
+        .collect();
+    let mut text = String::new();
+    for (measure, peers, title) in [
+        (
+            Measure::Throughput,
+            &peers,
+            "millpond / peer, throughput (ops/s; above 1x: millpond is faster):",
+        ),
+        (
+            Measure::DeviceBytes,
+            &disk_peers,
+            "millpond / peer, bytes written to the device (below 1x: millpond wrote fewer):",
+        ),
+    ] {
+        if peers.is_empty() {
+            continue;
+        }
+        let columns: Vec<(&'static str, bool)> = std::iter::once(("workload", false))
+            .chain(peers.iter().map(|t| (t.name(), true)))
+            .collect();
+        let mut table = Table::new(&columns);
+        for w in workloads {
+            let Some(m) = find(runs, w, TargetKind::Millpond) else {
+                continue;
+            };
+            let cells = std::iter::once(w.to_string())
+                .chain(peers.iter().map(|&t| measure.ratio(m, find(runs, w, t))));
+            table.row(cells.collect());
+        }
+        if !table.rows.is_empty() {
+            let _ = writeln!(text, "\n{title}");
+            text.push_str(&table.render());
+        }
+    }
+    text
+}
+
 fn find<'a>(runs: &'a [RunReport], workload: &str, target: TargetKind) -> Option<&'a RunReport> {
     runs.iter()
         .find(|r| r.workload == workload && r.target == target.name() && r.status == Status::Ok)
@@ -303,48 +398,14 @@ pub fn render(out: &BenchOutput) -> String {
     }
     text.push_str(&main.render());
 
-    // Ratios.
-    let mut ratios = Table::new(&[
-        ("workload", false),
-        ("ops/s millpond/sled", true),
-        ("ops/s millpond/in-memory", true),
-        ("dev bytes millpond/sled", true),
-        ("p99 millpond/sled", true),
-    ]);
+    // millpond against each peer.
     let mut workloads: Vec<&str> = Vec::new();
     for r in &out.runs {
         if !workloads.contains(&r.workload.as_str()) {
             workloads.push(&r.workload);
         }
     }
-    for w in &workloads {
-        let Some(m) = find(&out.runs, w, TargetKind::Millpond) else {
-            continue;
-        };
-        let sled = find(&out.runs, w, TargetKind::Sled);
-        let mem = find(&out.runs, w, TargetKind::InMemory);
-        let dash = || "-".to_string();
-        ratios.row(vec![
-            w.to_string(),
-            sled.map_or_else(dash, |s| fmt_ratio(m.ops_per_sec / s.ops_per_sec)),
-            mem.map_or_else(dash, |s| fmt_ratio(m.ops_per_sec / s.ops_per_sec)),
-            sled.map_or_else(dash, |s| {
-                let r = m.write_bytes as f64 / s.write_bytes as f64;
-                if r > 0.0 && r < 1.0 {
-                    format!("{} ({:.1}x fewer)", fmt_ratio(r), 1.0 / r)
-                } else {
-                    fmt_ratio(r)
-                }
-            }),
-            sled.map_or_else(dash, |s| {
-                fmt_ratio(f64::from(m.p99_ns) / f64::from(s.p99_ns))
-            }),
-        ]);
-    }
-    if !ratios.rows.is_empty() {
-        text.push('\n');
-        text.push_str(&ratios.render());
-    }
+    text.push_str(&ratio_tables(&out.runs, &workloads));
 
     // millpond's own counters.
     let mut engine = Table::new(&[
@@ -419,7 +480,8 @@ pub fn render(out: &BenchOutput) -> String {
     );
     text.push_str(
         "columns: ops/s = ops / total s; total s includes the durable point (millpond checkpoint + \
-         shutdown, sled flush + drop), shown alone as durable s;\n  latencies are per op (the \
+         shutdown, sled flush + drop,\n  fjall persist(SyncAll) + drop, redb Durability::Immediate \
+         commit + close), shown alone as durable s;\n  latencies are per op (the \
          durable point excluded; mean = sum of op latencies / ops, so it shows stalls that\n  the percentiles hide); dev B/logical B = /proc/self/io write_bytes over the timed \
          phase / key+value bytes written;\n  disk = allocated size after the durable point; \
          peak RSS = VmHWM of the run's own process; check = store reopened and every key compared.\n",
@@ -537,6 +599,8 @@ mod tests {
                     notes: vec!["per target".into(), "everywhere".into()],
                     ..run("sessions", TargetKind::InMemory, 4000.0, 0)
                 },
+                run("reads", TargetKind::Millpond, 500.0, 0),
+                run("reads", TargetKind::Sled, 1000.0, 4096),
                 failed,
                 RunReport::not_run(
                     WorkloadKind::TtlChurn,
@@ -551,13 +615,46 @@ mod tests {
             ],
         };
         let text = render(&out);
-        let ratio_line = text
+        let speed = text
+            .split("throughput")
+            .nth(1)
+            .and_then(|t| t.lines().find(|l| l.starts_with("sessions")))
+            .expect("a throughput ratio line");
+        assert_eq!(
+            speed.split_whitespace().collect::<Vec<_>>(),
+            ["sessions", "10.0x", "0.25x"],
+            "{text}"
+        );
+        let bytes = text
             .lines()
             .find(|l| l.starts_with("sessions") && l.contains("fewer"))
-            .expect("a ratio line");
-        assert!(ratio_line.contains("10.0x"), "{ratio_line}");
-        assert!(ratio_line.contains("0.25x"), "{ratio_line}");
-        assert!(ratio_line.contains("(20.0x fewer)"), "{ratio_line}");
+            .expect("a device bytes ratio line");
+        assert!(bytes.contains("0.05x (20.0x fewer)"), "{bytes}");
+        // A workload that writes nothing, and a peer that did not run it.
+        let reads: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("reads ") && !l.contains("ok ("))
+            .collect();
+        assert_eq!(
+            reads[0].split_whitespace().collect::<Vec<_>>(),
+            ["reads", "0.50x", "-"],
+            "{text}"
+        );
+        assert!(reads[1].ends_with("0 B vs 4.0 KiB"), "{text}");
+        // The in-memory map writes nothing: no bytes column for it.
+        let headers: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| l.starts_with("workload ") && !l.contains("thr"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            headers[..2],
+            [
+                vec!["workload", "sled", "in-memory"],
+                vec!["workload", "sled"]
+            ],
+            "{text}"
+        );
         assert_eq!(
             text.matches("not run: an op the store cannot do").count(),
             1

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+mod ycsb;
+
+pub use ycsb::{Phase, Ycsb};
+
 use super::measure::Latencies;
 use super::targets::{describe, show_key, Atomicity, Change, Expect, Target, Tuning};
 use super::targets::{unix_millis, TargetKind, SECOND_TREE_PREFIX};
@@ -148,16 +152,31 @@ pub enum WorkloadKind {
     ReadHeavy,
     /// TTL churn: short-TTL keys expiring while new ones arrive, paced.
     TtlChurn,
+    /// YCSB load: insert 100,000 records of 1 KiB, hashed key order.
+    YcsbLoad,
+    /// YCSB A: 50 % reads, 50 % updates, zipfian, on the loaded records.
+    YcsbA,
+    /// YCSB B: 95 % reads, 5 % updates, zipfian.
+    YcsbB,
+    /// YCSB C: 100 % reads of loaded, durable records, zipfian.
+    YcsbC,
+    /// YCSB F: 50 % reads, 50 % read-modify-writes, zipfian.
+    YcsbF,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 6] = [
+    pub const ALL: [WorkloadKind; 11] = [
         WorkloadKind::Sessions,
         WorkloadKind::Tasks,
         WorkloadKind::Journal,
         WorkloadKind::UniformInsert,
         WorkloadKind::ReadHeavy,
         WorkloadKind::TtlChurn,
+        WorkloadKind::YcsbLoad,
+        WorkloadKind::YcsbA,
+        WorkloadKind::YcsbB,
+        WorkloadKind::YcsbC,
+        WorkloadKind::YcsbF,
     ];
 
     pub fn name(self) -> &'static str {
@@ -168,6 +187,11 @@ impl WorkloadKind {
             WorkloadKind::UniformInsert => "uniform-insert",
             WorkloadKind::ReadHeavy => "read-heavy",
             WorkloadKind::TtlChurn => "ttl-churn",
+            WorkloadKind::YcsbLoad => "ycsb-load",
+            WorkloadKind::YcsbA => "ycsb-a",
+            WorkloadKind::YcsbB => "ycsb-b",
+            WorkloadKind::YcsbC => "ycsb-c",
+            WorkloadKind::YcsbF => "ycsb-f",
         }
     }
 }
@@ -362,7 +386,7 @@ impl Sessions {
         }
     }
 
-    fn key(i: usize) -> Vec<u8> {
+    pub(crate) fn key(i: usize) -> Vec<u8> {
         format!("session:{i:08}").into_bytes()
     }
 
@@ -370,7 +394,7 @@ impl Sessions {
         2048 + (hash3(self.seed, 1, i as u64) % (8192 - 2048 + 1)) as usize
     }
 
-    fn initial(&self, i: usize) -> Vec<u8> {
+    pub(crate) fn initial(&self, i: usize) -> Vec<u8> {
         let mut v = vec![0; self.size(i)];
         fill(&mut v, hash3(self.seed, 2, i as u64));
         v[..8].copy_from_slice(&0u64.to_le_bytes());
@@ -379,7 +403,7 @@ impl Sessions {
 
     /// One update: version + 1, and a 64-byte field rewritten (where and
     /// with what depends only on key and new version).
-    fn update(seed: u64, i: usize, v: &mut [u8]) {
+    pub(crate) fn update(seed: u64, i: usize, v: &mut [u8]) {
         let version = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])) + 1;
         v[..8].copy_from_slice(&version.to_le_bytes());
         let h = hash3(seed, i as u64, version);
@@ -868,7 +892,7 @@ impl Workload for ReadHeavy {
 
     fn tuning(&self, base: Tuning, target: TargetKind) -> (Tuning, Option<String>) {
         let tuning = Tuning {
-            max_dirty_bytes: ReadHeavy::MAX_DIRTY_BYTES,
+            max_dirty_bytes: Some(ReadHeavy::MAX_DIRTY_BYTES),
             ..base
         };
         let note = (target == TargetKind::Millpond).then(|| {
@@ -1191,6 +1215,16 @@ impl Workload for TtlChurn {
                  tree, both written in one sled transaction; gets check the deadline; a \
                  background thread sweeps expired entries every 100 ms (256 per transaction)"
             }
+            TargetKind::Fjall => {
+                "expiry emulated as on sled, in two fjall keyspaces written in one batch under \
+                 the key's stripe lock; a background thread sweeps expired entries every 100 ms \
+                 (256 per batch)"
+            }
+            TargetKind::Redb => {
+                "expiry emulated as on sled, in two redb tables written in one write \
+                 transaction; a background thread sweeps expired entries every 100 ms (256 per \
+                 transaction)"
+            }
             TargetKind::InMemory => {
                 "expiry emulated: deadline beside each value, an ordered (deadline, key) index \
                  per shard under the shard's lock; gets check the deadline; a background thread \
@@ -1438,7 +1472,7 @@ mod tests {
     fn tuning() -> Tuning {
         Tuning {
             write_delay: Duration::from_millis(10),
-            max_dirty_bytes: 1 << 20,
+            max_dirty_bytes: Some(1 << 20),
             flush_threads: 1,
             inline_threshold: None,
         }
@@ -1508,7 +1542,7 @@ mod tests {
 
     #[test]
     fn ttl_churn_checks_expiry_on_every_target() {
-        use crate::bench::targets::{MillpondTarget, SledTarget};
+        use crate::bench::targets::{FjallTarget, MillpondTarget, RedbTarget, SledTarget};
         fn on<T: Target>(dir: &Path) {
             let mut w = quick_ttl_churn(8);
             let t = T::open(dir, &tuning()).unwrap();
@@ -1545,6 +1579,8 @@ mod tests {
         on::<MemoryTarget>(&base.join("mem"));
         on::<MillpondTarget>(&base.join("millpond"));
         on::<SledTarget>(&base.join("sled"));
+        on::<FjallTarget>(&base.join("fjall"));
+        on::<RedbTarget>(&base.join("redb"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 

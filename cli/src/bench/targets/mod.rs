@@ -1,18 +1,20 @@
 //! The stores a workload runs against, behind one trait: millpond, raw sled
-//! with the same staleness, and an in-memory sharded map (the upper bound).
+//! with the same staleness, two peers a Rust user might pick instead (fjall
+//! 3, an LSM tree, and redb, a copy-on-write B-tree; see [`fjall`] and
+//! [`redb`]), and an in-memory sharded map (the upper bound).
 //!
 //! A workload only uses the ops in [`Target`]. An op a store cannot do
 //! answers [`Unsupported`] (the driver reports the run as not run); a
 //! multi-key change says through [`Atomicity`] whether it was atomic, so the
 //! report can say so.
 //!
-//! Expiry: millpond has TTLs (`set_with_ttl`, its purger thread). sled and
-//! the in-memory map have none, so both emulate them the way an application
-//! would: the deadline is stored with the value, an ordered index
-//! `(deadline, key)` is written with it atomically, every read checks the
-//! deadline, and a [`Sweeper`] thread deletes expired entries every 100 ms
-//! (millpond's purger tick). All three read the same clock
-//! ([`unix_millis`], the system clock in whole milliseconds, as millpond).
+//! Expiry: millpond has TTLs (`set_with_ttl`, its purger thread). The other
+//! stores have none, so they emulate them the way an application would: the
+//! deadline is stored with the value, an ordered index `(deadline, key)` is
+//! written with it atomically, every read checks the deadline, and a
+//! [`Sweeper`] thread deletes expired entries every 100 ms (millpond's
+//! purger tick). All of them read the same clock ([`unix_millis`], the
+//! system clock in whole milliseconds, as millpond).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -26,6 +28,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod fjall;
+mod redb;
+
+pub use self::fjall::FjallTarget;
+pub use self::redb::RedbTarget;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
@@ -38,17 +46,32 @@ pub enum TargetKind {
     Millpond,
     /// Raw sled 0.34.7, `flush_every_ms` = millpond's `write_delay`.
     Sled,
+    /// fjall 3 (LSM tree), default journal (written to the OS per op, no
+    /// fsync), `persist(SyncAll)` at the durable point.
+    Fjall,
+    /// redb (copy-on-write B-tree), one write transaction per write with
+    /// `Durability::None`, one `Durability::Immediate` commit at the durable
+    /// point.
+    Redb,
     /// A sharded `HashMap` behind `parking_lot` locks: no disk at all.
     InMemory,
 }
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 3] = [TargetKind::Millpond, TargetKind::Sled, TargetKind::InMemory];
+    pub const ALL: [TargetKind; 5] = [
+        TargetKind::Millpond,
+        TargetKind::Sled,
+        TargetKind::Fjall,
+        TargetKind::Redb,
+        TargetKind::InMemory,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Millpond => "millpond",
             TargetKind::Sled => "sled",
+            TargetKind::Fjall => "fjall",
+            TargetKind::Redb => "redb",
             TargetKind::InMemory => "in-memory",
         }
     }
@@ -65,23 +88,25 @@ impl fmt::Display for TargetKind {
 pub struct Tuning {
     /// millpond's `write_delay`; sled's `flush_every_ms`.
     pub write_delay: Duration,
-    /// millpond's `max_dirty_bytes`.
-    pub max_dirty_bytes: usize,
+    /// millpond's `max_dirty_bytes` (`None`: the engine's default).
+    pub max_dirty_bytes: Option<usize>,
     /// millpond's `flush_threads`.
     pub flush_threads: usize,
     /// millpond's `inline_threshold` (`None`: the engine's default).
     pub inline_threshold: Option<usize>,
 }
 
-/// Keys starting with this prefix live in the sled baseline's second tree,
-/// so that a workload's atomic change spanning both is a two-tree sled
-/// transaction. The other stores have one keyspace.
+/// Keys starting with this prefix live in the second tree of sled (and the
+/// second keyspace of fjall, the second table of redb), so that a
+/// workload's atomic change spanning both is a two-tree transaction there.
+/// millpond and the in-memory map have one keyspace.
 pub const SECOND_TREE_PREFIX: &[u8] = b"t2/";
 
-/// Keys starting with this prefix live in the sled baseline's expiring
-/// tree, where every value carries its deadline; only they can be given a
-/// TTL there (`set_with_ttl` of another key is [`Unsupported`] on sled).
-/// The other stores take a TTL on any key.
+/// Keys starting with this prefix live in the expiring tree of the
+/// disk-backed emulations (sled, fjall, redb), where every value carries its
+/// deadline; only they can be given a TTL there (`set_with_ttl` of another
+/// key is [`Unsupported`] on those). millpond and the in-memory map take a
+/// TTL on any key.
 pub const TTL_TREE_PREFIX: &[u8] = b"ttl/";
 
 /// Now, as whole milliseconds since the Unix epoch (by the system clock,
@@ -210,6 +235,11 @@ pub trait Target: Sized + Sync {
     /// The durable point that ends a timed phase: every write durable, then
     /// the store closed.
     fn close(self) -> Result<Closed<Self::Handle>>;
+
+    /// millpond's counters, while it runs (other stores: `None`).
+    fn engine_stats(&self) -> Option<millpond::Stats> {
+        None
+    }
 }
 
 fn expect_failed(key: &[u8], expect: &Expect<'_>, found: Option<&[u8]>) -> anyhow::Error {
@@ -341,6 +371,31 @@ fn finish_sweeper(slot: OnceLock<Sweeper>) -> Result<()> {
     }
 }
 
+/// `deadline (big endian) || value`: how the disk-backed emulations (sled,
+/// fjall, redb) store a key of their expiring tree.
+fn deadline_record(deadline: u64, value: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(8 + value.len());
+    r.extend_from_slice(&deadline.to_be_bytes());
+    r.extend_from_slice(value);
+    r
+}
+
+/// The deadline of a stored record (0 for a record too short to have one,
+/// which this target never writes).
+fn record_deadline(record: &[u8]) -> u64 {
+    record
+        .get(..8)
+        .map_or(0, |d| u64::from_be_bytes(d.try_into().unwrap_or([0; 8])))
+}
+
+/// The index entry of `key` with `deadline`: `deadline (big endian) || key`.
+fn deadline_index_key(deadline: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&deadline.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
 // ---------------------------------------------------------------------------
 // millpond
 
@@ -350,10 +405,12 @@ pub struct MillpondTarget {
 }
 
 fn millpond_config(dir: &Path, tuning: &Tuning) -> millpond::Config {
-    let config = millpond::Config::new(dir)
+    let mut config = millpond::Config::new(dir)
         .write_delay(tuning.write_delay)
-        .max_dirty_bytes(tuning.max_dirty_bytes)
         .flush_threads(tuning.flush_threads);
+    if let Some(max) = tuning.max_dirty_bytes {
+        config = config.max_dirty_bytes(max);
+    }
     match tuning.inline_threshold {
         Some(t) => config.inline_threshold(t),
         None => config,
@@ -421,6 +478,10 @@ impl Target for MillpondTarget {
         Ok(())
     }
 
+    fn engine_stats(&self) -> Option<millpond::Stats> {
+        Some(self.engine.stats())
+    }
+
     fn close(self) -> Result<Closed<()>> {
         self.engine.checkpoint().context("millpond checkpoint")?;
         self.engine.shutdown().context("millpond shutdown")?;
@@ -464,30 +525,6 @@ pub struct SledTarget {
 
 type TxResult<T> = sled::transaction::ConflictableTransactionResult<T, String>;
 
-/// `deadline || value`, as the expiring tree stores it.
-fn sled_record(deadline: u64, value: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(8 + value.len());
-    r.extend_from_slice(&deadline.to_be_bytes());
-    r.extend_from_slice(value);
-    r
-}
-
-/// The deadline of a stored record (0 for a record too short to have one,
-/// which this target never writes).
-fn sled_deadline(record: &[u8]) -> u64 {
-    record
-        .get(..8)
-        .map_or(0, |d| u64::from_be_bytes(d.try_into().unwrap_or([0; 8])))
-}
-
-/// The index entry of `key` with `deadline`: `deadline (big endian) || key`.
-fn sled_index_key(deadline: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&deadline.to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
-
 /// Inside a transaction: the live value of a key of the expiring tree and
 /// its deadline.
 fn sled_tx_get(
@@ -496,7 +533,7 @@ fn sled_tx_get(
     now: u64,
 ) -> TxResult<Option<(u64, sled::IVec)>> {
     Ok(values.get(key)?.and_then(|r| {
-        let d = sled_deadline(&r);
+        let d = record_deadline(&r);
         live(d, || now).then(|| (d, r.subslice(8, r.len() - 8)))
     }))
 }
@@ -511,16 +548,16 @@ fn sled_tx_put(
     deadline: u64,
 ) -> TxResult<()> {
     let old = match value {
-        Some(v) => values.insert(key, sled_record(deadline, v))?,
+        Some(v) => values.insert(key, deadline_record(deadline, v))?,
         None => values.remove(key)?,
     };
-    let old_deadline = old.as_deref().map_or(0, sled_deadline);
+    let old_deadline = old.as_deref().map_or(0, record_deadline);
     let kept = value.is_some() && old_deadline == deadline;
     if old_deadline != 0 && !kept {
-        index.remove(sled_index_key(old_deadline, key))?;
+        index.remove(deadline_index_key(old_deadline, key))?;
     }
     if value.is_some() && deadline != 0 && !kept {
-        index.insert(sled_index_key(deadline, key), &[][..])?;
+        index.insert(deadline_index_key(deadline, key), &[][..])?;
     }
     Ok(())
 }
@@ -552,10 +589,10 @@ fn sled_sweep(values: &sled::Tree, index: &sled::Tree) -> Result<u64> {
         }
         sled_tx((values, index).transaction(|(v, i)| {
             for entry in &batch {
-                let (d, key) = (sled_deadline(entry), &entry[8..]);
+                let (d, key) = (record_deadline(entry), &entry[8..]);
                 if let Some(record) = v.get(key)? {
                     // A rewrite with another deadline has its own entry.
-                    if sled_deadline(&record) == d {
+                    if record_deadline(&record) == d {
                         v.remove(key)?;
                     }
                 }
@@ -643,7 +680,7 @@ impl Target for SledTarget {
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
         if key.starts_with(TTL_TREE_PREFIX) {
             return Ok(self.expiring.get(key)?.and_then(|r| {
-                live(sled_deadline(&r), unix_millis).then(|| r.subslice(8, r.len() - 8))
+                live(record_deadline(&r), unix_millis).then(|| r.subslice(8, r.len() - 8))
             }));
         }
         Ok(self.tree(key).get(key)?)
@@ -1094,7 +1131,7 @@ mod tests {
     fn tuning() -> Tuning {
         Tuning {
             write_delay: Duration::from_millis(50),
-            max_dirty_bytes: 1 << 20,
+            max_dirty_bytes: Some(1 << 20),
             flush_threads: 1,
             inline_threshold: None,
         }
@@ -1222,20 +1259,27 @@ mod tests {
         for (name, run) in [
             ("ttl-millpond", ttl_script::<MillpondTarget> as fn(&Path)),
             ("ttl-sled", ttl_script::<SledTarget>),
+            ("ttl-fjall", ttl_script::<FjallTarget>),
+            ("ttl-redb", ttl_script::<RedbTarget>),
         ] {
             let d = tempdir(name);
             run(&d);
             std::fs::remove_dir_all(&d).unwrap();
         }
-        // sled keeps TTL keys in their own tree, under their own prefix.
-        let d = tempdir("ttl-sled-prefix");
-        let t = SledTarget::open(&d, &tuning()).unwrap();
-        let err = t
-            .set_with_ttl(b"other", b"1", Duration::from_secs(1))
-            .unwrap_err();
-        assert!(err.downcast_ref::<Unsupported>().is_some());
-        t.close().unwrap();
-        std::fs::remove_dir_all(&d).unwrap();
+        // The disk-backed emulations keep TTL keys in their own tree, under
+        // their own prefix.
+        fn refuses_other_keys<T: Target>(d: &Path) {
+            let t = T::open(d, &tuning()).unwrap();
+            let err = t
+                .set_with_ttl(b"other", b"1", Duration::from_secs(1))
+                .unwrap_err();
+            assert!(err.downcast_ref::<Unsupported>().is_some());
+            t.close().unwrap();
+            std::fs::remove_dir_all(d).unwrap();
+        }
+        refuses_other_keys::<SledTarget>(&tempdir("ttl-sled-prefix"));
+        refuses_other_keys::<FjallTarget>(&tempdir("ttl-fjall-prefix"));
+        refuses_other_keys::<RedbTarget>(&tempdir("ttl-redb-prefix"));
     }
 
     #[test]
@@ -1244,6 +1288,8 @@ mod tests {
         for (name, run) in [
             ("millpond", script::<MillpondTarget> as fn(&Path)),
             ("sled", script::<SledTarget>),
+            ("fjall", script::<FjallTarget>),
+            ("redb", script::<RedbTarget>),
         ] {
             let d = tempdir(name);
             run(&d);
