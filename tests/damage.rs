@@ -193,19 +193,6 @@ fn collect_files(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, u64)>) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 // ------------------------------------------------------------------ damage
 
 #[derive(Clone, Copy, Debug)]
@@ -441,7 +428,7 @@ struct CaseResult {
 fn run_case(t: &'static Template, n: usize, file: &Path, damage: Option<Damage>) -> CaseResult {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join("store");
-    copy_dir(&t.path, &path);
+    common::copy_dir(&t.path, &path);
     if let Some(d) = damage {
         d.apply(&path.join(file));
     }

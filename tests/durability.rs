@@ -9,25 +9,11 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use common::{eventually, Store};
 use millpond::testing::{Faults, StorageOp};
 use millpond::{Engine, Error};
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn corrupt_message(e: Error) -> String {
     match e {
@@ -52,14 +38,14 @@ fn a_store_rolled_back_behind_its_durable_record_is_refused() {
     store_with(&store, 50, 1);
     // Keep the store's files as they were at that point.
     let old = tempfile::tempdir().unwrap();
-    copy_dir(&store.path, old.path());
+    common::copy_dir(&store.path, old.path());
     // A later checkpoint (new values, more keys).
     store_with(&store, 80, 2);
     // Roll the store's own files back, keeping the durable record: what a
     // store whose log lost its newest part looks like after recovery.
     let record = fs::read(store.path.join("millpond.durable")).unwrap();
     fs::remove_dir_all(&store.path).unwrap();
-    copy_dir(old.path(), &store.path);
+    common::copy_dir(old.path(), &store.path);
     fs::write(store.path.join("millpond.durable"), record).unwrap();
 
     let msg = corrupt_message(Engine::open(store.quiet()).unwrap_err());
