@@ -94,7 +94,7 @@ fn a_missing_or_damaged_durable_record_is_refused() {
     let path = store.path.join("millpond.durable");
     let good = fs::read(&path).unwrap();
 
-    // One damaged slot: the other still holds a valid (older) record.
+    // One damaged slot: the other still holds the newest record.
     let mut one = good.clone();
     one[0] ^= 1;
     fs::write(&path, &one).unwrap();
@@ -103,7 +103,7 @@ fn a_missing_or_damaged_durable_record_is_refused() {
     e.shutdown().unwrap();
 
     // Both slots damaged.
-    let mut both = fs::read(&path).unwrap();
+    let mut both = good.clone();
     both[0] ^= 1;
     both[512] ^= 1;
     fs::write(&path, &both).unwrap();

@@ -86,10 +86,11 @@ pub(crate) struct SledStorage {
 }
 
 /// The durable record's file: two slots of [`codec::DURABLE_RECORD_LEN`]
-/// bytes, at offsets 0 and [`DURABLE_SLOT`]. A new record goes to the slot
-/// that does not hold the newest one, and is fdatasynced; a torn write
-/// damages only that slot, and the other still holds the previous record.
-/// The newest valid slot (highest generation) is the record.
+/// bytes, at offsets 0 and [`DURABLE_SLOT`]. A new record is written to
+/// both, one at a time, each fdatasynced before the other is touched: a
+/// torn write damages only the slot being written, and the other still
+/// holds a whole record; later damage to one slot leaves the newest record
+/// in the other. The newest valid slot (highest generation) is the record.
 struct DurableFile {
     path: PathBuf,
     /// Open once the file exists.
@@ -152,13 +153,21 @@ impl DurableFile {
                     .open(&self.path)?,
             ),
         };
-        let offset = if record.generation % 2 == 0 {
-            0
+        // Both slots get the new record, one after the other, each made
+        // durable before the next is touched: a torn write damages only the
+        // slot being written while the other holds a whole record (the new
+        // one or the previous), and once both are written, damage to either
+        // one later still leaves the newest record readable.
+        let (first, second) = if record.generation % 2 == 0 {
+            (0, DURABLE_SLOT)
         } else {
-            DURABLE_SLOT
+            (DURABLE_SLOT, 0)
         };
-        file.write_all_at(&codec::encode_durable(record), offset)?;
-        file.sync_data()?;
+        let raw = codec::encode_durable(record);
+        for offset in [first, second] {
+            file.write_all_at(&raw, offset)?;
+            file.sync_data()?;
+        }
         if created {
             if let Some(dir) = self.path.parent() {
                 sync_dir(dir)?;
@@ -1189,7 +1198,8 @@ mod tests {
             DurableFile::open(dir.path()).unwrap().read().unwrap(),
             Some(rec(2, 20))
         );
-        // Generation 3 torn half way through its slot (slot 1).
+        // Generation 3 torn half way through the first slot it writes (slot
+        // 1): the other still holds generation 2.
         let path = dir.path().join(DURABLE_FILE);
         let mut raw = fs::read(&path).unwrap();
         let at = DURABLE_SLOT as usize + 20;
@@ -1203,6 +1213,37 @@ mod tests {
         raw[3] ^= 1;
         fs::write(&path, &raw).unwrap();
         assert!(DurableFile::open(dir.path()).unwrap().read().is_err());
+    }
+
+    /// postmortem: the `damage` fuzz target found a silent rollback. The
+    /// newest durable record lived in one slot only; damage to that slot
+    /// made open fall back to the previous record, and damage to sled's
+    /// log brought the store back to that previous checkpoint: both agreed,
+    /// and open served the older state. Both slots now hold the newest
+    /// record.
+    #[test]
+    fn damage_to_either_slot_keeps_the_newest_record() {
+        let rec = |generation, seq| codec::DurableRecord {
+            generation,
+            seq,
+            digest: codec::Digest::default(),
+        };
+        for damaged in [0usize, DURABLE_SLOT as usize] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = DurableFile::open(dir.path()).unwrap();
+            for g in 1..=4 {
+                f.write(&rec(g, g * 10)).unwrap();
+            }
+            let path = dir.path().join(DURABLE_FILE);
+            let mut raw = fs::read(&path).unwrap();
+            raw[damaged + 14..damaged + 22].fill(0x9e);
+            fs::write(&path, &raw).unwrap();
+            assert_eq!(
+                DurableFile::open(dir.path()).unwrap().read().unwrap(),
+                Some(rec(4, 40)),
+                "slot at {damaged} damaged"
+            );
+        }
     }
 
     #[test]
