@@ -89,6 +89,13 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
                      write up to seq {} ({})",
                     d.seq, d.digest
                 ))?;
+            } else if storage.durable_exists()? {
+                // Made only after a new store's format record was durable.
+                refuse(
+                    "the store's files hold no data, but its durable record file exists \
+                     (a store was created here)"
+                        .into(),
+                )?;
             }
             let empty = StateRecord {
                 digest: Some(Digest::default()),

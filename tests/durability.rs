@@ -79,6 +79,15 @@ fn a_store_whose_files_came_back_blank_is_refused() {
         matches!(err, Error::Corrupt { .. }),
         "a blank store where one existed must be refused: {err:?}"
     );
+    // postmortem (fuzz target `damage`, seed rollback-2): with its durable
+    // record file emptied too, the blank store was taken for one whose
+    // creation a crash had cut short, and created anew.
+    let durable = store.path.join("millpond.durable");
+    let kept = fs::read(&durable).unwrap();
+    fs::write(&durable, b"").unwrap();
+    let msg = corrupt_message(Engine::open(store.quiet()).unwrap_err());
+    assert!(msg.contains("durable record file exists"), "{msg}");
+    fs::write(&durable, kept).unwrap();
     let e = store.open(store.quiet().accept_data_loss(true));
     assert!(e.get(&0u64.to_be_bytes()).unwrap().is_none());
     e.set(b"new", b"life").unwrap();

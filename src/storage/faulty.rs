@@ -214,6 +214,10 @@ impl Storage for FaultyStorage {
         self.inner.read_durable()
     }
 
+    fn durable_exists(&self) -> Result<bool> {
+        self.inner.durable_exists()
+    }
+
     fn write_durable(&self, record: &DurableRecord) -> Result<()> {
         self.inner.write_durable(record)
     }

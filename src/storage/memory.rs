@@ -321,6 +321,10 @@ impl Storage for MemoryStorage {
         Ok(*self.contents.durable.lock())
     }
 
+    fn durable_exists(&self) -> Result<bool> {
+        Ok(self.read_durable()?.is_some())
+    }
+
     fn write_durable(&self, record: &DurableRecord) -> Result<()> {
         *self.contents.durable.lock() = Some(*record);
         Ok(())

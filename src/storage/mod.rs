@@ -219,6 +219,12 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// A record that is present but unreadable is `Error::Corrupt`.
     fn read_durable(&self) -> Result<Option<DurableRecord>>;
 
+    /// Whether the durable record's place exists at all, even with no
+    /// record in it yet (a crash while the store was being created): it is
+    /// made only after a new store's format record is durable, so a blank
+    /// store beside it is a damaged one.
+    fn durable_exists(&self) -> Result<bool>;
+
     /// Replaces the durable record and makes it durable (survives a power
     /// cut) before returning; a torn write leaves the previous one readable.
     fn write_durable(&self, record: &DurableRecord) -> Result<()>;

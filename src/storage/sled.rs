@@ -967,6 +967,10 @@ impl Storage for SledStorage {
         self.durable.lock().read()
     }
 
+    fn durable_exists(&self) -> Result<bool> {
+        Ok(self.durable.lock().file.is_some())
+    }
+
     fn write_durable(&self, record: &codec::DurableRecord) -> Result<()> {
         self.durable.lock().write(record).map_err(Error::Io)
     }
