@@ -73,7 +73,7 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
             ))
         }
     };
-    let durable = match storage.read_durable() {
+    let mut durable = match storage.read_durable() {
         Ok(d) => d,
         Err(e) => {
             refuse(e.to_string())?;
@@ -83,20 +83,32 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
     let created = match check_format(storage)? {
         Format::Present => false,
         Format::Blank => {
-            if let Some(d) = durable {
-                refuse(format!(
+            match durable {
+                // The record a new store's creation writes first: a crash
+                // cut the creation short, nothing was promised.
+                Some(d) if d.seq == 0 && d.digest == Digest::default() => {}
+                Some(d) => refuse(format!(
                     "the store's files hold no data, but its durable record promises every \
                      write up to seq {} ({})",
                     d.seq, d.digest
-                ))?;
-            } else if storage.durable_exists()? {
-                // Made only after a new store's format record was durable.
-                refuse(
+                ))?,
+                None if storage.durable_exists()? => refuse(
                     "the store's files hold no data, but its durable record file exists \
                      (a store was created here)"
                         .into(),
-                )?;
+                )?,
+                None => {}
             }
+            // A new store: its durable record comes first, so that a store
+            // whose files hold a format record always has one (a store
+            // without it is damaged, never a creation cut short).
+            let first = DurableRecord {
+                generation: durable.map_or(1, |d| d.generation + 1),
+                seq: 0,
+                digest: Digest::default(),
+            };
+            storage.write_durable(&first)?;
+            durable = Some(first);
             let empty = StateRecord {
                 digest: Some(Digest::default()),
                 ..StateRecord::default()
@@ -141,7 +153,7 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
     };
 
     match durable {
-        None if had_digest && state.last_seq > 0 => refuse(format!(
+        None if had_digest => refuse(format!(
             "the store's durable record is missing, and its files hold writes up to seq {} ({})",
             state.last_seq, digest
         ))?,

@@ -58,6 +58,9 @@ const SLED_FILES: [&str; 2] = ["conf", "db"];
 /// The durable record's file in the store directory (see [`DurableFile`]).
 pub(crate) const DURABLE_FILE: &str = "millpond.durable";
 
+/// The durable record's first version, before it is renamed into place.
+const DURABLE_NEW: &str = "millpond.durable.new";
+
 /// Where the second of the durable file's two slots starts.
 const DURABLE_SLOT: u64 = 512;
 
@@ -103,10 +106,13 @@ struct DurableFile {
 impl DurableFile {
     fn open(dir: &Path) -> Result<DurableFile> {
         let path = dir.join(DURABLE_FILE);
+        // A file a crash left half made is never the record (see `write`).
+        match fs::remove_file(dir.join(DURABLE_NEW)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io(e)),
+        }
         let (file, newest) = match File::options().read(true).write(true).open(&path) {
-            // Created but never written (a crash while a store was being
-            // created): no record yet.
-            Ok(file) if file.metadata()?.len() == 0 => (Some(file), None),
             Ok(file) => {
                 let newest = read_slots(&file)?;
                 (Some(file), newest)
@@ -114,10 +120,10 @@ impl DurableFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
             Err(e) => return Err(Error::Io(e)),
         };
-        let damaged = file.is_some() && newest.is_none() && {
-            let len = fs::metadata(&path)?.len();
-            len > 0
-        };
+        // The file is whole from the moment it exists (it is made under
+        // another name and renamed), so a file without a valid slot, even
+        // an empty one, is damage.
+        let damaged = file.is_some() && newest.is_none();
         Ok(DurableFile {
             path,
             file,
@@ -141,17 +147,31 @@ impl DurableFile {
 
     fn write(&mut self, record: &codec::DurableRecord) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let created = self.file.is_none();
-        let file = match &mut self.file {
-            Some(file) => file,
-            none => none.insert(
-                File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.path)?,
-            ),
+        if self.file.is_none() {
+            // The first record: made whole under another name (both slots,
+            // synced), then renamed into place and the directory synced, so
+            // that the file never exists without a valid record.
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let new = dir.join(DURABLE_NEW);
+            let mut raw = vec![0u8; DURABLE_SLOT as usize + codec::DURABLE_RECORD_LEN];
+            let record_raw = codec::encode_durable(record);
+            raw[..record_raw.len()].copy_from_slice(&record_raw);
+            raw[DURABLE_SLOT as usize..].copy_from_slice(&record_raw);
+            {
+                use std::io::Write;
+                let mut f = File::create(&new)?;
+                f.write_all(&raw)?;
+                f.sync_all()?;
+            }
+            fs::rename(&new, &self.path)?;
+            sync_dir(dir)?;
+            self.file = Some(File::options().read(true).write(true).open(&self.path)?);
+            self.newest = Some(*record);
+            self.damaged = false;
+            return Ok(());
+        }
+        let Some(file) = &mut self.file else {
+            return Err(io::Error::other("the durable record file is not open"));
         };
         // Both slots get the new record, one after the other, each made
         // durable before the next is touched: a torn write damages only the
@@ -167,11 +187,6 @@ impl DurableFile {
         for offset in [first, second] {
             file.write_all_at(&raw, offset)?;
             file.sync_data()?;
-        }
-        if created {
-            if let Some(dir) = self.path.parent() {
-                sync_dir(dir)?;
-            }
         }
         self.newest = Some(*record);
         self.damaged = false;
@@ -410,7 +425,7 @@ fn check_dir(dir: &Path) -> Result<()> {
     let mut names = HashSet::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
-        if name != PROBE_FILE {
+        if name != PROBE_FILE && name != DURABLE_NEW {
             names.insert(name);
         }
     }
