@@ -316,6 +316,19 @@ impl Checker {
         v
     }
 
+    /// A write the engine acknowledged, in the model: `Some` value (with
+    /// its deadline) or a removal.
+    fn record(&mut self, k: u8, v: Option<Vec<u8>>, deadline: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.model.insert(k, (v, deadline));
+            }
+            None => {
+                self.model.remove(&k);
+            }
+        }
+    }
+
     fn live(&self, k: u8) -> Option<&(Vec<u8>, Option<u64>)> {
         self.model
             .get(&k)
@@ -402,14 +415,7 @@ impl Checker {
                 })
                 .map_err(|x| err("transaction", x))?;
                 for (k, v) in values {
-                    match v {
-                        Some(v) => {
-                            self.model.insert(k, (v, None));
-                        }
-                        None => {
-                            self.model.remove(&k);
-                        }
-                    }
+                    self.record(k, v, None);
                 }
             }
             Op::Expire { key: k, ttl_ms } => {
@@ -515,14 +521,7 @@ impl Checker {
                 }
                 if hit {
                     let deadline = self.live(k).and_then(|(_, d)| *d);
-                    match new_value {
-                        Some(v) => {
-                            self.model.insert(k, (v, deadline));
-                        }
-                        None => {
-                            self.model.remove(&k);
-                        }
-                    }
+                    self.record(k, new_value, deadline);
                 }
             }
             Op::TreeWrite { key: k, len } => {
@@ -570,14 +569,7 @@ impl Checker {
                 })
                 .map_err(|x| err("cross-keyspace transaction", x))?;
                 for (k, v) in values {
-                    match v {
-                        Some(v) => {
-                            self.model.insert(k, (v, None));
-                        }
-                        None => {
-                            self.model.remove(&k);
-                        }
-                    }
+                    self.record(k, v, None);
                 }
             }
         }
