@@ -4,7 +4,9 @@
 //! Everything else reaches storage through [`Keeper::storage`], reports
 //! failures through [`Keeper::health`], and makes a state durable only
 //! through [`Keeper::sync`], which always poisons the engine when it fails
-//! (DESIGN.md, invariant 12). The keeper also replaces the storage in
+//! (DESIGN.md, invariant 12). The one other durable write is the creation
+//! record recovery writes first into a new store (seq 0: it promises
+//! nothing; DESIGN.md, invariant 18). The keeper also replaces the storage in
 //! process when it keeps failing ([`Keeper::reopen`]): the dirty map and the
 //! pending cycle stay in memory meanwhile.
 //!
