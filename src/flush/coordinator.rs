@@ -86,6 +86,12 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             // acknowledged before a waiter registered.
             let (syncs, flushes) = {
                 let mut r = shared.flush.requests();
+                if r.shutdown || r.halt {
+                    // Asked since this turn began: shutdown's waiter is
+                    // answered by the final cycle (with its retries), never
+                    // by the outcome of a regular one.
+                    continue;
+                }
                 (std::mem::take(&mut r.syncs), std::mem::take(&mut r.flushes))
             };
             let sync = !syncs.is_empty();
