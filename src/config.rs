@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::storage::faulty::Faults;
 use crate::storage::memory::Contents;
 
@@ -48,6 +49,7 @@ pub struct Config {
     /// The first retry backoff after a failed flush cycle.
     pub(crate) retry_backoff: Duration,
     pub(crate) accept_data_loss: bool,
+    pub(crate) journal: Journal,
 }
 
 /// Where a store is, and so which storage backend opens it.
@@ -128,6 +130,7 @@ impl Config {
             faults: None,
             retry_backoff: Duration::from_millis(10),
             accept_data_loss: false,
+            journal: Journal::Off,
         }
     }
 
@@ -269,6 +272,15 @@ impl Config {
         self
     }
 
+    /// The write-ahead journal's mode: how soon an acknowledged write
+    /// survives a crash of the process or a power cut without waiting for
+    /// a flush cycle (see [`Journal`]). Default: [`Journal::Off`]. A
+    /// [temporary](Config::temporary) store takes only `Off`.
+    pub fn journal(mut self, mode: Journal) -> Config {
+        self.journal = mode;
+        self
+    }
+
     /// The store directory; for a [temporary](Config::temporary) store,
     /// its name (`memory:N`), which names no directory.
     pub fn dir(&self) -> &Path {
@@ -298,6 +310,16 @@ impl Config {
         check(self.write_delay <= Duration::from_secs(3600), || {
             format!("write_delay is {:?}, more than one hour", self.write_delay)
         })?;
+        if let Journal::Periodic(every) = self.journal {
+            check(
+                every >= Duration::from_millis(1) && every <= Duration::from_secs(3600),
+                || format!("Journal::Periodic({every:?}) is not between 1 ms and 1 hour"),
+            )?;
+        }
+        check(
+            self.journal == Journal::Off || matches!(self.location, Location::Dir(_)),
+            || "a temporary store has no files: its journal must be Journal::Off".into(),
+        )?;
         check(self.max_dirty_bytes >= 64 * KIB, || {
             format!(
                 "max_dirty_bytes is {}, less than 64 KiB",
