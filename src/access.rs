@@ -17,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::buffer::dirty::{cost_of, Inserted, Reservation, ENTRY_OVERHEAD, SHARDS};
-use crate::buffer::{Seq, Slot};
+use crate::buffer::Slot;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::journal::format::JournalWrite;
 use crate::lookup::{Found, Lookup, Step};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -94,6 +95,9 @@ impl Shared {
         loop {
             self.check_open()?;
             self.health().check_writable()?;
+            if let Some(journal) = self.buffer.journal() {
+                journal.check()?;
+            }
             if let Some(reserved) = self.buffer.try_reserve(incoming) {
                 return Ok(reserved);
             }
@@ -113,15 +117,28 @@ impl Shared {
         }
     }
 
+    /// Completes a user's write once its locks are released: wakes the
+    /// coordinator ([`Shared::after_write`]), then waits for what the
+    /// journal's mode asks before a write may return (nothing without a
+    /// journal). On an error the write is made and visible; it is only not
+    /// confirmed.
+    pub(crate) fn acknowledge(&self, inserted: &Inserted) -> Result<()> {
+        self.after_write(inserted.first_dirty);
+        match (self.buffer.journal(), inserted.ticket) {
+            (Some(journal), Some(ticket)) => journal.acknowledge(ticket),
+            _ => Ok(()),
+        }
+    }
+
     /// A blind write (no read of the current value). It reserves its
     /// entry's whole cost, so it never needs more room under the lock.
-    /// Returns the write's seq.
+    /// Returns the write's seq and journal ticket.
     pub(crate) fn write(
         &self,
         key: &[u8],
         slot: Slot,
         deadline: Option<UnixMillis>,
-    ) -> Result<Seq> {
+    ) -> Result<Inserted> {
         let cost = cost_of(key.len(), &slot);
         let mut reserved = self.admit(cost)?;
         let index = self.buffer.shard_of(key);
@@ -142,8 +159,33 @@ impl Shared {
                 .insert(&mut shard, key, slot, deadline, true, &mut reserved);
         };
         drop(reserved);
+        self.acknowledge(&inserted)?;
+        Ok(inserted)
+    }
+
+    /// Applies one journal record found by `open` (its writes together, as
+    /// a transaction's commit does), before the engine serves and before
+    /// the journal is attached. Waits for room like any write: the flusher
+    /// already runs.
+    pub(crate) fn replay_record(&self, writes: Vec<JournalWrite>) -> Result<()> {
+        let incoming: usize = writes.iter().map(|w| cost_of(w.key.len(), &w.slot)).sum();
+        let mut reserved = self.admit(incoming)?;
+        let mut indexes: Vec<usize> = writes
+            .iter()
+            .map(|w| self.buffer.shard_of(&w.key))
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut guards: Vec<_> = indexes.iter().map(|&i| (i, self.buffer.lock(i))).collect();
+        let writes = writes
+            .into_iter()
+            .map(|w| (w.key, w.slot, w.deadline))
+            .collect();
+        let inserted = self.buffer.insert_all(&mut guards, writes, &mut reserved);
+        drop(guards);
+        drop(reserved);
         self.after_write(inserted.first_dirty);
-        Ok(inserted.seq)
+        Ok(())
     }
 
     /// The live value of `key` (loaded, whatever its size) and its deadline.
@@ -229,7 +271,7 @@ impl Shared {
             drop(reserved);
             self.insert_held(index, key, change, need)?
         };
-        self.after_write(inserted.first_dirty);
+        self.acknowledge(&inserted)?;
         Ok(r)
     }
 

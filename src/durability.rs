@@ -8,9 +8,15 @@
 //! cycle that answers holds the write. Every waiter registered before a
 //! cycle starts shares it (group commit): N writers asking for `Synced` at
 //! once cost one fsync, not N.
+//!
+//! With a journal, the write's journal record answers instead of a cycle:
+//! `Flushed` waits until it is written to the journal's file, `Synced`
+//! until it is fdatasynced there (one sync shared by every writer waiting
+//! at the time), and neither waits for a flush cycle.
 
-use crate::buffer::Seq;
+use crate::buffer::dirty::Inserted;
 use crate::error::{Error, Result};
+use crate::journal::Reach;
 use crate::shared::Shared;
 use crate::stats::Counters;
 
@@ -37,9 +43,17 @@ pub enum Durability {
 }
 
 impl Shared {
-    /// Returns once the write with `seq` is as durable as `durability` asks.
-    /// The write must have been acknowledged before the call.
-    pub(crate) fn wait_for(&self, seq: Seq, durability: Durability) -> Result<()> {
+    /// Returns once `written` is as durable as `durability` asks. The write
+    /// must have been acknowledged before the call.
+    pub(crate) fn wait_for(&self, written: &Inserted, durability: Durability) -> Result<()> {
+        if let (Some(journal), Some(ticket)) = (self.buffer.journal(), written.ticket) {
+            return match durability {
+                Durability::Buffered => Ok(()),
+                Durability::Flushed => journal.wait(ticket, Reach::Written),
+                Durability::Synced => journal.wait(ticket, Reach::Synced),
+            };
+        }
+        let seq = written.seq;
         let reached = |c: &std::sync::atomic::AtomicU64| Counters::get(c) >= seq.0;
         let counter = match durability {
             Durability::Buffered => return Ok(()),

@@ -17,10 +17,11 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::buffer::DirtyMap;
-use crate::config::Config;
+use crate::config::{Config, Location};
 use crate::error::{Error, Result};
 use crate::flush::cycle::Cycles;
 use crate::flush::{FlushControl, Flusher};
+use crate::journal::{self, replay::Replay, Journal};
 use crate::purger::Purger;
 use crate::recovery;
 use crate::shared::Shared;
@@ -101,8 +102,21 @@ impl Engine {
         let (dir, backend) = storage::backend(&config)?;
         let (keeper, recovered) =
             Keeper::open(backend, config.faults.clone(), config.accept_data_loss)?;
+        // Writes the journal holds beyond the store's cut (read before the
+        // buffer exists: its seqs continue after the journal's).
+        let replay = match config.location() {
+            Location::Dir(_) => journal::replay::read(
+                &dir.join(journal::DIR),
+                recovered.last_seq,
+                config.accept_data_loss,
+            )?,
+            Location::Memory(_) => Replay {
+                last_seq: recovered.last_seq,
+                ..Replay::default()
+            },
+        };
         let buffer = DirtyMap::new(
-            recovered.last_seq,
+            replay.last_seq.max(recovered.last_seq),
             config.max_dirty_bytes,
             config.read_cache_limit(),
         );
@@ -125,12 +139,55 @@ impl Engine {
         let cycles = Cycles::new(&recovered);
         let flusher = Flusher::start(&shared, cycles)?;
         let purger = Purger::start(&shared)?;
-        Ok(Engine {
+        let engine = Engine {
             handle: Arc::new(Handle {
                 shared,
                 lifecycle: Mutex::new(Lifecycle::Running(flusher, purger)),
             }),
-        })
+        };
+        // On an error the engine is dropped, which shuts it down.
+        engine.open_journal(replay)?;
+        Ok(engine)
+    }
+
+    /// The journal's part of `open`: replays the records found beyond the
+    /// store's cut and makes them durable in the store (a checkpoint), then
+    /// begins a new segment (with a journal mode other than `Off`), then
+    /// deletes the segments found, whose every record is now durable in
+    /// the store. No write is accepted before it returns.
+    fn open_journal(&self, replay: Replay) -> Result<()> {
+        let s = self.shared();
+        let Location::Dir(_) = s.config.location() else {
+            return Ok(());
+        };
+        let replayed = replay.records.len();
+        for record in replay.records {
+            s.replay_record(record)?;
+        }
+        Counters::add(&s.counters.journal_replayed, replayed as u64);
+        if replayed > 0 {
+            self.checkpoint()?;
+            log::info!("millpond: replayed {replayed} journal records");
+        }
+        let mode = s.config.journal;
+        if mode != Journal::Off {
+            let writer =
+                journal::Writer::start(&s.dir, mode, replay.next_number, s.buffer.last_seq())?;
+            s.buffer.attach_journal(writer);
+        }
+        for file in &replay.files {
+            if let Err(e) = std::fs::remove_file(file) {
+                log::warn!(
+                    "millpond: removing journal segment {} failed: {e}",
+                    file.display()
+                );
+            }
+        }
+        if mode == Journal::Off && !replay.files.is_empty() {
+            // Empty now: a store without a journal keeps no directory for it.
+            let _ = std::fs::remove_dir(s.dir.join(journal::DIR));
+        }
+        Ok(())
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -288,6 +345,7 @@ impl Engine {
             s.buffer.counts()
         };
         let c = &s.counters;
+        let journal = s.buffer.journal().map(|j| j.counts()).unwrap_or_default();
         Stats {
             writes,
             coalesced_writes,
@@ -312,6 +370,10 @@ impl Engine {
             last_seq: s.buffer.last_seq().0,
             flushed_seq: Counters::get(&c.flushed_seq),
             durable_seq: Counters::get(&c.durable_seq),
+            journal_replayed: Counters::get(&c.journal_replayed),
+            journal_file_writes: journal.file_writes,
+            journal_file_syncs: journal.file_syncs,
+            journal_bytes: journal.retained_bytes,
         }
     }
 
@@ -366,6 +428,11 @@ impl Handle {
             }
             Lifecycle::Stopped(_) => Ok(()),
         };
+        // Whatever `Periodic` still holds is written and synced (the final
+        // cycle made it durable in the store too, unless it failed).
+        if let Some(journal) = s.buffer.journal() {
+            journal.stop(true);
+        }
         // Subscribers end; a `Synced` one gets what the final sync covered.
         s.watchers.close(flushed.is_ok());
         // Closing storage releases the store's lock.
@@ -403,6 +470,10 @@ pub fn halt(engine: &Engine) {
         if let Err(e) = flusher.join() {
             log::error!("millpond: halting: {e}");
         }
+    }
+    // Records not yet written are lost, as in a crash.
+    if let Some(journal) = s.buffer.journal() {
+        journal.stop(false);
     }
     s.watchers.close(false);
     if let Err(e) = s.keeper.close() {

@@ -56,6 +56,17 @@ pub struct Stats {
     pub flushed_seq: u64,
     /// Sequence number of the newest write known to be durable (fsynced).
     pub durable_seq: u64,
+    /// Journal records replayed by `open` (writes a crash left only in the
+    /// journal).
+    pub journal_replayed: u64,
+    /// Writes of journal records to the journal's files, since open (one
+    /// per group commit; 0 without a journal).
+    pub journal_file_writes: u64,
+    /// fdatasyncs of the journal's files, since open.
+    pub journal_file_syncs: u64,
+    /// Bytes in the journal's segments (deleted once a durable cycle covers
+    /// them).
+    pub journal_bytes: u64,
 }
 
 /// What [`Engine::checkpoint`](crate::Engine::checkpoint) made durable.
@@ -86,6 +97,7 @@ pub(crate) struct Counters {
     pub blobs_written: AtomicU64,
     pub flushed_seq: AtomicU64,
     pub durable_seq: AtomicU64,
+    pub journal_replayed: AtomicU64,
 }
 
 impl Counters {

@@ -32,7 +32,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::access::{deadline_after, Change};
-use crate::buffer::{Seq, Slot};
+use crate::buffer::dirty::Inserted;
+use crate::buffer::Slot;
 use crate::clock::UnixMillis;
 use crate::codec;
 use crate::durability::Durability;
@@ -335,8 +336,8 @@ macro_rules! keyspace_verbs {
             pub fn set_with(&self, key: &[u8], value: &[u8], durability: Durability) -> Result<()> {
                 let (e, ks) = self.parts();
                 let s = e.shared();
-                let seq = put(s, ks, key, value, Shared::default_deadline)?;
-                s.wait_for(seq, durability)
+                let written = put(s, ks, key, value, Shared::default_deadline)?;
+                s.wait_for(&written, durability)
             }
 
             /// Sets `key` to `value`, to expire `ttl` from now (by the
@@ -662,14 +663,14 @@ fn update_verb<R>(
 }
 
 /// A blind write of a value, with the deadline `deadline` gives; returns its
-/// seq.
+/// seq and journal ticket.
 fn put(
     s: &Shared,
     ks: &Keyspace,
     key: &[u8],
     value: &[u8],
     deadline: impl FnOnce(&Shared) -> Option<UnixMillis>,
-) -> Result<Seq> {
+) -> Result<Inserted> {
     not_reentrant()?;
     s.check_key(key)?;
     s.check_value(value.len())?;

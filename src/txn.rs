@@ -418,22 +418,15 @@ impl<'a> Transaction<'a> {
         }
         // `incoming` is every write's whole cost: the reservation covers
         // whatever each insert adds.
-        let mut first_dirty = false;
-        for (key, w) in self.writes {
-            let pos = guard_of(&guards, &key);
-            let ins = s.buffer.insert(
-                &mut guards[pos].1,
-                &key,
-                w.slot,
-                w.deadline,
-                true,
-                &mut reserved,
-            );
-            first_dirty |= ins.first_dirty;
-        }
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|(k, w)| (k, w.slot, w.deadline))
+            .collect();
+        let inserted = s.buffer.insert_all(&mut guards, writes, &mut reserved);
         drop(guards);
         drop(reserved);
-        s.after_write(first_dirty);
+        s.acknowledge(&inserted)?;
         Ok(true)
     }
 }

@@ -42,16 +42,26 @@
 //! would write it wait (without any lock or reservation) until it is
 //! released; the purger skips it.
 //!
+//! With a journal (`Config::journal`), every write is appended to it as a
+//! record in the same critical section that hands out its seq, and a
+//! transaction's writes as one record under all of their shard locks: the
+//! journal's stream order agrees with the order of every key's writes and
+//! with whatever a reader saw, and [`DirtyMap::freeze`] marks the cut in it
+//! under every shard lock (records before the mark have seqs at or below
+//! the cut, records after it above). Only here are seqs handed out, so this
+//! is the one owner of that order.
+//!
 //! Lock order: shard locks are taken in increasing index order when more than
 //! one is held; nothing else is locked while a shard lock is held, except the
-//! flusher's wake-up (a non-blocking channel send) and the `room` mutex (a
-//! leaf, to wake waiters).
+//! flusher's wake-up (a non-blocking channel send), the `room` mutex (a
+//! leaf, to wake waiters) and the journal's pending-records mutex (a leaf:
+//! appends copy bytes, never do I/O).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,6 +72,7 @@ use crate::buffer::expiry::ExpiryIndex;
 use crate::clock::UnixMillis;
 use crate::codec::BlobRef;
 use crate::iter::KeyRange;
+use crate::journal::{self, Ticket};
 use crate::lookup::Found;
 
 /// Number of shards. A power of two.
@@ -260,6 +271,8 @@ pub(crate) struct DirtyMap {
     /// storage holds no commit newer than its snapshot's frozen maps if
     /// this has not moved (a commit follows its freeze).
     freezes: AtomicU64,
+    /// The journal, once attached (never with `Journal::Off`).
+    journal: OnceLock<Arc<journal::Writer>>,
 }
 
 /// What [`DirtyMap::insert`] did.
@@ -268,6 +281,8 @@ pub(crate) struct Inserted {
     pub first_dirty: bool,
     /// The write's seq.
     pub seq: Seq,
+    /// Where the write's journal record ends (`None` without a journal).
+    pub ticket: Option<Ticket>,
 }
 
 impl DirtyMap {
@@ -296,6 +311,7 @@ impl DirtyMap {
             waiters: AtomicUsize::new(0),
             unholds: AtomicU64::new(0),
             freezes: AtomicU64::new(0),
+            journal: OnceLock::new(),
         }
     }
 
@@ -321,11 +337,76 @@ impl DirtyMap {
         user: bool,
         reserved: &mut Reservation<'_>,
     ) -> Inserted {
+        let seq = self.next_seq();
+        let ticket = self
+            .journal
+            .get()
+            .map(|j| j.append(std::iter::once((seq, key, &slot, deadline))));
+        let first_dirty = self.insert_entry(shard, key, slot, deadline, seq, user, reserved);
+        Inserted {
+            first_dirty,
+            seq,
+            ticket,
+        }
+    }
+
+    /// Records every write of a transaction, each in its (locked) shard in
+    /// `guards` (sorted by shard index), as [`DirtyMap::insert`] does; with
+    /// a journal, as one record. Returns the last write's seq.
+    pub(crate) fn insert_all(
+        &self,
+        guards: &mut [(usize, MutexGuard<'_, Shard>)],
+        writes: Vec<(Key, Slot, Option<UnixMillis>)>,
+        reserved: &mut Reservation<'_>,
+    ) -> Inserted {
+        let seqs: Vec<Seq> = writes.iter().map(|_| self.next_seq()).collect();
+        let ticket = self.journal.get().map(|j| {
+            j.append(
+                writes
+                    .iter()
+                    .zip(&seqs)
+                    .map(|((k, slot, d), seq)| (*seq, &**k, slot, *d)),
+            )
+        });
+        let mut first_dirty = false;
+        let last = seqs.last().copied().unwrap_or_default();
+        for ((key, slot, deadline), seq) in writes.into_iter().zip(seqs) {
+            let i = self.shard_of(&key);
+            let pos = guards.partition_point(|(j, _)| *j < i);
+            let Some((_, shard)) = guards.get_mut(pos).filter(|(j, _)| *j == i) else {
+                debug_assert!(false, "a transaction's write without its shard lock");
+                continue;
+            };
+            first_dirty |= self.insert_entry(shard, &key, slot, deadline, seq, true, reserved);
+        }
+        Inserted {
+            first_dirty,
+            seq: last,
+            ticket,
+        }
+    }
+
+    fn next_seq(&self) -> Seq {
+        Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// The entry of a write with `seq`; returns whether the active maps were
+    /// clean before it.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_entry(
+        &self,
+        shard: &mut Shard,
+        key: &[u8],
+        slot: Slot,
+        deadline: Option<UnixMillis>,
+        seq: Seq,
+        user: bool,
+        reserved: &mut Reservation<'_>,
+    ) -> bool {
         debug_assert!(
             self.growth(shard, key, &slot) <= reserved.bytes,
             "a write would grow the buffer past its reservation"
         );
-        let seq = Seq(self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
         // Storage will change for this key: a cached clean value is stale
         // from now on (the dirty entry answers until then).
         shard.cache.invalidate(key);
@@ -381,7 +462,7 @@ impl DirtyMap {
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         }
-        Inserted { first_dirty, seq }
+        first_dirty
     }
 
     /// The bytes a write of `slot` to `key` would add to `bytes` now: its
@@ -566,6 +647,9 @@ impl DirtyMap {
             return None;
         }
         let cut = Seq(self.last_seq.load(Ordering::Relaxed));
+        if let Some(j) = self.journal.get() {
+            j.seal(cut);
+        }
         self.dirty_since.store(0, Ordering::Relaxed);
         self.freezes.fetch_add(1, Ordering::SeqCst);
         let mut frozen = Frozen {
@@ -608,6 +692,20 @@ impl DirtyMap {
         self.charged.fetch_sub(frozen.bytes, Ordering::SeqCst);
         let _room = self.room.lock();
         self.room_freed.notify_all();
+    }
+
+    /// Attaches the journal: every later write is appended to it. Called
+    /// by `open` before any write is accepted (replayed writes are not
+    /// journaled again).
+    pub(crate) fn attach_journal(&self, writer: Arc<journal::Writer>) {
+        if self.journal.set(writer).is_err() {
+            debug_assert!(false, "a journal attached twice");
+        }
+    }
+
+    /// The journal, if one is attached.
+    pub(crate) fn journal(&self) -> Option<&Arc<journal::Writer>> {
+        self.journal.get()
     }
 
     /// Bytes buffered (active and frozen).

@@ -5,6 +5,8 @@
 //! - the oldest write not yet frozen has waited `write_delay`;
 //! - the buffer passed half of `max_dirty_bytes` (a writer set `urgent`);
 //! - a checkpoint is waiting (the cycle then ends with a sync);
+//! - the journal holds more than `journal::SYNC_AFTER_BYTES` (the cycle
+//!   ends with a sync, after which its covered segments are deleted);
 //! - a cycle failed earlier and its backoff has passed;
 //! - shutdown was asked (final durable cycle, then exit).
 //!
@@ -59,6 +61,10 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             return;
         }
         let dirty_for = shared.buffer.dirty_for();
+        // The journal has grown past its bound: the next cycle is durable,
+        // so that truncation shrinks it (only with something to freeze).
+        let journal_due =
+            dirty_for.is_some() && shared.buffer.journal().is_some_and(|j| j.wants_sync());
         let due = cycles.has_pending()
             || shared.flush.is_urgent()
             || dirty_for.is_some_and(|d| d >= shared.config.write_delay);
@@ -81,7 +87,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             return;
         }
 
-        if backoff_over && (waiting || due) {
+        if backoff_over && (waiting || due || journal_due) {
             // Taken before the freeze: the cycle covers every write
             // acknowledged before a waiter registered.
             let (syncs, flushes) = {
@@ -94,7 +100,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
                 }
                 (std::mem::take(&mut r.syncs), std::mem::take(&mut r.flushes))
             };
-            let sync = !syncs.is_empty();
+            let sync = !syncs.is_empty() || journal_due;
             let outcome: SyncOutcome = cycles
                 .run(shared, pool, sync)
                 .map(|r| (r.committed, r.entries));

@@ -14,6 +14,7 @@
 //! 5. **Flush** storage (the cycle now survives a process crash); on a
 //!    durable cycle (checkpoint, shutdown) also **sync** through the keeper
 //!    (survives a power cut; the durable record then names the cut).
+//!    With a journal, the segments the sync covers are then deleted.
 //! 6. **Release** the frozen maps: reads of those keys go to storage.
 //! 7. **Collect** the unreachable blobs, then remove the gc record.
 //!
@@ -130,7 +131,13 @@ impl Cycles {
                         self.pending = Some(Pending {
                             frozen: Arc::new(frozen),
                             orphans: Vec::new(),
-                        })
+                        });
+                        // A segment sealed by the freeze is closed now, off
+                        // the writers' path (and can go at this cycle's
+                        // sync).
+                        if let Some(journal) = shared.buffer.journal() {
+                            journal.rotate();
+                        }
                     }
                     None => break,
                 }
@@ -148,6 +155,11 @@ impl Cycles {
             };
             crash_point("flush-before-sync");
             shared.keeper.sync(self.committed, digest)?;
+            // Journal segments whose every record is now durable in the
+            // store are not needed by any recovery.
+            if let Some(journal) = shared.buffer.journal() {
+                journal.truncate(self.committed);
+            }
             shared.watchers.synced();
             self.unsynced = false;
             self.synced = self.committed;
