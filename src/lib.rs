@@ -54,6 +54,12 @@
 //! - **Per-call durability**: [`Engine::set_with`] returns once the write is
 //!   [`Durability::Flushed`] (survives a crash) or [`Durability::Synced`]
 //!   (survives a power cut); concurrent callers share one cycle and fsync.
+//! - **A write-ahead journal**: [`Config::journal`] with
+//!   [`Journal::Process`] makes every write survive a crash of the process
+//!   on return, [`Journal::Power`] a power cut (concurrent writers share
+//!   one `fdatasync`), [`Journal::Periodic`] within a period; the buffer
+//!   still coalesces what reaches the store, and `open` replays what a
+//!   crash left in the journal.
 //! - **Watchers**: [`Engine::watch_prefix`] gives a [`Subscriber`] of
 //!   [`Event`]s, told only once a change is flushed or synced: never one a
 //!   crash could take back.
@@ -98,6 +104,10 @@
 //! - A write made with [`Engine::set_with`] and [`Durability::Flushed`]
 //!   survives a crash of the process once the call returns; with
 //!   [`Durability::Synced`], a power cut.
+//! - With a journal ([`Config::journal`]), a write survives a crash of the
+//!   process on return under [`Journal::Process`], a power cut on return
+//!   under [`Journal::Power`], and both within about `d` under
+//!   [`Journal::Periodic`]`(d)`.
 //! - After a crash, the store reopens at one point of the write history, no
 //!   older than the last successful checkpoint: never a mix of two flushes,
 //!   never a value that was not written.
@@ -153,10 +163,12 @@ pub mod testing {
     pub use crate::storage::faulty::{Faults, StorageOp};
 
     /// Decodes `bytes` as every system record (format, state, gc, deadline,
-    /// commit log, durable record); returns how many accepted it. Never
-    /// panics.
+    /// commit log, durable record, journal segment header, journal record);
+    /// returns how many accepted it. Never panics.
     pub fn decode_system_records(bytes: &[u8]) -> usize {
         use crate::codec;
+        use crate::journal::format;
+        let shared = bytes::Bytes::copy_from_slice(bytes);
         [
             codec::decode_format(bytes).is_ok(),
             codec::decode_state(bytes).is_ok(),
@@ -164,6 +176,8 @@ pub mod testing {
             codec::decode_deadline(b"key", bytes).is_ok(),
             codec::decode_commit_log(bytes).is_ok(),
             codec::decode_durable(bytes).is_some(),
+            format::decode_header(bytes).is_ok(),
+            matches!(format::read_record(&shared, 0), format::Next::Record(..)),
         ]
         .into_iter()
         .filter(|ok| *ok)

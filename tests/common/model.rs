@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use millpond::testing::{halt, Faults, StorageOp};
-use millpond::{Config, Engine, Error, MockClock};
+use millpond::{Config, Engine, Error, Journal, MockClock};
 
 /// Keys are `key-0` .. `key-7`; model keys `KEYS..2 * KEYS` are the same
 /// user keys in the tree `t`.
@@ -215,6 +215,11 @@ pub enum Backend {
     Memory,
     /// A sled store in a temporary directory.
     Sled,
+    /// A sled store with a write-ahead journal in this mode: after a crash
+    /// under `Process` or `Power`, the store equals the model (nothing
+    /// acknowledged is lost); under `Periodic`, some point since the last
+    /// durable point, as without a journal.
+    Journaled(Journal),
 }
 
 /// Runs `ops` against a fresh temporary store (the memory backend) and the
@@ -268,6 +273,9 @@ struct Checker {
     history: Vec<State>,
     /// Current mock time, ms since the Unix epoch.
     now: u64,
+    /// A crash loses no acknowledged write (a `Process` or `Power`
+    /// journal).
+    crash_keeps_all: bool,
     /// Makes every written value unique.
     counter: u32,
 }
@@ -276,9 +284,12 @@ impl Checker {
     fn new(backend: Backend, write_delay: Option<Duration>) -> Checker {
         let (dir, base) = match backend {
             Backend::Memory => (None, Config::temporary()),
-            Backend::Sled => {
+            Backend::Sled | Backend::Journaled(_) => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let config = Config::new(dir.path().join("store"));
+                let mut config = Config::new(dir.path().join("store"));
+                if let Backend::Journaled(mode) = backend {
+                    config = config.journal(mode);
+                }
                 (Some(dir), config)
             }
         };
@@ -304,6 +315,10 @@ impl Checker {
             history: vec![State::new()],
             now: 1_700_000_000_000,
             counter: 0,
+            crash_keeps_all: matches!(
+                backend,
+                Backend::Journaled(Journal::Process | Journal::Power)
+            ),
         };
         c.history = vec![c.model.clone()];
         c
@@ -482,7 +497,7 @@ impl Checker {
                 let found = self
                     .history
                     .iter()
-                    .position(|s| visible(s, now) == recovered)
+                    .rposition(|s| visible(s, now) == recovered)
                     .ok_or_else(|| {
                         format!(
                             "after a crash the store holds {recovered:?}, which is the state \
@@ -490,6 +505,13 @@ impl Checker {
                             self.history.len()
                         )
                     })?;
+                if self.crash_keeps_all && found + 1 != self.history.len() {
+                    return Err(format!(
+                        "after a crash the store holds the state of {} steps ago: \
+                         the journal lost acknowledged writes",
+                        self.history.len() - 1 - found
+                    ));
+                }
                 self.model = self.history[found].clone();
                 self.history = vec![self.model.clone()];
                 return Ok(());
