@@ -107,6 +107,10 @@ pub(crate) struct Writer {
     /// The file side; held by the one thread writing (the group commit's
     /// leader, the periodic thread, or truncation).
     io: Mutex<Io>,
+    /// Whether a group commit's leader is writing; waiters for a ticket
+    /// that it may cover wait on `progress` meanwhile.
+    leader: Mutex<bool>,
+    progress: Condvar,
     written: AtomicU64,
     synced: AtomicU64,
     /// Set once by the first I/O error: from then on writes are refused
@@ -187,6 +191,8 @@ impl Writer {
                 closed: Vec::new(),
                 spare: Vec::new(),
             }),
+            leader: Mutex::new(false),
+            progress: Condvar::new(),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             failed: OnceLock::new(),
@@ -267,9 +273,11 @@ impl Writer {
     }
 
     /// Returns once the record ending at `ticket` has reached `reach`.
-    /// Group commit: the first waiter to take the file writes (and syncs)
-    /// everything appended so far; the waiters queued behind it usually find
-    /// their record already covered.
+    /// Group commit: a waiter becomes the leader if there is none, and
+    /// writes (and syncs) everything appended so far; the others wait for
+    /// it, all woken together when it is done, and those it covered return
+    /// without I/O; one of the rest leads the next group, which holds
+    /// everything appended meanwhile.
     pub(crate) fn wait(&self, ticket: Ticket, reach: Reach) -> Result<()> {
         let done = |w: &Writer| {
             let at = match reach {
@@ -283,12 +291,23 @@ impl Writer {
                 return Ok(());
             }
             self.check()?;
-            let mut io = self.io.lock();
+            let mut leader = self.leader.lock();
             if done(self) {
                 return Ok(());
             }
-            self.check()?;
-            self.write_out(&mut io, reach == Reach::Synced)?;
+            if *leader {
+                self.progress.wait(&mut leader);
+                continue;
+            }
+            *leader = true;
+            drop(leader);
+            let outcome = {
+                let mut io = self.io.lock();
+                self.write_out(&mut io, reach == Reach::Synced)
+            };
+            *self.leader.lock() = false;
+            self.progress.notify_all();
+            outcome?;
         }
     }
 
