@@ -7,7 +7,8 @@
 //!   with `\xNN` escapes (or hex with `--hex`), `--json` for scripts.
 //! - `dump`, `load` (`dump.rs`): a versioned, streaming export format.
 //! - `demo` (`demo.rs`): the README's main job.
-//! - `bench` (`bench/`): the side-by-side benchmark driver.
+//! - `bench` (`bench/`): the side-by-side benchmark driver (also
+//!   `--soak` and `--journal-modes`).
 //!
 //! A missing directory is refused, never created, except by `set`, `load`
 //! and `demo`. Errors are one line on stderr, and a non-zero exit code,
@@ -67,12 +68,19 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Runs workloads against millpond, raw sled, fjall, redb and an
     /// in-memory map, each in a fresh child process, and prints one
-    /// comparison table; or, with --soak, a long run with a stall watchdog.
+    /// comparison table; or, with --soak, a long run with a stall watchdog;
+    /// or, with --journal-modes, millpond's journal modes beside stores
+    /// that sync every write.
     Bench(bench::BenchArgs),
     /// One (workload, target) run; prints its results as one JSON line.
     /// Started by `bench`, not meant to be run by hand.
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
+    /// One run of `bench --journal-modes` (a side, a thread count); prints
+    /// its results as one JSON line. Started by `bench`, not meant to be
+    /// run by hand.
+    #[command(hide = true)]
+    BenchJournalChild(bench::journal_modes::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +118,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::demo(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchChild(args) => bench::run_child(args),
+        Command::BenchJournalChild(args) => bench::journal_modes::run_child(args),
     }
 }
 

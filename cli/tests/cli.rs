@@ -356,3 +356,90 @@ fn dump_refuses_a_store_with_named_trees_rather_than_leave_them_out() {
     assert!(err.contains("named trees"), "{err}");
     assert!(out.stdout.is_empty(), "nothing half-written");
 }
+
+/// `bench --journal-modes` at a tiny size: every side at every thread count
+/// runs in its own process, is checked after reopening, and has its rows;
+/// the figures themselves are not looked at (they depend on the machine).
+#[test]
+fn bench_journal_modes_runs_and_checks_every_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = p(tmp.path());
+    let common = [
+        "bench",
+        "--journal-modes",
+        "--keys",
+        "200",
+        "--scale",
+        "0.01",
+        "--dir",
+        dir,
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--threads", "1,2"]);
+    let text = ok(&args);
+    let sides = [
+        "millpond Off",
+        "millpond Periodic(100ms)",
+        "millpond Process",
+        "millpond Power",
+        "sled insert+flush()",
+        "redb Immediate commit",
+        "fjall insert+persist(SyncAll)",
+    ];
+    for side in sides {
+        // One row in the summary, one per thread count in the details.
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(side)).collect();
+        assert_eq!(rows.len(), 3, "{side}:\n{text}");
+        assert!(
+            rows[1..].iter().all(|r| r.ends_with("ok (200 keys)")),
+            "{side}:\n{text}"
+        );
+    }
+    for ratio in [
+        "Process / Off",
+        "Power / sled insert+flush()",
+        "Power / redb Immediate commit",
+        "Power / fjall insert+persist(SyncAll)",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(ratio)),
+            "{ratio}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("ops/s @1") && text.contains("p99 @2"),
+        "{text}"
+    );
+    assert!(text.contains("stores in "), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+    // The stores are gone.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    // --target narrows the sides; --json gives every run's report.
+    let mut args = common.to_vec();
+    args.extend(["--target", "millpond,redb", "--threads", "2", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, [&sides[..4], &sides[5..6]].concat());
+    for r in runs {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["threads"], 2);
+        assert_eq!(r["verified_keys"], 200);
+        assert!(r["ops"].as_u64().unwrap() >= 2, "each thread writes");
+    }
+
+    // Nonsense is refused before anything runs.
+    for (bad, message) in [
+        (&["--keys", "3", "--threads", "4"][..], "--keys must be"),
+        (&["--target", "in-memory"], "makes no write durable"),
+        (&["--threads", "0"], "--threads takes counts"),
+    ] {
+        let mut args = vec!["bench", "--journal-modes", "--dir", dir];
+        args.extend(bad);
+        let out = millpond(&args);
+        assert!(!out.status.success(), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{bad:?}: {err}");
+    }
+}

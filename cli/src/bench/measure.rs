@@ -161,6 +161,74 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
     }
 }
 
+/// The type of the filesystem `path` is on (`ext4`, `tmpfs`, ...), from
+/// `/proc/self/mountinfo`: that of the mount whose mount point is the
+/// longest prefix of the path (the last such mount, if one is stacked on
+/// another). `None` when it cannot be told.
+pub fn filesystem_type(path: &Path) -> Option<String> {
+    let path = fs::canonicalize(path).ok()?;
+    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_type_of(&table, &path)
+}
+
+/// [`filesystem_type`] of `path` (canonical) in a `mountinfo` table.
+fn mount_type_of(table: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in table.lines() {
+        // `id parent major:minor root mount-point options [optional...] -
+        // type source super-options`
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        let (Some(point), Some(kind)) = (
+            fields.split(' ').nth(4),
+            rest.split(' ').next().filter(|k| !k.is_empty()),
+        ) else {
+            continue;
+        };
+        let point = unescape_mount_path(point);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let depth = Path::new(&point).components().count();
+        if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+            best = Some((depth, kind.to_string()));
+        }
+    }
+    best.map(|(_, kind)| kind)
+}
+
+/// A path of `mountinfo`, where space, tab, newline and backslash are
+/// written as `\` and three octal digits.
+fn unescape_mount_path(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a filesystem of this type keeps its files in memory only, where
+/// an fsync does not reach a device.
+pub fn is_memory_filesystem(kind: &str) -> bool {
+    matches!(kind, "tmpfs" | "ramfs")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +280,29 @@ mod tests {
         let status = "Name:\tx\nVmHWM:\t  12345 kB\nVmRSS:\t 100 kB\n";
         assert_eq!(proc_field(status, "VmHWM"), Some(12345));
         assert_eq!(proc_field(status, "VmPeak"), None);
+    }
+
+    #[test]
+    fn the_filesystem_of_a_path_is_that_of_its_deepest_mount() {
+        let table = "\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:26 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw,size=100k
+31 22 0:27 / /tmp/a\\040b rw shared:6 - xfs /dev/vdb rw
+32 30 0:28 / /tmp rw shared:7 - overlay overlay rw
+garbage line
+";
+        let kind = |p: &str| mount_type_of(table, Path::new(p));
+        assert_eq!(kind("/work/x").as_deref(), Some("ext4"));
+        assert_eq!(kind("/").as_deref(), Some("ext4"));
+        // The later of two mounts on /tmp.
+        assert_eq!(kind("/tmp/bench").as_deref(), Some("overlay"));
+        assert_eq!(kind("/tmp/a b/c").as_deref(), Some("xfs"));
+        // A prefix by components, not by characters.
+        assert_eq!(kind("/tmpx").as_deref(), Some("ext4"));
+        assert_eq!(mount_type_of("", Path::new("/")), None);
+        assert!(is_memory_filesystem("tmpfs"));
+        assert!(!is_memory_filesystem("ext4"));
+        assert!(filesystem_type(Path::new("/")).is_some());
     }
 
     #[test]

@@ -9,14 +9,19 @@
 //! JSON line ([`report::RunReport`]). The parent prints the tables.
 //!
 //! `bench --soak DURATION` runs [`soak`] instead: one long run in this
-//! process, watched for stalls.
+//! process, watched for stalls. `bench --journal-modes` runs
+//! [`journal_modes`] instead: millpond's write-ahead journal modes beside
+//! peers that make every write durable, each run in a child process
+//! (`bench-journal-child`, hidden) in the same way.
 
+pub mod journal_modes;
 pub mod measure;
 pub mod report;
 pub mod soak;
 pub mod targets;
 pub mod workloads;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -40,7 +45,8 @@ pub struct RunOptions {
     /// Multiplies the workloads' sizes: the op counts of sessions and
     /// read-heavy, the task count of tasks, the event count of journal, the
     /// key count of uniform-insert (their key sets stay 10,000 and 100,000
-    /// keys). The table shows the counts used.
+    /// keys); with --journal-modes, the time of each run (4 s). The table
+    /// shows the counts used.
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Seed of every workload's random choices and values.
@@ -138,6 +144,25 @@ pub struct BenchArgs {
         conflicts_with_all = ["workload", "json"]
     )]
     pub stall_after: Option<soak::SoakDuration>,
+    /// Instead of the workloads: millpond's journal modes (Off,
+    /// Periodic(100ms), Process, Power) beside the peers at Power's
+    /// guarantee (sled insert + flush() per write, redb one
+    /// Durability::Immediate commit per write, fjall insert +
+    /// persist(SyncAll) per write): `set` of 100-byte values over 100,000
+    /// preloaded 16-byte keys from 1, 4 and 16 threads, 4 s per run (times
+    /// --scale), each run in its own process and checked after reopening.
+    /// Prints ops/s and p99 per side and thread count, and the issue's
+    /// ratios. --target narrows the sides (millpond: its four modes).
+    #[arg(long, conflicts_with_all = ["workload", "soak"])]
+    pub journal_modes: bool,
+    /// With --journal-modes: the thread counts, comma-separated [default:
+    /// 1,4,16].
+    #[arg(long, value_delimiter = ',', requires = "journal_modes")]
+    pub threads: Vec<usize>,
+    /// With --journal-modes: how many keys the runs write (each thread its
+    /// own share, every key preloaded and checked) [default: 100000].
+    #[arg(long, requires = "journal_modes")]
+    pub keys: Option<u64>,
     #[command(flatten)]
     pub options: RunOptions,
 }
@@ -200,24 +225,28 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         return Ok(code);
     }
+    if args.journal_modes {
+        let code = journal_modes::run(&journal_modes::Plan {
+            targets: args.target.clone(),
+            threads: args.threads.clone(),
+            keys: args.keys,
+            root: root.clone(),
+            keep: args.keep,
+            json: args.json,
+            options: args.options.clone(),
+        })?;
+        if args.keep {
+            eprintln!("stores kept in {}", root.display());
+        } else {
+            remove_dir(&root)?;
+        }
+        return Ok(code);
+    }
     let workloads = selection(&args.workload, &WorkloadKind::ALL);
     let targets = selection(&args.target, &TargetKind::ALL);
     let exe = env::current_exe().context("finding this program's path to start child runs")?;
 
-    let runs = workloads.len() * targets.len();
-    let bar = if std::io::stdout().is_terminal() {
-        let bar = ProgressBar::new(runs as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(250));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-
+    let bar = progress_bar(workloads.len() * targets.len());
     let started = Instant::now();
     let mut reports = Vec::new();
     for &w in &workloads {
@@ -266,6 +295,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A progress bar over `runs` runs on a terminal; a hidden one otherwise.
+fn progress_bar(runs: usize) -> ProgressBar {
+    if !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(runs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
 fn remove_dir(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -307,20 +351,28 @@ fn run_in_child(
     dir: &Path,
     options: &RunOptions,
 ) -> RunReport {
+    let mut args: Vec<OsString> = ["bench-child", "--workload", workload.name()]
+        .into_iter()
+        .chain(["--target", target.name(), "--dir"])
+        .map(OsString::from)
+        .collect();
+    args.push(dir.into());
+    args.extend(options.as_args().into_iter().map(OsString::from));
+    child_report(exe, &args, |e| RunReport::failed(workload, target, e))
+}
+
+/// Runs this program with `args` (a child run) and reads the report it
+/// prints last on stdout; `failed` makes the report of a child that could
+/// not start, died or printed none.
+fn child_report(exe: &Path, args: &[OsString], failed: impl Fn(String) -> RunReport) -> RunReport {
     let output = Command::new(exe)
-        .arg("bench-child")
-        .args(["--workload", workload.name(), "--target", target.name()])
-        .arg("--dir")
-        .arg(dir)
-        .args(options.as_args())
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output();
     let output = match output {
         Ok(o) => o,
-        Err(e) => {
-            return RunReport::failed(workload, target, format!("could not start a child: {e}"))
-        }
+        Err(e) => return failed(format!("could not start a child: {e}")),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let parsed = stdout
@@ -336,22 +388,14 @@ fn run_in_child(
             }
             report
         }
-        Some(Err(e)) => RunReport::failed(
-            workload,
-            target,
-            format!(
-                "the child ({}) printed no readable report: {e}",
-                output.status
-            ),
-        ),
-        None => RunReport::failed(
-            workload,
-            target,
-            format!(
-                "the child exited with {} and printed no report",
-                output.status
-            ),
-        ),
+        Some(Err(e)) => failed(format!(
+            "the child ({}) printed no readable report: {e}",
+            output.status
+        )),
+        None => failed(format!(
+            "the child exited with {} and printed no report",
+            output.status
+        )),
     }
 }
 

@@ -169,16 +169,16 @@ pub fn fmt_ratio(r: f64) -> String {
 /// A plain text table: columns padded to their widest cell, numbers right
 /// aligned.
 pub struct Table {
-    headers: Vec<&'static str>,
+    headers: Vec<String>,
     right: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// `columns`: (header, right-aligned).
-    pub fn new(columns: &[(&'static str, bool)]) -> Table {
+    pub fn new(columns: &[(&str, bool)]) -> Table {
         Table {
-            headers: columns.iter().map(|c| c.0).collect(),
+            headers: columns.iter().map(|c| c.0.to_string()).collect(),
             right: columns.iter().map(|c| c.1).collect(),
             rows: Vec::new(),
         }
@@ -187,6 +187,11 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.headers.len());
         self.rows.push(cells);
+    }
+
+    /// Whether it has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
     }
 
     pub fn render(&self) -> String {
@@ -216,7 +221,7 @@ impl Table {
             out.push_str(text.trim_end());
             out.push('\n');
         };
-        line(&mut out, &mut self.headers.iter().copied());
+        line(&mut out, &mut self.headers.iter().map(String::as_str));
         let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
         line(&mut out, &mut rule.iter().map(String::as_str));
         for row in &self.rows {

@@ -417,14 +417,29 @@ fn millpond_config(dir: &Path, tuning: &Tuning) -> millpond::Config {
     }
 }
 
+impl MillpondTarget {
+    /// Opens (creating) the store in `dir` with the write-ahead journal in
+    /// `mode` (`bench --journal-modes`; [`Target::open`] opens it with
+    /// `Journal::Off`, the engine's default).
+    pub fn open_journaled(dir: &Path, tuning: &Tuning, mode: millpond::Journal) -> Result<Self> {
+        let engine = millpond::Engine::open(millpond_config(dir, tuning).journal(mode))
+            .with_context(|| match mode {
+                millpond::Journal::Off => format!("opening millpond at {}", dir.display()),
+                _ => format!(
+                    "opening millpond at {} with Journal::{mode:?}",
+                    dir.display()
+                ),
+            })?;
+        Ok(MillpondTarget { engine })
+    }
+}
+
 impl Target for MillpondTarget {
     type Val = millpond::Value;
     type Handle = ();
 
     fn open(dir: &Path, tuning: &Tuning) -> Result<Self> {
-        let engine = millpond::Engine::open(millpond_config(dir, tuning))
-            .with_context(|| format!("opening millpond at {}", dir.display()))?;
-        Ok(MillpondTarget { engine })
+        MillpondTarget::open_journaled(dir, tuning, millpond::Journal::Off)
     }
 
     fn reopen(dir: &Path, tuning: &Tuning, (): ()) -> Result<Self> {

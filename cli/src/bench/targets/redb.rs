@@ -164,6 +164,16 @@ impl RedbTarget {
         write(&self.db, Durability::None, f)
     }
 
+    /// A plain set in a write transaction of its own committed with
+    /// `Durability::Immediate`: durable when it returns (the peer of
+    /// millpond's `Journal::Power` in `bench --journal-modes`; [`Target::set`]
+    /// commits with `Durability::None`).
+    pub fn set_durable(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        write(&self.db, Durability::Immediate, |txn| {
+            tx_put(txn, key, Some(value), 0)
+        })
+    }
+
     /// The value a read sees now (the deadline checked for a TTL key).
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;

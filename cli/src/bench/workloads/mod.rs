@@ -306,7 +306,7 @@ fn in_threads<R: Send>(n: usize, f: impl Fn(usize) -> Result<R> + Sync) -> Resul
 
 /// Collects differences between a store and the expected contents.
 #[derive(Default)]
-struct Checker {
+pub(crate) struct Checker {
     checked: u64,
     wrong: u64,
     examples: Vec<String>,
@@ -328,13 +328,18 @@ impl Checker {
         }
     }
 
-    fn check_get<T: Target>(&mut self, t: &T, key: &[u8], want: Option<&[u8]>) -> Result<()> {
+    pub(crate) fn check_get<T: Target>(
+        &mut self,
+        t: &T,
+        key: &[u8],
+        want: Option<&[u8]>,
+    ) -> Result<()> {
         let found = t.get(key)?;
         self.check(key, found.as_ref().map(AsRef::as_ref), want);
         Ok(())
     }
 
-    fn finish(self) -> Result<u64> {
+    pub(crate) fn finish(self) -> Result<u64> {
         if self.wrong > 0 {
             bail!(
                 "verification failed: {} of {} keys differ from what the workload wrote; {}",
