@@ -171,9 +171,9 @@ impl Engine {
         }
         let mode = s.config.journal;
         if mode != Journal::Off {
-            let writer =
-                journal::Writer::start(&s.dir, mode, replay.next_number, s.buffer.last_seq())?;
-            s.buffer.attach_journal(writer);
+            s.buffer.attach_journal(|base| {
+                journal::Writer::start(&s.dir, mode, replay.next_number, base)
+            })?;
         }
         for file in &replay.files {
             if let Err(e) = std::fs::remove_file(file) {

@@ -694,13 +694,23 @@ impl DirtyMap {
         self.room_freed.notify_all();
     }
 
-    /// Attaches the journal: every later write is appended to it. Called
-    /// by `open` before any write is accepted (replayed writes are not
-    /// journaled again).
-    pub(crate) fn attach_journal(&self, writer: Arc<journal::Writer>) {
+    /// Attaches the journal that `start` makes, with the last seq handed
+    /// out as its base: every later write is appended to it. Called by
+    /// `open` before any write is accepted (replayed writes are not
+    /// journaled again). Every shard lock is held meanwhile, so no seq is
+    /// handed out between the base and the attachment: the first segment
+    /// holds every seq above its base (the completeness `replay` checks).
+    pub(crate) fn attach_journal(
+        &self,
+        start: impl FnOnce(Seq) -> crate::error::Result<Arc<journal::Writer>>,
+    ) -> crate::error::Result<()> {
+        let _guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(|s| s.0.lock()).collect();
+        let base = Seq(self.last_seq.load(Ordering::Relaxed));
+        let writer = start(base)?;
         if self.journal.set(writer).is_err() {
             debug_assert!(false, "a journal attached twice");
         }
+        Ok(())
     }
 
     /// The journal, if one is attached.

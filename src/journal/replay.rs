@@ -10,8 +10,14 @@
 //! - From that segment on, numbers are consecutive, and every segment but
 //!   the newest was synced whole before the next was created: a gap, or a
 //!   bad record anywhere but at the end of the newest segment, is damage.
+//! - A segment before the newest holds exactly the writes with seqs from
+//!   its base (exclusive) to the next segment's base (inclusive), each
+//!   once: every seq the engine hands out while a journal is attached is
+//!   journaled, and a seal splits the stream at a freeze's cut. So a record
+//!   missing from it (a segment cut short at a record boundary, say) is
+//!   damage too.
 //! - The newest segment ends at its first bad record (a write torn by the
-//!   crash); what follows is cut off before new records are appended.
+//!   crash).
 //!
 //! Damage is refused with [`Error::Corrupt`] unless the caller accepts data
 //! loss; then the records before it are kept and the rest dropped.
@@ -146,9 +152,24 @@ pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
         expected = number.checked_add(1);
         let upper = needed.get(i + 1).map(|(_, _, _, b)| *b);
         let mut at = format::HEADER_LEN;
+        let mut writes_seen = 0u64;
         loop {
             match format::read_record(data, at) {
-                Next::End => break,
+                Next::End => {
+                    if let Some(upper) = upper {
+                        let expected = upper.0.saturating_sub(base.0);
+                        if writes_seen != expected {
+                            damage(format!(
+                                "segment {} holds {writes_seen} writes, but every one of seqs {}..={} ({expected}) should be there",
+                                path.display(),
+                                base.0 + 1,
+                                upper.0
+                            ))?;
+                            break 'segments;
+                        }
+                    }
+                    break;
+                }
                 Next::Bad(why) => {
                     if i != last {
                         damage(format!(
@@ -179,6 +200,7 @@ pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
                         ))?;
                         break 'segments;
                     }
+                    writes_seen += writes.len() as u64;
                     replay.last_seq = replay.last_seq.max(Seq(hi));
                     if lo > cut.0 {
                         replay.records.push(writes);
@@ -223,6 +245,7 @@ mod tests {
         segment(dir.path(), 1, 0, &[1, 2]);
         segment(dir.path(), 3, 5, &[6, 7]);
         segment(dir.path(), 4, 7, &[8, 9]);
+        // Segment 3 is complete (seqs 6 and 7, up to segment 4's base).
         let r = read(dir.path(), Seq(6), false).unwrap();
         assert_eq!(seqs(&r), vec![7, 8, 9]);
         assert_eq!(r.last_seq, Seq(9));
@@ -265,6 +288,24 @@ mod tests {
             read(dir.path(), Seq(0), false),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_segment_before_the_newest_missing_a_write_is_refused() {
+        // Cut short at a record boundary: every record it keeps is whole.
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, 0, &[1, 2]);
+        segment(dir.path(), 2, 3, &[4]);
+        let e = read(dir.path(), Seq(0), false).unwrap_err();
+        assert!(e.to_string().contains("should be there"), "{e}");
+        // Whole, it is read.
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, 0, &[2, 1, 3]);
+        segment(dir.path(), 2, 3, &[4]);
+        assert_eq!(
+            seqs(&read(dir.path(), Seq(0), false).unwrap()),
+            vec![2, 1, 3, 4]
+        );
     }
 
     #[test]
