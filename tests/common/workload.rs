@@ -27,6 +27,13 @@
 //! - `sled-flush`, `sled-fsync`: raw sled inserting keys 0, 1, ... with
 //!   `flush()` (and, for `sled-fsync`, fsync of every file and directory) as
 //!   the checkpoint; the controls of the power-cut trials.
+//! - `journal-process`, `journal-power`, `journal-periodic-<ms>`,
+//!   `journal-off`: the history, opened with that [`Journal`] mode, some of
+//!   its operations grouped into transactions ([`group_len`]); after each
+//!   operation or transaction returns, `acked <n> <unix millis>` (`n`
+//!   operations done). With `Periodic`, also `synced <n>` once the journal
+//!   has certainly synced the first `n` operations ([`journal_child`]).
+//!   The store is checked with [`recovered_point`].
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -34,9 +41,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use millpond::{Config, Engine, Error};
+use millpond::{Config, Engine, Error, Journal};
 
 use super::{u64_value, Rng, HANG_LIMIT};
 
@@ -139,6 +146,41 @@ pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u
     None
 }
 
+/// The point in the history of the `journal-*` children a recovered state
+/// is: the largest end of a group ([`group_len`]), at most `to`, after which
+/// the history's state equals `recovered`; `None` if there is none (a
+/// transaction half applied, a write from nowhere, or an older write
+/// reappearing).
+pub fn recovered_point(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, to: u64) -> Option<u64> {
+    let mut model = HashMap::new();
+    let mismatched =
+        |model: &HashMap<Vec<u8>, Vec<u8>>, k: &Vec<u8>| model.get(k) != recovered.get(k);
+    let mut bad: usize = all_keys().iter().filter(|k| mismatched(&model, k)).count();
+    let mut found = None;
+    let mut group_end = 0;
+    let mut n = 0;
+    loop {
+        if n == group_end {
+            if bad == 0 {
+                found = Some(n);
+            }
+            if n >= to || n == OPS {
+                return found;
+            }
+            group_end += group_len(seed, n);
+        }
+        let o = op(seed, n);
+        let k = match &o {
+            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) => k.clone(),
+        };
+        let was = mismatched(&model, &k);
+        apply(&mut model, &o);
+        let is = mismatched(&model, &k);
+        bad = bad + usize::from(is) - usize::from(was);
+        n += 1;
+    }
+}
+
 /// Asserts that the store holds the history's state after some prefix of at
 /// least `checkpoint` operations (one point in history, none of it lost);
 /// returns the prefix length.
@@ -151,6 +193,47 @@ pub fn assert_one_point_in_history(e: &Engine, seed: u64, checkpoint: u64, what:
              {checkpoint} operations"
         )
     })
+}
+
+/// Reopens the store of a `journal-*` trial at `path` with `journal` and
+/// returns the point in history it recovered ([`recovered_point`], up to
+/// the end of the group after the last one the child acknowledged: that
+/// one may have been journaled and not yet printed), `None` if it is none.
+/// Then shuts the engine down, opens the store once more without a journal
+/// and checks it still holds the same (what `open` replayed was made
+/// durable in the store, and the journal it left is consistent with it).
+pub fn check_journal_trial(
+    path: &Path,
+    journal: Journal,
+    seed: u64,
+    t: &Trial,
+    what: &str,
+) -> Option<u64> {
+    let open = |journal| {
+        Engine::open(Config::new(path).journal(journal))
+            .unwrap_or_else(|err| panic!("{what}: reopen with {journal:?} failed: {err}"))
+    };
+    let segments = std::fs::read_dir(path.join("journal")).map_or(0, |d| d.count());
+    let e = open(journal);
+    let state = read_all(&e);
+    let point = recovered_point(seed, &state, next_group_end(seed, t.acked));
+    eprintln!(
+        "{what}: reopened with {journal:?}, {} records replayed from {segments} segments; \
+         acknowledged {}, last checkpoint {}, synced {}, recovered point {point:?}",
+        e.stats().journal_replayed,
+        t.acked,
+        t.checkpoint,
+        t.synced
+    );
+    e.shutdown()
+        .unwrap_or_else(|err| panic!("{what}: shutdown after reopen failed: {err}"));
+    let again = open(Journal::Off);
+    assert!(
+        read_all(&again) == state,
+        "{what}: the second reopen does not hold what the first recovered"
+    );
+    again.shutdown().unwrap();
+    point
 }
 
 pub fn account(i: u64) -> Vec<u8> {
@@ -214,9 +297,16 @@ pub struct Trial {
     lines: mpsc::Receiver<String>,
     /// The last `checkpoint <n>` seen.
     pub checkpoint: u64,
-    /// Every `event ...` and `acked ...` line seen (the `watched` and
-    /// `synced` modes).
+    /// Every `event ...` line and every `acked ...` line not naming a count
+    /// (the `watched` and `synced` modes).
     pub log: Vec<String>,
+    /// The last `acked <n> ...` seen (the journal modes): operations
+    /// acknowledged.
+    pub acked: u64,
+    /// Every `acked <n> <unix millis>`: when each count was acknowledged.
+    pub ack_times: Vec<(u64, u64)>,
+    /// The last `synced <n>` seen (`journal-periodic-*`).
+    pub synced: u64,
 }
 
 pub fn spawn(spec: Spec<'_>) -> Trial {
@@ -242,9 +332,21 @@ pub fn spawn(spec: Spec<'_>) -> Trial {
     let stdin = child.stdin.take();
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+        // Only whole lines: a child killed halfway through printing one
+        // (its last) did not say what the line would have said.
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match stdout.read_until(b'\n', &mut line) {
+                Ok(_) if line.last() == Some(&b'\n') => {
+                    line.pop();
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    if tx.send(text).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
             }
         }
     });
@@ -254,6 +356,9 @@ pub fn spawn(spec: Spec<'_>) -> Trial {
         lines,
         checkpoint: 0,
         log: Vec::new(),
+        acked: 0,
+        ack_times: Vec::new(),
+        synced: 0,
     }
 }
 
@@ -262,9 +367,37 @@ impl Trial {
         if let Some(n) = line.strip_prefix("checkpoint ") {
             self.checkpoint = n.parse().unwrap();
         }
+        if let Some(n) = line.strip_prefix("synced ") {
+            self.synced = n.parse().unwrap();
+        }
+        if let Some(rest) = line.strip_prefix("acked ") {
+            let mut fields = rest.split(' ');
+            if let Some(n) = fields.next().and_then(|f| f.parse().ok()) {
+                self.acked = n;
+                if let Some(ms) = fields.next().and_then(|f| f.parse().ok()) {
+                    self.ack_times.push((n, ms));
+                }
+                return;
+            }
+        }
         if line.starts_with("event ") || line.starts_with("acked ") {
             self.log.push(line.to_string());
         }
+    }
+
+    /// Waits until the child has acknowledged at least `n` operations (the
+    /// journal modes).
+    pub fn wait_for_acked(&mut self, n: u64) {
+        while self.acked < n {
+            self.wait_for("acked ");
+        }
+    }
+
+    /// Unix millis of the first acknowledgement of more than `n`
+    /// operations, if the child printed one.
+    pub fn acked_after(&self, n: u64) -> Option<u64> {
+        let i = self.ack_times.partition_point(|&(m, _)| m <= n);
+        self.ack_times.get(i).map(|&(_, ms)| ms)
     }
 
     /// Waits for a line starting with `prefix` (keeping the last checkpoint
@@ -388,23 +521,29 @@ pub fn child_main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| 1 + rng.below(30));
+    let journal = journal_of(&mode);
     let e = Engine::open(
         Config::new(&dir)
             .inline_threshold(super::BLOB_OVER)
             .write_delay(Duration::from_millis(delay))
             .max_dirty_bytes(1 << 20)
-            .flush_threads(1 + rng.below(2) as usize),
+            .flush_threads(1 + rng.below(2) as usize)
+            .journal(journal.unwrap_or(Journal::Off)),
     )
     .unwrap();
     println!("ready");
-    match mode.as_str() {
-        "bank" => bank_child(&e, seed),
-        "flushed" => flushed_child(&e, &mut rng),
-        "shutdown" => shutdown_child(e, seed, &mut rng),
-        "fsync-fail" => fsync_fail_child(&e, seed),
-        "watched" => watched_child(&e, rng.next()),
-        "synced" => synced_child(&e),
-        _ => history_child(&e, seed, &mut rng),
+    if let Some(journal) = journal {
+        journal_child(&e, seed, &mut rng, journal);
+    } else {
+        match mode.as_str() {
+            "bank" => bank_child(&e, seed),
+            "flushed" => flushed_child(&e, &mut rng),
+            "shutdown" => shutdown_child(e, seed, &mut rng),
+            "fsync-fail" => fsync_fail_child(&e, seed),
+            "watched" => watched_child(&e, rng.next()),
+            "synced" => synced_child(&e),
+            _ => history_child(&e, seed, &mut rng),
+        }
     }
     // Wait to be killed.
     std::thread::sleep(Duration::from_secs(600));
@@ -437,6 +576,143 @@ fn history_child(e: &Engine, seed: u64, rng: &mut Rng) {
     }
     if e.checkpoint().is_ok() {
         println!("checkpoint {OPS}");
+    }
+}
+
+/// The journal mode a `journal-*` child opens with; `None` for the other
+/// modes.
+pub fn journal_of(mode: &str) -> Option<Journal> {
+    let name = mode.strip_prefix("journal-")?;
+    Some(match name {
+        "off" => Journal::Off,
+        "process" => Journal::Process,
+        "power" => Journal::Power,
+        _ => {
+            let ms = name
+                .strip_prefix("periodic-")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("unknown journal mode {mode:?}"));
+            Journal::Periodic(Duration::from_millis(ms))
+        }
+    })
+}
+
+/// How many operations the journal children do as one, starting at
+/// operation `i`: mostly 1 (a plain `set`, `delete` or `modify`), now and
+/// then a transaction of 2 to 5. The history's state is checked only
+/// between groups ([`recovered_point`]), so a transaction half applied is
+/// not one point in it.
+pub fn group_len(seed: u64, i: u64) -> u64 {
+    let mut rng = Rng::new(seed ^ 0x6A09_E667 ^ i.wrapping_mul(0xC2B2_AE3D));
+    let len = if rng.below(8) == 0 {
+        2 + rng.below(4)
+    } else {
+        1
+    };
+    len.min(OPS - i)
+}
+
+/// The end of the group after `n` operations (`n` is the end of one).
+pub fn next_group_end(seed: u64, n: u64) -> u64 {
+    n + group_len(seed, n.min(OPS - 1))
+}
+
+fn run_group(e: &Engine, seed: u64, from: u64, len: u64) -> millpond::Result<()> {
+    if len == 1 {
+        return run_op(e, op(seed, from));
+    }
+    e.transaction(|tx| {
+        for i in from..from + len {
+            match op(seed, i) {
+                Op::Set(k, v) => tx.set(&k, &v)?,
+                Op::Delete(k) => drop(tx.delete(&k)?),
+                Op::Increment(k) => tx.modify(&k, |v| {
+                    let n = v.as_deref().map_or(0, u64_value);
+                    *v = Some((n + 1).to_le_bytes().to_vec());
+                })?,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes the journal children's history (in groups) in this process until
+/// at least `ops` operations are done; returns how many were.
+pub fn write_history(e: &Engine, seed: u64, ops: u64) -> u64 {
+    let mut i = 0;
+    while i < ops {
+        let len = group_len(seed, i);
+        run_group(e, seed, i, len).unwrap();
+        i += len;
+    }
+    i
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `journal-*` child: the history in groups ([`group_len`]), printing
+/// `acked <n> <unix millis>` as each group returns (`println!` writes the
+/// whole line before the next operation starts), checkpointing now and
+/// then or never.
+///
+/// With `Periodic`, also `synced <n>` once the first `n` operations are
+/// certainly on the device, found without timing: after the group ending at
+/// `n` returned, the count of journal syncs is read (`s`); the journal
+/// counts a sync as it begins, after taking the records to write, so the
+/// sync counted `s + 1` may have taken them before that group's record was
+/// appended, the one counted `s + 2` took them after, and the one counted
+/// `s + 3` began only after that one ended (the journal's syncs run one at
+/// a time, and none begins once one failed). So once the count reaches
+/// `s + 3`, the group's record was fdatasynced. The child keeps, for each
+/// count it read, the last `n` it read it after, and prints the largest `n`
+/// whose count is 3 behind.
+fn journal_child(e: &Engine, seed: u64, rng: &mut Rng, journal: Journal) {
+    // Half the children never checkpoint: then the journal alone keeps
+    // what no cycle made durable, across several segments once they grow
+    // past one (cycles become durable by themselves only when it passes
+    // `journal::SYNC_AFTER_BYTES`).
+    let checkpoint_every = if rng.below(2) == 0 {
+        OPS
+    } else {
+        500 + rng.below(5000)
+    };
+    let periodic = matches!(journal, Journal::Periodic(_));
+    let mut watched: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut last_checkpoint = 0;
+    let mut i = 0;
+    while i < OPS {
+        let len = group_len(seed, i);
+        if run_group(e, seed, i, len).is_err() {
+            return; // The disk went away (a power cut): wait to be killed.
+        }
+        i += len;
+        println!("acked {i} {}", unix_millis());
+        if periodic {
+            let syncs = e.stats().journal_file_syncs;
+            match watched.back_mut() {
+                Some((n, s)) if *s == syncs => *n = i,
+                _ => watched.push_back((i, syncs)),
+            }
+            let mut synced = None;
+            while let Some(&(n, _)) = watched.front().filter(|(_, s)| s + 3 <= syncs) {
+                synced = Some(n);
+                watched.pop_front();
+            }
+            if let Some(n) = synced {
+                println!("synced {n}");
+            }
+        }
+        if i - last_checkpoint >= checkpoint_every {
+            if e.checkpoint().is_err() {
+                return;
+            }
+            last_checkpoint = i;
+            println!("checkpoint {i}");
+        }
     }
 }
 
