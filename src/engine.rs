@@ -9,7 +9,7 @@
 //! the write path and read-modify-write (`access.rs`).
 
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -136,6 +136,13 @@ impl Engine {
         });
         Counters::set_max(&shared.counters.flushed_seq, recovered.last_seq.0);
         Counters::set_max(&shared.counters.durable_seq, recovered.last_seq.0);
+        // Before any thread that could run a cycle starts (see
+        // `Shared::replay_record`).
+        let replayed = replay.records.len();
+        for record in replay.records {
+            shared.replay_record(record);
+        }
+        Counters::add(&shared.counters.journal_replayed, replayed as u64);
         let cycles = Cycles::new(&recovered);
         let flusher = Flusher::start(&shared, cycles)?;
         let purger = Purger::start(&shared)?;
@@ -146,36 +153,31 @@ impl Engine {
             }),
         };
         // On an error the engine is dropped, which shuts it down.
-        engine.open_journal(replay)?;
+        engine.open_journal(replayed, replay.next_number, &replay.files)?;
         Ok(engine)
     }
 
-    /// The journal's part of `open`: replays the records found beyond the
-    /// store's cut and makes them durable in the store (a checkpoint), then
-    /// begins a new segment (with a journal mode other than `Off`), then
-    /// deletes the segments found, whose every record is now durable in
-    /// the store. No write is accepted before it returns.
-    fn open_journal(&self, replay: Replay) -> Result<()> {
+    /// The journal's part of `open`, once the `replayed` records found
+    /// beyond the store's cut are in the dirty map: makes them durable in
+    /// the store (a checkpoint), then begins segment `next_number` (with a
+    /// journal mode other than `Off`), then deletes the segment `files`
+    /// found, whose every record is now durable in the store. No write is
+    /// accepted before it returns.
+    fn open_journal(&self, replayed: usize, next_number: u64, files: &[PathBuf]) -> Result<()> {
         let s = self.shared();
         let Location::Dir(_) = s.config.location() else {
             return Ok(());
         };
-        let replayed = replay.records.len();
-        for record in replay.records {
-            s.replay_record(record)?;
-        }
-        Counters::add(&s.counters.journal_replayed, replayed as u64);
         if replayed > 0 {
             self.checkpoint()?;
             log::info!("millpond: replayed {replayed} journal records");
         }
         let mode = s.config.journal;
         if mode != Journal::Off {
-            s.buffer.attach_journal(|base| {
-                journal::Writer::start(&s.dir, mode, replay.next_number, base)
-            })?;
+            s.buffer
+                .attach_journal(|base| journal::Writer::start(&s.dir, mode, next_number, base))?;
         }
-        for file in &replay.files {
+        for file in files {
             if let Err(e) = std::fs::remove_file(file) {
                 log::warn!(
                     "millpond: removing journal segment {} failed: {e}",
@@ -183,7 +185,7 @@ impl Engine {
                 );
             }
         }
-        if mode == Journal::Off && !replay.files.is_empty() {
+        if mode == Journal::Off && !files.is_empty() {
             // Empty now: a store without a journal keeps no directory for it.
             let _ = std::fs::remove_dir(s.dir.join(journal::DIR));
         }

@@ -493,6 +493,18 @@ impl DirtyMap {
         })
     }
 
+    /// A reservation of `n` bytes whether or not they fit under the bound:
+    /// only for the journal's replay at open, before the flusher starts
+    /// (no cycle may run while a replay is half done; see DESIGN.md,
+    /// invariant 10's exception).
+    pub(crate) fn reserve_beyond_bound(&self, n: usize) -> Reservation<'_> {
+        self.charged.fetch_add(n, Ordering::SeqCst);
+        Reservation {
+            map: self,
+            bytes: n,
+        }
+    }
+
     /// Grows `reserved` to at least `n` bytes if the difference fits under
     /// the bound now. Returns whether `reserved` holds `n`.
     pub(crate) fn reserve_up_to(&self, reserved: &mut Reservation<'_>, n: usize) -> bool {
