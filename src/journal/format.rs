@@ -65,8 +65,9 @@ pub(crate) fn encode_header(h: &SegmentHeader) -> [u8; HEADER_LEN] {
 /// Why a header could not be read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum BadHeader {
-    /// Shorter than a header (a segment whose creation was cut short).
-    Short,
+    /// Shorter than a header, or zeros where it should be: a segment file
+    /// made (ahead, or cut short by a crash) but never begun.
+    Unwritten,
     /// Another format version.
     Version(u32),
     /// Wrong magic or checksum.
@@ -74,7 +75,11 @@ pub(crate) enum BadHeader {
 }
 
 pub(crate) fn decode_header(raw: &[u8]) -> Result<SegmentHeader, BadHeader> {
-    let mut r = Reader::new(raw.get(..HEADER_LEN).ok_or(BadHeader::Short)?);
+    let head = raw.get(..HEADER_LEN).ok_or(BadHeader::Unwritten)?;
+    if head.iter().all(|b| *b == 0) {
+        return Err(BadHeader::Unwritten);
+    }
+    let mut r = Reader::new(head);
     let magic = r.take(8).ok_or(BadHeader::Damaged)?;
     let version = r.u32().ok_or(BadHeader::Damaged)?;
     let number = r.u64().ok_or(BadHeader::Damaged)?;
@@ -153,7 +158,8 @@ fn put_u32(out: &mut Vec<u8>, n: usize) {
 pub(crate) enum Next {
     /// A whole record, and the offset after it.
     Record(Vec<JournalWrite>, usize),
-    /// Nothing more: the data ends exactly here.
+    /// Nothing more: the data ends here, or only zeros follow (the rest of
+    /// a segment's preallocated space).
     End,
     /// Bytes that are not a whole, valid record: a torn write or damage.
     Bad(&'static str),
@@ -174,9 +180,14 @@ pub(crate) fn read_record(data: &Bytes, at: usize) -> Next {
     };
     let len = len as usize;
     if len == 0 && crc == 0 {
-        // Zeros where a frame should be: space the file system allocated
-        // for a write that never reached the device.
-        return Next::Bad("zeros where a record should begin");
+        // Zeros where a frame should be: the end of what was written, if
+        // only zeros follow (the segment's preallocated space); otherwise a
+        // write whose first page never reached the device.
+        return if rest.iter().all(|b| *b == 0) {
+            Next::End
+        } else {
+            Next::Bad("zeros where a record should begin")
+        };
     }
     if len > MAX_BODY {
         return Next::Bad("a record's length is out of range");
@@ -351,7 +362,19 @@ mod tests {
             }
         }
         let zeros = Bytes::from(vec![0u8; 64]);
-        assert!(matches!(read_record(&zeros, 0), Next::Bad(_)));
+        assert!(matches!(read_record(&zeros, 0), Next::End));
+        let mut holed = vec![0u8; 64];
+        holed.extend(&data);
+        let holed = Bytes::from(holed);
+        assert!(matches!(read_record(&holed, 0), Next::Bad(_)));
+        // A record followed by zeros: the record, then the end.
+        let mut padded = data.clone();
+        padded.extend([0u8; 100]);
+        let padded = Bytes::from(padded);
+        let Next::Record(_, next) = read_record(&padded, 0) else {
+            panic!("not a record");
+        };
+        assert!(matches!(read_record(&padded, next), Next::End));
     }
 
     #[test]
@@ -362,7 +385,8 @@ mod tests {
         };
         let raw = encode_header(&h);
         assert_eq!(decode_header(&raw), Ok(h));
-        assert_eq!(decode_header(&raw[..10]), Err(BadHeader::Short));
+        assert_eq!(decode_header(&raw[..10]), Err(BadHeader::Unwritten));
+        assert_eq!(decode_header(&[0u8; 64]), Err(BadHeader::Unwritten));
         let mut flipped = raw;
         flipped[21] ^= 1;
         assert_eq!(decode_header(&flipped), Err(BadHeader::Damaged));

@@ -104,9 +104,9 @@ pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
                 ))?;
                 break;
             }
-            Err(BadHeader::Short) if i == segments.len() - 1 => {
-                // Created, but the crash came before its header was
-                // synced: no record was ever written to it.
+            Err(BadHeader::Unwritten) if i == segments.len() - 1 => {
+                // Made (ahead of need, or cut short by a crash) but never
+                // begun: no record was ever written to it.
                 continue;
             }
             Err(BadHeader::Version(v)) => {
