@@ -557,7 +557,13 @@ fn prepare_segment(dir: &Path, number: u64, len: u64) -> io::Result<File> {
         .read(true)
         .write(true)
         .open(&path)?;
-    let zeros = vec![0u8; 1 << 20];
+    // Page by page: the page cache then keeps one page per folio, so that a
+    // record written later dirties (and is counted as) one page, not the
+    // whole large folio a big write would have made (Linux counts a
+    // process's `write_bytes` by the folio it dirties: 1 MiB writes of
+    // zeros made every synced record count as 1 MiB, though the device
+    // wrote one page).
+    let zeros = [0u8; 4096];
     let mut at = 0;
     while at < len {
         let n = zeros.len().min((len - at) as usize);
