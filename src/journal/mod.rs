@@ -408,16 +408,16 @@ impl Writer {
             self.sealed.store(false, Ordering::Release);
             (bytes, std::mem::take(&mut p.seals), p.end)
         };
-        if !bytes.is_empty() {
-            self.file_writes.fetch_add(1, Ordering::Relaxed);
-        }
-        if sync {
-            self.file_syncs.fetch_add(1, Ordering::Relaxed);
-        }
         let outcome = self.write_bytes(io, &bytes, &seals, sync);
+        let wrote = !bytes.is_empty();
         io.spare = bytes;
         match outcome {
             Ok(()) => {
+                // Counted once done: a sync counted has completed.
+                self.file_writes
+                    .fetch_add(u64::from(wrote), Ordering::Relaxed);
+                self.file_syncs
+                    .fetch_add(u64::from(sync), Ordering::Relaxed);
                 self.written.fetch_max(end, Ordering::AcqRel);
                 if sync {
                     self.synced.fetch_max(end, Ordering::AcqRel);
