@@ -443,9 +443,12 @@ pub(crate) fn decode_gc(raw: &[u8]) -> Result<GcRecord> {
 /// own log so that a store that comes back older than it promised can be
 /// told apart from one that is as it was left.
 ///
-/// Fixed layout, little endian, [`DURABLE_RECORD_LEN`] bytes:
+/// Fixed layout, little endian: version 1 (48 bytes, no journal)
 /// `magic "mpdurabl" (8) | version u32 | generation u64 | seq u64 |
-/// records u64 | digest sum u64 | crc32 of everything before (4)`.
+/// records u64 | digest sum u64 | crc32 of everything before (4)`;
+/// version 2 ([`DURABLE_RECORD_LEN`] bytes, written only while a journal
+/// is in use, so that a store without one stays readable by builds that
+/// know only version 1) adds `journal u64` before the crc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DurableRecord {
     /// Increases with every record written; the newest valid one wins.
@@ -454,37 +457,50 @@ pub(crate) struct DurableRecord {
     pub seq: u64,
     /// The store digest of the state at `seq`.
     pub digest: Digest,
+    /// The number of the first journal segment of the journal in use (its
+    /// records beyond `seq` are promised: `open` refuses a journal without
+    /// that segment or a later one); 0 when no journal is in use.
+    pub journal: u64,
 }
 
-pub(crate) const DURABLE_RECORD_LEN: usize = 48;
+/// The longest durable record (version 2).
+pub(crate) const DURABLE_RECORD_LEN: usize = 56;
+const DURABLE_V1_LEN: usize = 48;
 const DURABLE_MAGIC: [u8; 8] = *b"mpdurabl";
-const DURABLE_VERSION: u32 = 1;
 
-pub(crate) fn encode_durable(r: &DurableRecord) -> [u8; DURABLE_RECORD_LEN] {
-    let mut out = [0u8; DURABLE_RECORD_LEN];
-    out[0..8].copy_from_slice(&DURABLE_MAGIC);
-    out[8..12].copy_from_slice(&DURABLE_VERSION.to_le_bytes());
-    out[12..20].copy_from_slice(&r.generation.to_le_bytes());
-    out[20..28].copy_from_slice(&r.seq.to_le_bytes());
-    out[28..36].copy_from_slice(&r.digest.records.to_le_bytes());
-    out[36..44].copy_from_slice(&r.digest.sum.to_le_bytes());
-    let crc = crc32fast::hash(&out[..44]);
-    out[44..48].copy_from_slice(&crc.to_le_bytes());
+pub(crate) fn encode_durable(r: &DurableRecord) -> Vec<u8> {
+    let version: u32 = if r.journal == 0 { 1 } else { 2 };
+    let mut out = Vec::with_capacity(DURABLE_RECORD_LEN);
+    out.extend_from_slice(&DURABLE_MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&r.generation.to_le_bytes());
+    out.extend_from_slice(&r.seq.to_le_bytes());
+    out.extend_from_slice(&r.digest.records.to_le_bytes());
+    out.extend_from_slice(&r.digest.sum.to_le_bytes());
+    if version == 2 {
+        out.extend_from_slice(&r.journal.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// Decodes a durable record; `None` if `raw` is not one (wrong length,
 /// magic, version or checksum). Never panics.
 pub(crate) fn decode_durable(raw: &[u8]) -> Option<DurableRecord> {
-    let raw: &[u8; DURABLE_RECORD_LEN] = raw.get(..DURABLE_RECORD_LEN)?.try_into().ok()?;
     let u64_at = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
     };
-    let crc = u32::from_le_bytes(raw[44..48].try_into().ok()?);
-    if raw[0..8] != DURABLE_MAGIC
-        || u32::from_le_bytes(raw[8..12].try_into().ok()?) != DURABLE_VERSION
-        || crc32fast::hash(&raw[..44]) != crc
-    {
+    if raw.get(0..8)? != DURABLE_MAGIC {
+        return None;
+    }
+    let len = match u32::from_le_bytes(raw.get(8..12)?.try_into().ok()?) {
+        1 => DURABLE_V1_LEN,
+        2 => DURABLE_RECORD_LEN,
+        _ => return None,
+    };
+    let crc = u32::from_le_bytes(raw.get(len - 4..len)?.try_into().ok()?);
+    if crc32fast::hash(raw.get(..len - 4)?) != crc {
         return None;
     }
     Some(DurableRecord {
@@ -493,6 +509,11 @@ pub(crate) fn decode_durable(raw: &[u8]) -> Option<DurableRecord> {
         digest: Digest {
             records: u64_at(28)?,
             sum: u64_at(36)?,
+        },
+        journal: if len == DURABLE_RECORD_LEN {
+            u64_at(44)?
+        } else {
+            0
         },
     })
 }
@@ -635,25 +656,30 @@ mod tests {
 
     #[test]
     fn durable_records_round_trip_and_reject_every_damage() {
-        let r = DurableRecord {
-            generation: 3,
-            seq: 1234,
-            digest: Digest {
-                records: 10,
-                sum: 0xdead_beef,
-            },
-        };
-        let raw = encode_durable(&r);
-        assert_eq!(decode_durable(&raw), Some(r));
-        for i in 0..raw.len() {
-            for bit in 0..8 {
-                let mut bad = raw;
-                bad[i] ^= 1 << bit;
-                assert_eq!(decode_durable(&bad), None, "flip of bit {bit} of byte {i}");
+        for journal in [0, 7] {
+            let r = DurableRecord {
+                generation: 3,
+                seq: 1234,
+                digest: Digest {
+                    records: 10,
+                    sum: 0xdead_beef,
+                },
+                journal,
+            };
+            let raw = encode_durable(&r);
+            // Without a journal, version 1 (readable by builds before it).
+            assert_eq!(raw.len(), if journal == 0 { 48 } else { 56 });
+            assert_eq!(decode_durable(&raw), Some(r));
+            for i in 0..raw.len() {
+                for bit in 0..8 {
+                    let mut bad = raw.clone();
+                    bad[i] ^= 1 << bit;
+                    assert_eq!(decode_durable(&bad), None, "flip of bit {bit} of byte {i}");
+                }
             }
-        }
-        for len in 0..raw.len() {
-            assert_eq!(decode_durable(&raw[..len]), None);
+            for len in 0..raw.len() {
+                assert_eq!(decode_durable(&raw[..len]), None);
+            }
         }
         assert_eq!(decode_durable(&[0u8; DURABLE_RECORD_LEN]), None);
     }

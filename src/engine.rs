@@ -108,6 +108,7 @@ impl Engine {
             Location::Dir(_) => journal::replay::read(
                 &dir.join(journal::DIR),
                 recovered.last_seq,
+                recovered.durable.map_or(0, |d| d.journal),
                 config.accept_data_loss,
             )?,
             Location::Memory(_) => Replay {
@@ -177,6 +178,10 @@ impl Engine {
             s.buffer
                 .attach_journal(|base| journal::Writer::start(&s.dir, mode, next_number, base))?;
         }
+        // The durable record promises the journal in use from its first
+        // segment on (or no journal), before the old segments go.
+        s.keeper
+            .record_journal(if mode == Journal::Off { 0 } else { next_number })?;
         for file in files {
             if let Err(e) = std::fs::remove_file(file) {
                 log::warn!(

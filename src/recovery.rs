@@ -106,6 +106,7 @@ pub(crate) fn recover(storage: &dyn Storage, accept_loss: bool) -> Result<Recove
                 generation: durable.map_or(1, |d| d.generation + 1),
                 seq: 0,
                 digest: Digest::default(),
+                journal: 0,
             };
             storage.write_durable(&first)?;
             durable = Some(first);

@@ -354,3 +354,21 @@ fn a_crash_with_several_segments_replays_them_all() {
     }
     e.shutdown().unwrap();
 }
+
+#[test]
+fn a_journal_deleted_whole_is_refused_unless_loss_is_accepted() {
+    let store = Store::new();
+    let e = store.open(store.quiet().journal(Journal::Power));
+    e.set(b"k", b"acknowledged, only in the journal").unwrap();
+    crash(e);
+    fs::remove_dir_all(store.path.join("journal")).unwrap();
+    let err = Engine::open(store.quiet().journal(Journal::Power)).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("journal"), "{err}");
+    // Accepted: the store as its files hold it, and a new baseline.
+    let e = Engine::open(store.quiet().accept_data_loss(true)).unwrap();
+    assert!(e.get(b"k").unwrap().is_none());
+    e.shutdown().unwrap();
+    let e = Engine::open(store.quiet()).unwrap();
+    e.shutdown().unwrap();
+}

@@ -47,16 +47,37 @@ pub(crate) struct Replay {
 }
 
 /// Reads the journal in `dir` (a store's `journal/`; absent means empty)
-/// for a store recovered at `cut`.
-pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
+/// for a store recovered at `cut`, whose durable record promises a journal
+/// from segment `promised` on (0: none).
+pub(crate) fn read(dir: &Path, cut: Seq, promised: u64, accept_loss: bool) -> Result<Replay> {
     let mut replay = Replay {
         last_seq: cut,
         next_number: 1,
         ..Replay::default()
     };
+    let damage = |what: String| -> Result<()> {
+        if accept_loss {
+            log::warn!("millpond: accepting the loss of journal records: {what}");
+            Ok(())
+        } else {
+            Err(Error::corrupt(None, format!("journal: {what}")))
+        }
+    };
+    let missing = |what: &str| {
+        format!(
+            "the durable record says a journal was in use from segment {promised:016x}, \
+             but {what} (deleted or lost: the writes it held beyond seq {} are gone)",
+            cut.0
+        )
+    };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replay),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if promised > 0 {
+                damage(missing("the journal directory is missing"))?;
+            }
+            return Ok(replay);
+        }
         Err(e) => return Err(e.into()),
     };
     let mut segments: Vec<(u64, PathBuf)> = Vec::new();
@@ -76,18 +97,12 @@ pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
     segments.sort_unstable_by_key(|(n, _)| *n);
     replay.files = segments.iter().map(|(_, p)| p.clone()).collect();
     let Some(&(newest, _)) = segments.last() else {
+        if promised > 0 {
+            damage(missing("the journal directory holds no segment"))?;
+        }
         return Ok(replay);
     };
     replay.next_number = newest + 1;
-
-    let damage = |what: String| -> Result<()> {
-        if accept_loss {
-            log::warn!("millpond: accepting the loss of journal records: {what}");
-            Ok(())
-        } else {
-            Err(Error::corrupt(None, format!("journal: {what}")))
-        }
-    };
 
     // Headers, newest first, until one with a base at or below the cut.
     let mut needed: Vec<(u64, PathBuf, Bytes, Seq)> = Vec::new();
@@ -126,6 +141,15 @@ pub(crate) fn read(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
             found_start = true;
             break;
         }
+    }
+    // The newest segment with a header: the journal in use then, or a later
+    // one.
+    let newest_begun = needed.first().map(|(n, ..)| *n);
+    if promised > 0 && newest_begun.is_none_or(|n| n < promised) {
+        damage(missing(&format!(
+            "its newest segment with a header is {}",
+            newest_begun.map_or("none".into(), |n| format!("{n:016x}"))
+        )))?;
     }
     needed.reverse();
     if !found_start {
@@ -235,6 +259,27 @@ mod tests {
         path
     }
 
+    fn read_at(dir: &Path, cut: Seq, accept_loss: bool) -> Result<Replay> {
+        read(dir, cut, 0, accept_loss)
+    }
+
+    #[test]
+    fn a_journal_the_durable_record_promises_must_be_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        assert!(read(&journal, Seq(3), 2, false).is_err(), "no directory");
+        fs::create_dir(&journal).unwrap();
+        assert!(read(&journal, Seq(3), 2, false).is_err(), "no segment");
+        segment(&journal, 1, 0, &[1]);
+        let e = read(&journal, Seq(3), 2, false).unwrap_err();
+        assert!(e.to_string().contains("segment 0000000000000002"), "{e}");
+        segment(&journal, 2, 1, &[2]);
+        assert!(read(&journal, Seq(3), 2, false).is_ok());
+        // Accepted: read as it is.
+        fs::remove_dir_all(&journal).unwrap();
+        assert!(read(&journal, Seq(3), 2, true).unwrap().records.is_empty());
+    }
+
     fn seqs(r: &Replay) -> Vec<u64> {
         r.records.iter().flatten().map(|w| w.seq.0).collect()
     }
@@ -246,7 +291,7 @@ mod tests {
         segment(dir.path(), 3, 5, &[6, 7]);
         segment(dir.path(), 4, 7, &[8, 9]);
         // Segment 3 is complete (seqs 6 and 7, up to segment 4's base).
-        let r = read(dir.path(), Seq(6), false).unwrap();
+        let r = read_at(dir.path(), Seq(6), false).unwrap();
         assert_eq!(seqs(&r), vec![7, 8, 9]);
         assert_eq!(r.last_seq, Seq(9));
         assert_eq!(r.next_number, 5);
@@ -260,7 +305,7 @@ mod tests {
         let mut data = fs::read(&path).unwrap();
         data.truncate(data.len() - 3);
         fs::write(&path, data).unwrap();
-        let r = read(dir.path(), Seq(0), false).unwrap();
+        let r = read_at(dir.path(), Seq(0), false).unwrap();
         assert_eq!(seqs(&r), vec![1, 2]);
     }
 
@@ -274,18 +319,18 @@ mod tests {
         data[n - 2] ^= 1;
         fs::write(&old, data).unwrap();
         assert!(matches!(
-            read(dir.path(), Seq(0), false),
+            read_at(dir.path(), Seq(0), false),
             Err(Error::Corrupt { .. })
         ));
         // Accepted: the records before the damage.
-        let r = read(dir.path(), Seq(0), true).unwrap();
+        let r = read_at(dir.path(), Seq(0), true).unwrap();
         assert_eq!(seqs(&r), vec![1, 2]);
 
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 1, 0, &[1]);
         segment(dir.path(), 3, 2, &[3]);
         assert!(matches!(
-            read(dir.path(), Seq(0), false),
+            read_at(dir.path(), Seq(0), false),
             Err(Error::Corrupt { .. })
         ));
     }
@@ -296,14 +341,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 1, 0, &[1, 2]);
         segment(dir.path(), 2, 3, &[4]);
-        let e = read(dir.path(), Seq(0), false).unwrap_err();
+        let e = read_at(dir.path(), Seq(0), false).unwrap_err();
         assert!(e.to_string().contains("should be there"), "{e}");
         // Whole, it is read.
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 1, 0, &[2, 1, 3]);
         segment(dir.path(), 2, 3, &[4]);
         assert_eq!(
-            seqs(&read(dir.path(), Seq(0), false).unwrap()),
+            seqs(&read_at(dir.path(), Seq(0), false).unwrap()),
             vec![2, 1, 3, 4]
         );
     }
@@ -312,7 +357,7 @@ mod tests {
     fn a_journal_that_starts_after_the_cut_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 2, 10, &[11]);
-        let e = read(dir.path(), Seq(4), false).unwrap_err();
+        let e = read_at(dir.path(), Seq(4), false).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
     }
 
@@ -321,7 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 1, 0, &[1]);
         fs::write(dir.path().join(segment_name(2)), b"mpj").unwrap();
-        let r = read(dir.path(), Seq(0), false).unwrap();
+        let r = read_at(dir.path(), Seq(0), false).unwrap();
         assert_eq!(seqs(&r), vec![1]);
         assert_eq!(r.next_number, 3);
     }
@@ -329,7 +374,7 @@ mod tests {
     #[test]
     fn no_directory_is_an_empty_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let r = read(&dir.path().join("journal"), Seq(3), false).unwrap();
+        let r = read_at(&dir.path().join("journal"), Seq(3), false).unwrap();
         assert!(r.records.is_empty() && r.files.is_empty());
         assert_eq!(r.last_seq, Seq(3));
     }

@@ -4,9 +4,11 @@
 //! Everything else reaches storage through [`Keeper::storage`], reports
 //! failures through [`Keeper::health`], and makes a state durable only
 //! through [`Keeper::sync`], which always poisons the engine when it fails
-//! (DESIGN.md, invariant 12). The one other durable write is the creation
+//! (DESIGN.md, invariant 12). The other durable writes are the creation
 //! record recovery writes first into a new store (seq 0: it promises
-//! nothing; DESIGN.md, invariant 18). The keeper also replaces the storage in
+//! nothing; DESIGN.md, invariant 18) and [`Keeper::record_journal`], which
+//! rewrites the durable point it already holds with the journal in use.
+//! The keeper also replaces the storage in
 //! process when it keeps failing ([`Keeper::reopen`]): the dirty map and the
 //! pending cycle stay in memory meanwhile.
 //!
@@ -14,7 +16,7 @@
 //! for the length of one storage call or one cycle step; `reopen` and
 //! `close` take it for writing, so they wait for those to finish, and
 //! readers wait (they do not fail) while the storage is being replaced.
-//! `durable` is a leaf lock held only by `sync`.
+//! `durable` is a leaf lock held only by `sync` and `record_journal`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub(crate) struct Keeper {
     durable: Mutex<Option<DurableRecord>>,
     /// Storage replacements so far.
     reopens: AtomicU64,
+    /// The first segment of the journal in use (0: none), carried by every
+    /// durable record written (see [`Keeper::record_journal`]).
+    journal: AtomicU64,
 }
 
 impl Keeper {
@@ -78,6 +83,7 @@ impl Keeper {
             blobs: BlobIds::new(recovered.next_blob, recovered.blobs_exist),
             durable: Mutex::new(recovered.durable),
             reopens: AtomicU64::new(0),
+            journal: AtomicU64::new(recovered.durable.map_or(0, |d| d.journal)),
         };
         if recovered.needs_sync {
             keeper.sync(recovered.last_seq, recovered.digest)?;
@@ -128,6 +134,7 @@ impl Keeper {
                 generation: durable.map_or(1, |d| d.generation + 1),
                 seq: seq.0,
                 digest,
+                journal: self.journal.load(Ordering::SeqCst),
             };
             storage.write_durable(&record)?;
             Ok(record)
@@ -140,6 +147,47 @@ impl Keeper {
             Err(Error::Closed) => Err(Error::Closed),
             Err(e) => {
                 self.health.poison(format!("fsync failed: {e}"));
+                Err(self.health.poison_error())
+            }
+        }
+    }
+
+    /// Records in the durable record that the journal in use began with
+    /// segment `first` (0: no journal is in use), keeping its durable point:
+    /// from then on `open` refuses a journal without that segment or a later
+    /// one (a journal deleted whole would otherwise lose what it promised
+    /// without a trace). Called by `open` after it begins a journal's first
+    /// segment, and with 0 before it deletes a journal it no longer uses.
+    /// The one durable record written besides [`Keeper::sync`]'s and the
+    /// creation record; a failure poisons, as in `sync`.
+    pub(crate) fn record_journal(&self, first: u64) -> Result<()> {
+        if self.health.is_poisoned() {
+            return Err(self.health.poison_error());
+        }
+        let mut durable = self.durable.lock();
+        self.journal.store(first, Ordering::SeqCst);
+        let Some(current) = *durable else {
+            // Only a store whose recovery wrote no durable record (never:
+            // creation writes one); the next sync carries it.
+            return Ok(());
+        };
+        if current.journal == first {
+            return Ok(());
+        }
+        let record = DurableRecord {
+            generation: current.generation + 1,
+            journal: first,
+            ..current
+        };
+        match self.storage().and_then(|s| s.write_durable(&record)) {
+            Ok(()) => {
+                *durable = Some(record);
+                Ok(())
+            }
+            Err(Error::Closed) => Err(Error::Closed),
+            Err(e) => {
+                self.health
+                    .poison(format!("writing the durable record failed: {e}"));
                 Err(self.health.poison_error())
             }
         }

@@ -478,6 +478,7 @@ mod tests {
                 records: seq,
                 sum: seq * 7,
             },
+            journal: 0,
         };
         {
             let s = open(&contents);

@@ -156,7 +156,8 @@ impl DurableFile {
             let mut raw = vec![0u8; DURABLE_SLOT as usize + codec::DURABLE_RECORD_LEN];
             let record_raw = codec::encode_durable(record);
             raw[..record_raw.len()].copy_from_slice(&record_raw);
-            raw[DURABLE_SLOT as usize..].copy_from_slice(&record_raw);
+            let second = DURABLE_SLOT as usize;
+            raw[second..second + record_raw.len()].copy_from_slice(&record_raw);
             {
                 use std::io::Write;
                 let mut f = File::create(&new)?;
@@ -1210,6 +1211,7 @@ mod tests {
             generation,
             seq,
             digest: codec::Digest::default(),
+            journal: 0,
         };
         f.write(&rec(1, 10)).unwrap();
         f.write(&rec(2, 20)).unwrap();
@@ -1246,6 +1248,7 @@ mod tests {
             generation,
             seq,
             digest: codec::Digest::default(),
+            journal: 0,
         };
         for damaged in [0usize, DURABLE_SLOT as usize] {
             let dir = tempfile::tempdir().unwrap();
