@@ -110,6 +110,11 @@ impl Engine {
                 recovered.last_seq,
                 config.accept_data_loss,
             )?,
+            #[cfg(feature = "postgres")]
+            Location::Postgres(_) => Replay {
+                last_seq: recovered.last_seq,
+                ..Replay::default()
+            },
             Location::Memory(_) => Replay {
                 last_seq: recovered.last_seq,
                 ..Replay::default()
