@@ -1,8 +1,9 @@
 //! The PostgreSQL backend (feature `postgres`) against a real server started
 //! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; the lock of a
-//! database in use; transactions; expiry; the table version; and server
+//! database in use; transactions; expiry; the table version; server
 //! crashes (`pg_ctl stop -m immediate`), which never lose a completed
-//! checkpoint. Each test passes without running where no server can be
+//! checkpoint; and engine processes killed with SIGKILL in turn on one
+//! database, which lose only unflushed increments and apply none twice. Each test passes without running where no server can be
 //! started (it prints why).
 #![cfg(feature = "postgres")]
 
@@ -340,5 +341,153 @@ fn a_server_crash_never_loses_a_completed_checkpoint() {
     let report = e.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
     eprintln!("server crashes: 4, engines poisoned by a lost unsynced cycle: {poisoned}");
+    e.shutdown().unwrap();
+}
+
+/// Counters incremented by [`pg_child`].
+const COUNTERS: u64 = 6;
+
+fn counter_total(e: &Engine) -> u64 {
+    (0..COUNTERS)
+        .map(|c| {
+            e.get(format!("counter-{c}").as_bytes())
+                .unwrap()
+                .map_or(0, |v| common::u64_value(&v))
+        })
+        .sum()
+}
+
+/// The child of `killed_engine_processes_lose_only_their_unflushed_increments`
+/// (does nothing unless `MILLPOND_PG_CHILD` names a database): two threads
+/// increment counters with `modify`; prints `start <total>` once open,
+/// `acked <n>` after each increment returned (`n` increments so far), and
+/// `flushed <n>` after a checkpoint that began once `n` had returned.
+#[test]
+fn pg_child() {
+    let Ok(conninfo) = std::env::var("MILLPOND_PG_CHILD") else {
+        return;
+    };
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let e = Engine::open(Config::postgres(&conninfo).write_delay(Duration::from_millis(2)))
+        .expect("open");
+    let out = Arc::new(std::io::stdout());
+    writeln!(out.lock(), "start {}", counter_total(&e)).unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    for t in 0..2u64 {
+        let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let key = format!("counter-{}", (i * 2 + t) % COUNTERS);
+                e.modify(key.as_bytes(), |v| {
+                    let n = v.as_deref().map_or(0, common::u64_value);
+                    *v = Some((n + 1).to_le_bytes().to_vec());
+                })
+                .expect("modify");
+                let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                // Printed under the lock, in the order the counts were
+                // taken by this thread; the parent keeps the largest.
+                writeln!(out.lock(), "acked {n}").unwrap();
+            }
+        });
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let n = acked.load(Ordering::SeqCst);
+        e.checkpoint().expect("checkpoint");
+        writeln!(out.lock(), "flushed {n}").unwrap();
+    }
+}
+
+/// A line of the child's report: its last two words, `<what> <n>` (the test
+/// harness may print `test pg_child ... ` before the first, on its line).
+fn report(line: &str) -> Option<(&str, u64)> {
+    let mut words = line.split_whitespace().rev();
+    let n = words.next()?.parse().ok()?;
+    Some((words.next()?, n))
+}
+
+/// Engine processes take turns on one database, each killed with SIGKILL
+/// at a random moment while two threads increment counters with `modify`
+/// and a third checkpoints: each next process finds every increment the
+/// killed one had flushed, and none it had not acknowledged (none applied
+/// twice).
+#[test]
+fn killed_engine_processes_lose_only_their_unflushed_increments() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    use std::io::BufRead;
+    let db = server.database();
+    let seed = common::seed("pg_kill");
+    let mut rng = common::Rng::new(seed);
+    let trials = common::workload::trials("PG_KILL", 6);
+    let mut expected_start: Option<(u64, u64)> = None;
+    let mut lost_total = 0;
+    for trial in 0..trials {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "pg_child", "--nocapture", "--test-threads=1"])
+            .env("MILLPOND_PG_CHILD", &db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Killed at a random count of increments, once one checkpoint at
+        // least has covered some.
+        let target = 200 + rng.below(5000);
+        let (mut start, mut acked, mut flushed) = (None, 0u64, 0u64);
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let patience = common::Patience::new("the child's increments");
+        while acked < target || flushed == 0 {
+            patience.check();
+            let Some(Ok(line)) = lines.next() else {
+                panic!("trial {trial}: the child ended early")
+            };
+            let Some((what, n)) = report(&line) else {
+                continue;
+            };
+            match what {
+                "start" => start = Some(n),
+                "acked" => acked = acked.max(n),
+                "flushed" => flushed = flushed.max(n),
+                _ => {}
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // What it printed before it died.
+        for line in lines.map_while(Result::ok) {
+            if let Some((what, n)) = report(&line) {
+                match what {
+                    "acked" => acked = acked.max(n),
+                    "flushed" => flushed = flushed.max(n),
+                    _ => {}
+                }
+            }
+        }
+        let start = start.expect("the child printed its start");
+        if let Some((low, high)) = expected_start {
+            assert!(
+                (low..=high).contains(&start),
+                "trial {trial}: found {start} increments, expected between {low} (flushed) \
+                 and {high} (acknowledged); seed {seed}"
+            );
+        }
+        expected_start = Some((start + flushed, start + acked));
+        lost_total += acked - flushed;
+        eprintln!("trial {trial}: start {start}, acked {acked}, flushed {flushed}");
+    }
+    let e = Engine::open(Config::postgres(&db)).unwrap();
+    let total = counter_total(&e);
+    let (low, high) = expected_start.unwrap();
+    assert!(
+        (low..=high).contains(&total),
+        "final: {total} increments, expected between {low} and {high}; seed {seed}"
+    );
+    eprintln!(
+        "{trials} processes killed; final total {total} (flushed bound {low}, acknowledged \
+         bound {high}; at most {lost_total} unflushed increments at the kills)"
+    );
     e.shutdown().unwrap();
 }
