@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::pg::PgServer;
-use millpond::{Config, Engine, Error, MockClock};
+use millpond::{Config, Durability, Engine, Error, MockClock};
 
 /// A quiet config (nothing flushed unless asked) for database `conninfo`.
 fn quiet(conninfo: &str) -> Config {
@@ -489,5 +489,56 @@ fn killed_engine_processes_lose_only_their_unflushed_increments() {
         "{trials} processes killed; final total {total} (flushed bound {low}, acknowledged \
          bound {high}; at most {lost_total} unflushed increments at the kills)"
     );
+    e.shutdown().unwrap();
+}
+
+/// A server that crashes with flushed (committed, not yet durable) cycles
+/// still in its WAL buffers loses them; the engine, which keeps running,
+/// must never go on as if they were there: it is poisoned, or (if the
+/// server had written them after all) nothing was lost. Never a silent
+/// loss. The server's WAL writer sleeps 10 s, so a small asynchronous
+/// commit stays in its buffers until the crash (the test holds whichever
+/// way it went).
+#[test]
+fn a_server_that_lost_flushed_cycles_poisons_the_running_engine() {
+    let Some(server) = PgServer::start_with("-c wal_writer_delay=10000") else {
+        return;
+    };
+    let db = server.database();
+    let config = quiet(&db);
+    let e = Engine::open(config.clone()).unwrap();
+    e.set(b"durable", b"d").unwrap();
+    e.checkpoint().unwrap();
+    e.set_with(b"flushed", b"f", Durability::Flushed).unwrap();
+    server.crash();
+    server.restart();
+    e.set(b"after", b"a").unwrap();
+    let patience = common::Patience::new("a checkpoint after a server crash");
+    let poisoned = loop {
+        match e.checkpoint() {
+            Ok(_) => break false,
+            Err(Error::Poisoned { reason }) => {
+                assert!(reason.contains("lost flushed writes"), "{reason}");
+                break true;
+            }
+            Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(other) => panic!("checkpoint failed with {other}"),
+        }
+    };
+    if poisoned {
+        assert!(matches!(e.set(b"x", b"x"), Err(Error::Poisoned { .. })));
+    }
+    drop(e);
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.get(b"durable").unwrap().unwrap(), b"d");
+    let kept = e.get(b"flushed").unwrap().is_some();
+    assert!(
+        poisoned || kept,
+        "the server lost a flushed cycle and the engine went on"
+    );
+    eprintln!("the server kept the flushed cycle: {kept}; the engine was poisoned: {poisoned}");
     e.shutdown().unwrap();
 }

@@ -38,6 +38,7 @@ pub const USER: &str = "millpond";
 pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
+    options: String,
     databases: AtomicU32,
 }
 
@@ -95,6 +96,12 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Starts a new server, or says why it cannot and returns `None`.
     pub fn start() -> Option<PgServer> {
+        PgServer::start_with("")
+    }
+
+    /// [`PgServer::start`] with more server options (`-c name=value ...`),
+    /// kept for restarts.
+    pub fn start_with(options: &str) -> Option<PgServer> {
         if let Some(why) = unavailable() {
             eprintln!("skipping: no PostgreSQL server can be started here: {why}");
             return None;
@@ -131,6 +138,7 @@ impl PgServer {
         let server = PgServer {
             dir,
             port: free_port(),
+            options: options.to_owned(),
             databases: AtomicU32::new(0),
         };
         server.restart();
@@ -181,9 +189,10 @@ impl PgServer {
     pub fn restart(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 \
-             -c shared_buffers=32MB",
+             -c shared_buffers=32MB {}",
             self.port,
-            self.data()
+            self.data(),
+            self.options
         );
         let log = format!("{}/server.log", self.data());
         as_postgres(
