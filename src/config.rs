@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::storage::faulty::Faults;
 use crate::storage::memory::Contents;
+#[cfg(feature = "postgres")]
+use crate::storage::postgres::Target;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -50,6 +52,8 @@ pub struct Config {
     pub(crate) retry_backoff: Duration,
     pub(crate) accept_data_loss: bool,
     pub(crate) journal: Journal,
+    /// How long a partition lease lasts (the PostgreSQL backend).
+    pub(crate) lease_ttl: Duration,
 }
 
 /// Where a store is, and so which storage backend opens it.
@@ -60,6 +64,9 @@ pub(crate) enum Location {
     /// A store in memory (the memory backend), shared by the clones of the
     /// config that made it.
     Memory(Arc<Contents>),
+    /// A PostgreSQL database (the PostgreSQL backend).
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<Target>),
 }
 
 impl Config {
@@ -114,6 +121,46 @@ impl Config {
         Config::at(Location::Memory(Contents::new()))
     }
 
+    /// A configuration, with every default, for a store in a **PostgreSQL
+    /// database** (feature `postgres`): `conninfo` is a libpq connection
+    /// string, such as `"host=127.0.0.1 port=5433 user=millpond dbname=app"`
+    /// (or a `postgresql://` URL). The rest of `Config` means the same as for
+    /// a store directory.
+    ///
+    /// - `open` creates millpond's tables (`millpond_*`) in the database if
+    ///   they are missing; a database holds one store. While one engine has
+    ///   it open, another `open` fails with [`Error::Locked`].
+    /// - A flush cycle is one PostgreSQL transaction. A write survives the
+    ///   death of the engine's process once flushed (within `write_delay`
+    ///   plus one cycle), and survives a crash of the server once a later
+    ///   [`Engine::checkpoint`](crate::Engine::checkpoint) or
+    ///   [`Engine::shutdown`](crate::Engine::shutdown) returned `Ok`: those
+    ///   wait for the server's WAL flush (`synchronous_commit = on`), the
+    ///   background cycles do not. An engine that finds the server lost
+    ///   flushed cycles it had not yet made durable (a server crash) is
+    ///   poisoned, and serves again once reopened.
+    /// - [`Config::dir`] (and [`Engine::dir`](crate::Engine::dir)) return
+    ///   `postgres:<dbname>`, which names no directory and never shows the
+    ///   password. [`Config::cache_capacity`] has no effect, and the
+    ///   journal must be [`Journal::Off`].
+    /// - A connection string that does not parse is an [`Error::Config`]
+    ///   from `open`.
+    ///
+    /// See DESIGN.md, "PostgreSQL backend".
+    #[cfg(feature = "postgres")]
+    pub fn postgres(conninfo: &str) -> Config {
+        Config::at(Location::Postgres(Target::parse(conninfo)))
+    }
+
+    /// How long a partition lease of the PostgreSQL backend lasts, measured
+    /// by the server's clock. Default: 10 s. Between 1 s and 1 hour.
+    /// (Leases are not implemented yet: the value is validated and kept.)
+    #[cfg(feature = "postgres")]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Config {
+        self.lease_ttl = ttl;
+        self
+    }
+
     fn at(location: Location) -> Config {
         Config {
             location,
@@ -131,6 +178,7 @@ impl Config {
             retry_backoff: Duration::from_millis(10),
             accept_data_loss: false,
             journal: Journal::Off,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 
@@ -287,6 +335,8 @@ impl Config {
         match &self.location {
             Location::Dir(dir) => dir,
             Location::Memory(contents) => contents.name(),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(target) => target.name(),
         }
     }
 
@@ -318,8 +368,27 @@ impl Config {
         }
         check(
             self.journal == Journal::Off || matches!(self.location, Location::Dir(_)),
-            || "a temporary store has no files: its journal must be Journal::Off".into(),
+            || {
+                "a temporary or PostgreSQL store has no files: its journal must be Journal::Off"
+                    .into()
+            },
         )?;
+        #[cfg(feature = "postgres")]
+        if let Location::Postgres(target) = &self.location {
+            if let Some(reason) = target.invalid() {
+                return Err(Error::Config(reason.to_owned()));
+            }
+            check(
+                self.lease_ttl >= Duration::from_secs(1)
+                    && self.lease_ttl <= Duration::from_secs(3600),
+                || {
+                    format!(
+                        "lease_ttl is {:?}, not between 1 s and 1 hour",
+                        self.lease_ttl
+                    )
+                },
+            )?;
+        }
         check(self.max_dirty_bytes >= 64 * KIB, || {
             format!(
                 "max_dirty_bytes is {}, less than 64 KiB",
@@ -396,6 +465,7 @@ impl fmt::Debug for Config {
             .field("clock", &self.clock)
             .field("retry_backoff", &self.retry_backoff)
             .field("accept_data_loss", &self.accept_data_loss)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }

@@ -111,6 +111,11 @@ impl Engine {
                 recovered.durable.map_or(0, |d| d.journal),
                 config.accept_data_loss,
             )?,
+            #[cfg(feature = "postgres")]
+            Location::Postgres(_) => Replay {
+                last_seq: recovered.last_seq,
+                ..Replay::default()
+            },
             Location::Memory(_) => Replay {
                 last_seq: recovered.last_seq,
                 ..Replay::default()

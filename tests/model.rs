@@ -6,7 +6,7 @@
 //! compared after every step (see `common/model.rs`), on a temporary store
 //! (the memory backend), on a sled store, and on a sled store with each
 //! journal mode (where a crash under `Process` or `Power` must lose
-//! nothing acknowledged). Also a concurrency property:
+//! nothing acknowledged), and (feature `postgres`) on a PostgreSQL store. Also a concurrency property:
 //! threads incrementing shared counters with `modify` and transactions while
 //! flushes run; after close and reopen the sums are exact.
 //!
@@ -60,6 +60,14 @@ fn cases() -> u32 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(64)
+}
+
+/// A new database on the shared test server.
+#[cfg(feature = "postgres")]
+fn pg_database() -> String {
+    common::pg::PgServer::shared()
+        .expect("a PostgreSQL server")
+        .database()
 }
 
 /// Runs `ops` on a fresh store of `backend` against the model.
@@ -129,6 +137,20 @@ proptest! {
         ],
     ) {
         check(Backend::Journaled(mode), &ops, delay)?;
+    }
+
+    /// `engine_matches_the_model_while_flushing` on a PostgreSQL store (a
+    /// real server, one database per case; passes without running where no
+    /// server can be started, see `common/pg.rs`).
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn engine_on_postgres_matches_the_model(
+        ops in proptest::collection::vec(op(), 1..60),
+        delay in proptest::option::of(0u64..3),
+    ) {
+        if common::pg::PgServer::shared().is_some() {
+            check(Backend::Postgres(pg_database), &ops, delay)?;
+        }
     }
 
     /// Threads increment shared counters with `modify` and with 2-key

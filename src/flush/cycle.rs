@@ -109,6 +109,11 @@ impl Cycles {
         self.unsynced = true;
     }
 
+    /// Cut of the last committed cycle.
+    pub(crate) fn committed(&self) -> Seq {
+        self.committed
+    }
+
     /// Whether a frozen cycle is waiting to be retried.
     pub(crate) fn has_pending(&self) -> bool {
         self.pending.is_some()

@@ -202,8 +202,13 @@ impl Keeper {
     /// probe says the medium accepts writes again. Returns what recovery
     /// found in the reopened store, or `None` if the probe failed (nothing
     /// was changed). Called by the flush coordinator between cycles, never
-    /// during one.
-    pub(crate) fn reopen(&self) -> Result<Option<Recovered>> {
+    /// during one, with `committed`, the cut of the last cycle this engine
+    /// committed: a reopened store that holds less has lost cycles that
+    /// were flushed but not yet durable (a PostgreSQL server that crashed
+    /// while this engine kept running), and the engine is poisoned, since
+    /// what it acknowledged as flushed is gone; a reopen of the engine
+    /// serves the state found.
+    pub(crate) fn reopen(&self, committed: Seq) -> Result<Option<Recovered>> {
         if self.backend.probe().is_err() {
             return Ok(None);
         }
@@ -223,6 +228,13 @@ impl Keeper {
         });
         match opened {
             Ok((storage, recovered)) => {
+                if recovered.last_seq < committed {
+                    self.health.poison(format!(
+                        "the reopened store holds writes up to seq {} but cycles up to seq {} \
+                         had committed: it lost flushed writes that were not yet durable",
+                        recovered.last_seq.0, committed.0
+                    ));
+                }
                 *slot = Some(storage);
                 *lost = None;
                 self.reopens.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,8 @@
 pub(crate) mod faulty;
 pub(crate) mod keeper;
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod sled;
 
 use std::path::PathBuf;
@@ -74,6 +76,13 @@ pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
                 contents: Arc::clone(contents),
             };
             (contents.name().to_path_buf(), Box::new(backend))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(target) => {
+            let backend = postgres::PostgresBackend {
+                target: Arc::clone(target),
+            };
+            (target.name().to_path_buf(), Box::new(backend))
         }
     })
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the behaviour tests.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@
 //! The store is a temporary one (the memory backend, [`Backend::Memory`]) by
 //! default: no files, so a run costs about a millisecond instead of tens
 //! (a sled store in a temporary directory, fsynced at every checkpoint);
-//! its reopens and crashes go through the same engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend.
+//! its reopens and crashes go through the same engine code. [`run_on`] with [`Backend::Sled`] checks the sled backend,
+//! with `Backend::Postgres` (feature `postgres`) the PostgreSQL backend.
 //!
 //! What is checked:
 //! - after every step, every key reads (`get`, `ttl`, `contains_key`) as the
@@ -209,7 +210,7 @@ impl fmt::Debug for Failure {
 }
 
 /// The storage backend a run checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Backend {
     /// A temporary store (`Config::temporary`).
     Memory,
@@ -220,6 +221,10 @@ pub enum Backend {
     /// acknowledged is lost); under `Periodic`, some point since the last
     /// durable point, as without a journal.
     Journaled(Journal),
+    /// A PostgreSQL store (feature `postgres`) in a fresh database, whose
+    /// connection string the function returns (it creates the database).
+    #[cfg(feature = "postgres")]
+    Postgres(fn() -> String),
 }
 
 /// Runs `ops` against a fresh temporary store (the memory backend) and the
@@ -292,6 +297,8 @@ impl Checker {
                 }
                 (Some(dir), config)
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(database) => (None, Config::postgres(&database())),
         };
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let clock = Arc::new(MockClock::new(start));

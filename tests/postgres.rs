@@ -1,0 +1,544 @@
+//! The PostgreSQL backend (feature `postgres`) against a real server started
+//! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; the lock of a
+//! database in use; transactions; expiry; the table version; server
+//! crashes (`pg_ctl stop -m immediate`), which never lose a completed
+//! checkpoint; and engine processes killed with SIGKILL in turn on one
+//! database, which lose only unflushed increments and apply none twice. Each test passes without running where no server can be
+//! started (it prints why).
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::pg::PgServer;
+use millpond::{Config, Durability, Engine, Error, MockClock};
+
+/// A quiet config (nothing flushed unless asked) for database `conninfo`.
+fn quiet(conninfo: &str) -> Config {
+    Config::postgres(conninfo)
+        .write_delay(Duration::from_secs(3600))
+        .inline_threshold(common::BLOB_OVER)
+}
+
+fn value(i: u64, len: usize) -> Vec<u8> {
+    let mut v = i.to_le_bytes().repeat(len / 8 + 1);
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn writes_reads_checkpoints_and_reopens() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let config = quiet(&db);
+    assert_eq!(
+        config.dir(),
+        std::path::Path::new(&format!(
+            "postgres:test{}",
+            &db[db.rfind("test").unwrap() + 4..]
+        ))
+    );
+    let e = Engine::open(config.clone()).unwrap();
+    assert!(e.dir().to_string_lossy().starts_with("postgres:test"));
+    for i in 0..200u64 {
+        // Every fourth value goes to the blob table.
+        let len = if i % 4 == 0 { 3000 } else { 100 };
+        e.set(format!("k{i:03}").as_bytes(), &value(i, len))
+            .unwrap();
+    }
+    e.delete(b"k007").unwrap();
+    e.checkpoint().unwrap();
+    e.set(b"k001", b"rewritten").unwrap();
+    e.set(b"k000", &value(9, 5000)).unwrap();
+    assert_eq!(e.get(b"k001").unwrap().unwrap(), b"rewritten");
+    e.shutdown().unwrap();
+    drop(e);
+
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.get(b"k001").unwrap().unwrap(), b"rewritten");
+    assert_eq!(e.get(b"k000").unwrap().unwrap(), value(9, 5000));
+    assert!(e.get(b"k007").unwrap().is_none());
+    for i in 2..200u64 {
+        if i == 7 {
+            continue;
+        }
+        let len = if i % 4 == 0 { 3000 } else { 100 };
+        assert_eq!(
+            e.get(format!("k{i:03}").as_bytes()).unwrap().unwrap(),
+            value(i, len),
+            "k{i:03}"
+        );
+    }
+    let keys: Vec<_> = e.iter().keys().map(|k| k.unwrap()).collect();
+    assert_eq!(keys.len(), 199);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    let last: Vec<_> = e
+        .iter()
+        .keys()
+        .rev()
+        .take(2)
+        .map(|k| k.unwrap().to_vec())
+        .collect();
+    assert_eq!(last, [b"k199".to_vec(), b"k198".to_vec()]);
+    let report = e.verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    // Superseded and deleted blobs are collected.
+    let blobs: u64 = server
+        .psql(&db, "SELECT count(*) FROM millpond_blob")
+        .parse()
+        .unwrap();
+    assert_eq!(blobs, 50, "one blob per live long value");
+    e.shutdown().unwrap();
+}
+
+#[test]
+fn a_database_in_use_is_locked_and_a_bad_conninfo_is_a_config_error() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let e = Engine::open(quiet(&db)).unwrap();
+    match Engine::open(quiet(&db)) {
+        Err(Error::Locked { path }) => assert_eq!(path, e.dir()),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second engine opened a database in use"),
+    }
+    e.shutdown().unwrap();
+    drop(e);
+    // Released by shutdown.
+    Engine::open(quiet(&db)).unwrap().shutdown().unwrap();
+
+    match Engine::open(Config::postgres("host=127.0.0.1 port=notaport")) {
+        Err(Error::Config(_)) => {}
+        Err(other) => panic!("expected a config error, got {other}"),
+        Ok(_) => panic!("opened with a bad connection string"),
+    }
+    assert!(matches!(
+        Engine::open(quiet(&db).lease_ttl(Duration::from_millis(10))),
+        Err(Error::Config(_))
+    ));
+    // The name never shows the password.
+    let c = Config::postgres("host=127.0.0.1 user=u password=secret dbname=app");
+    assert_eq!(c.dir(), std::path::Path::new("postgres:app"));
+    assert!(!format!("{c:?}").contains("secret"));
+}
+
+#[test]
+fn an_unknown_table_version_is_refused() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let e = Engine::open(quiet(&db)).unwrap();
+    e.set(b"k", b"v").unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    server.psql(&db, "UPDATE millpond_schema SET version = 99");
+    match Engine::open(quiet(&db)) {
+        Err(Error::UnsupportedFormat { found: 99, .. }) => {}
+        Err(other) => panic!("expected UnsupportedFormat, got {other}"),
+        Ok(_) => panic!("opened tables of an unknown version"),
+    }
+    // A database holding other tables but no millpond store is refused.
+    let other = server.database();
+    server.psql(&other, "CREATE TABLE millpond_meta (key bytea PRIMARY KEY, record bytea NOT NULL); INSERT INTO millpond_meta VALUES ('\\x01', '\\x02')");
+    assert!(matches!(
+        Engine::open(quiet(&other)),
+        Err(Error::NotAStore { .. })
+    ));
+}
+
+#[test]
+fn concurrent_transfers_keep_the_total_across_reopen() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let config = Config::postgres(&db).write_delay(Duration::from_millis(2));
+    let e = Engine::open(config.clone()).unwrap();
+    const ACCOUNTS: u64 = 8;
+    for a in 0..ACCOUNTS {
+        e.set(&[a as u8], &100u64.to_le_bytes()).unwrap();
+    }
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for i in 0..150u64 {
+                    let from = [((i + t) % ACCOUNTS) as u8];
+                    let to = [((i * 3 + t + 1) % ACCOUNTS) as u8];
+                    if from == to {
+                        continue;
+                    }
+                    e.transaction(|tx| {
+                        let a = tx.get(&from)?.map_or(0, |v| common::u64_value(&v));
+                        let b = tx.get(&to)?.map_or(0, |v| common::u64_value(&v));
+                        if a > 0 {
+                            tx.set(&from, &(a - 1).to_le_bytes())?;
+                            tx.set(&to, &(b + 1).to_le_bytes())?;
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                    if i % 50 == 0 {
+                        e.modify(b"count", |v| {
+                            let n = v.as_deref().map_or(0, common::u64_value);
+                            *v = Some((n + 1).to_le_bytes().to_vec());
+                        })
+                        .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = |e: &Engine| -> u64 {
+        (0..ACCOUNTS)
+            .map(|a| {
+                e.get(&[a as u8])
+                    .unwrap()
+                    .map_or(0, |v| common::u64_value(&v))
+            })
+            .sum()
+    };
+    assert_eq!(total(&e), ACCOUNTS * 100);
+    e.shutdown().unwrap();
+    drop(e);
+    let e = Engine::open(config).unwrap();
+    assert_eq!(total(&e), ACCOUNTS * 100);
+    assert_eq!(
+        e.get(b"count").unwrap().map(|v| common::u64_value(&v)),
+        Some(12)
+    );
+    e.shutdown().unwrap();
+}
+
+#[test]
+fn keys_expire_and_deadlines_survive_reopen() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let clock = Arc::new(MockClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let config = quiet(&db).clock(clock.clone());
+    let e = Engine::open(config.clone()).unwrap();
+    e.set_with_ttl(b"short", b"s", Duration::from_secs(10))
+        .unwrap();
+    e.set_with_ttl(b"long", &value(1, 4000), Duration::from_secs(100))
+        .unwrap();
+    e.set(b"forever", b"f").unwrap();
+    e.checkpoint().unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+
+    let e = Engine::open(config.clone()).unwrap();
+    assert_eq!(e.ttl(b"long").unwrap(), Some(Duration::from_secs(100)));
+    clock.advance(Duration::from_secs(11));
+    assert!(e.get(b"short").unwrap().is_none());
+    assert!(e.get(b"long").unwrap().is_some());
+    e.purge_expired().unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    // The purge removed the record and its deadline entry.
+    assert_eq!(
+        server.psql(&db, "SELECT count(*) FROM millpond_deadline"),
+        "1"
+    );
+
+    let e = Engine::open(config).unwrap();
+    assert!(e.get(b"short").unwrap().is_none());
+    clock.advance(Duration::from_secs(100));
+    assert!(e.get(b"long").unwrap().is_none());
+    assert_eq!(e.get(b"forever").unwrap().unwrap(), b"f");
+    e.shutdown().unwrap();
+}
+
+/// Server crashes while an engine writes: every completed checkpoint
+/// survives, and the engine either goes on (nothing it flushed was lost) or
+/// is poisoned (the server lost flushed cycles that were not yet durable);
+/// a reopen then serves at least the last checkpoint.
+#[test]
+fn a_server_crash_never_loses_a_completed_checkpoint() {
+    // Its own server: it is crashed.
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let db = server.database();
+    let config = Config::postgres(&db)
+        .write_delay(Duration::from_millis(1))
+        .inline_threshold(common::BLOB_OVER);
+    let mut next = 0u64;
+    // Every key up to this was acknowledged before a checkpoint returned Ok.
+    let mut checkpointed = 0u64;
+    let mut poisoned = 0;
+    for round in 0..4 {
+        let e = Engine::open(config.clone()).unwrap();
+        for i in 0..checkpointed {
+            assert!(
+                e.get(format!("k{i:05}").as_bytes()).unwrap().is_some(),
+                "round {round}: checkpointed key k{i:05} is lost"
+            );
+        }
+        for _ in 0..300 {
+            let len = if next % 5 == 0 { 2000 } else { 50 };
+            e.set(format!("k{next:05}").as_bytes(), &value(next, len))
+                .unwrap();
+            next += 1;
+        }
+        e.checkpoint().unwrap();
+        checkpointed = next;
+        // Writes flushed by background cycles (synchronous_commit off).
+        for _ in 0..300 {
+            if e.set(format!("k{next:05}").as_bytes(), &value(next, 50))
+                .is_err()
+            {
+                break;
+            }
+            next += 1;
+        }
+        server.crash();
+        server.restart();
+        // The engine reconnects (or is poisoned); either way a checkpoint
+        // after the restart never claims what the server lost.
+        // The first attempts fail (the storage is broken until the keeper
+        // replaces it); they are retried until one succeeds or the engine
+        // is poisoned.
+        let patience = common::Patience::new("a checkpoint after a server crash");
+        loop {
+            match e.checkpoint() {
+                Ok(_) => {
+                    checkpointed = next;
+                    break;
+                }
+                Err(Error::Poisoned { .. }) => {
+                    poisoned += 1;
+                    break;
+                }
+                Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                    patience.check();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(other) => panic!("round {round}: checkpoint failed with {other}"),
+            }
+        }
+        drop(e);
+    }
+    let e = Engine::open(config).unwrap();
+    for i in 0..checkpointed {
+        assert!(
+            e.get(format!("k{i:05}").as_bytes()).unwrap().is_some(),
+            "checkpointed key k{i:05} is lost"
+        );
+    }
+    let report = e.verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    eprintln!("server crashes: 4, engines poisoned by a lost unsynced cycle: {poisoned}");
+    e.shutdown().unwrap();
+}
+
+/// Counters incremented by [`pg_child`].
+const COUNTERS: u64 = 6;
+
+fn counter_total(e: &Engine) -> u64 {
+    (0..COUNTERS)
+        .map(|c| {
+            e.get(format!("counter-{c}").as_bytes())
+                .unwrap()
+                .map_or(0, |v| common::u64_value(&v))
+        })
+        .sum()
+}
+
+/// The child of `killed_engine_processes_lose_only_their_unflushed_increments`
+/// (does nothing unless `MILLPOND_PG_CHILD` names a database): two threads
+/// increment counters with `modify`; prints `start <total>` once open,
+/// `acked <n>` after each increment returned (`n` increments so far), and
+/// `flushed <n>` after a checkpoint that began once `n` had returned.
+#[test]
+fn pg_child() {
+    let Ok(conninfo) = std::env::var("MILLPOND_PG_CHILD") else {
+        return;
+    };
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let e = Engine::open(Config::postgres(&conninfo).write_delay(Duration::from_millis(2)))
+        .expect("open");
+    let out = Arc::new(std::io::stdout());
+    writeln!(out.lock(), "start {}", counter_total(&e)).unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    for t in 0..2u64 {
+        let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let key = format!("counter-{}", (i * 2 + t) % COUNTERS);
+                e.modify(key.as_bytes(), |v| {
+                    let n = v.as_deref().map_or(0, common::u64_value);
+                    *v = Some((n + 1).to_le_bytes().to_vec());
+                })
+                .expect("modify");
+                let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                // Printed under the lock, in the order the counts were
+                // taken by this thread; the parent keeps the largest.
+                writeln!(out.lock(), "acked {n}").unwrap();
+            }
+        });
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let n = acked.load(Ordering::SeqCst);
+        e.checkpoint().expect("checkpoint");
+        writeln!(out.lock(), "flushed {n}").unwrap();
+    }
+}
+
+/// A line of the child's report: its last two words, `<what> <n>` (the test
+/// harness may print `test pg_child ... ` before the first, on its line).
+fn report(line: &str) -> Option<(&str, u64)> {
+    let mut words = line.split_whitespace().rev();
+    let n = words.next()?.parse().ok()?;
+    Some((words.next()?, n))
+}
+
+/// Engine processes take turns on one database, each killed with SIGKILL
+/// at a random moment while two threads increment counters with `modify`
+/// and a third checkpoints: each next process finds every increment the
+/// killed one had flushed, and none it had not acknowledged (none applied
+/// twice).
+#[test]
+fn killed_engine_processes_lose_only_their_unflushed_increments() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    use std::io::BufRead;
+    let db = server.database();
+    let seed = common::seed("pg_kill");
+    let mut rng = common::Rng::new(seed);
+    let trials = common::workload::trials("PG_KILL", 6);
+    let mut expected_start: Option<(u64, u64)> = None;
+    let mut lost_total = 0;
+    for trial in 0..trials {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "pg_child", "--nocapture", "--test-threads=1"])
+            .env("MILLPOND_PG_CHILD", &db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Killed at a random count of increments, once one checkpoint at
+        // least has covered some.
+        let target = 200 + rng.below(5000);
+        let (mut start, mut acked, mut flushed) = (None, 0u64, 0u64);
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let patience = common::Patience::new("the child's increments");
+        while acked < target || flushed == 0 {
+            patience.check();
+            let Some(Ok(line)) = lines.next() else {
+                panic!("trial {trial}: the child ended early")
+            };
+            let Some((what, n)) = report(&line) else {
+                continue;
+            };
+            match what {
+                "start" => start = Some(n),
+                "acked" => acked = acked.max(n),
+                "flushed" => flushed = flushed.max(n),
+                _ => {}
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // What it printed before it died.
+        for line in lines.map_while(Result::ok) {
+            if let Some((what, n)) = report(&line) {
+                match what {
+                    "acked" => acked = acked.max(n),
+                    "flushed" => flushed = flushed.max(n),
+                    _ => {}
+                }
+            }
+        }
+        let start = start.expect("the child printed its start");
+        if let Some((low, high)) = expected_start {
+            assert!(
+                (low..=high).contains(&start),
+                "trial {trial}: found {start} increments, expected between {low} (flushed) \
+                 and {high} (acknowledged); seed {seed}"
+            );
+        }
+        expected_start = Some((start + flushed, start + acked));
+        lost_total += acked - flushed;
+        eprintln!("trial {trial}: start {start}, acked {acked}, flushed {flushed}");
+    }
+    let e = Engine::open(Config::postgres(&db)).unwrap();
+    let total = counter_total(&e);
+    let (low, high) = expected_start.unwrap();
+    assert!(
+        (low..=high).contains(&total),
+        "final: {total} increments, expected between {low} and {high}; seed {seed}"
+    );
+    eprintln!(
+        "{trials} processes killed; final total {total} (flushed bound {low}, acknowledged \
+         bound {high}; at most {lost_total} unflushed increments at the kills)"
+    );
+    e.shutdown().unwrap();
+}
+
+/// A server that crashes with flushed (committed, not yet durable) cycles
+/// still in its WAL buffers loses them; the engine, which keeps running,
+/// must never go on as if they were there: it is poisoned, or (if the
+/// server had written them after all) nothing was lost. Never a silent
+/// loss. The server's WAL writer sleeps 10 s, so a small asynchronous
+/// commit stays in its buffers until the crash (the test holds whichever
+/// way it went).
+#[test]
+fn a_server_that_lost_flushed_cycles_poisons_the_running_engine() {
+    let Some(server) = PgServer::start_with("-c wal_writer_delay=10000") else {
+        return;
+    };
+    let db = server.database();
+    let config = quiet(&db);
+    let e = Engine::open(config.clone()).unwrap();
+    e.set(b"durable", b"d").unwrap();
+    e.checkpoint().unwrap();
+    e.set_with(b"flushed", b"f", Durability::Flushed).unwrap();
+    server.crash();
+    server.restart();
+    e.set(b"after", b"a").unwrap();
+    let patience = common::Patience::new("a checkpoint after a server crash");
+    let poisoned = loop {
+        match e.checkpoint() {
+            Ok(_) => break false,
+            Err(Error::Poisoned { reason }) => {
+                assert!(reason.contains("lost flushed writes"), "{reason}");
+                break true;
+            }
+            Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(other) => panic!("checkpoint failed with {other}"),
+        }
+    };
+    if poisoned {
+        assert!(matches!(e.set(b"x", b"x"), Err(Error::Poisoned { .. })));
+    }
+    drop(e);
+    let e = Engine::open(config).unwrap();
+    assert_eq!(e.get(b"durable").unwrap().unwrap(), b"d");
+    let kept = e.get(b"flushed").unwrap().is_some();
+    assert!(
+        poisoned || kept,
+        "the server lost a flushed cycle and the engine went on"
+    );
+    eprintln!("the server kept the flushed cycle: {kept}; the engine was poisoned: {poisoned}");
+    e.shutdown().unwrap();
+}
