@@ -77,6 +77,19 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether a metadata-only change (`expire`, `persist`) must load a
+    /// stored blob value and write it again instead of pointing at it:
+    /// with a journal. A journal record must be replayable on whatever
+    /// store a crash leaves, and the blob a stored record points at may be
+    /// newer than the store's durable point, so gone after a power cut
+    /// (recovery removes blobs at or above the recovered `next_blob`); a
+    /// pointer in the journal would then name a missing blob, or a reused
+    /// id. Without a journal the pointer only ever reaches the store in
+    /// the same or a later commit than its blob.
+    pub(crate) fn metadata_change_needs_bytes(&self) -> bool {
+        self.buffer.journal().is_some()
+    }
+
     /// The deadline a plain write gets (`Config::default_ttl`).
     pub(crate) fn default_deadline(&self) -> Option<UnixMillis> {
         self.config

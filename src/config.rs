@@ -19,6 +19,9 @@ use crate::storage::postgres::Target;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
+/// The longest value accepted with a journal: its record (with a key of up
+/// to 1 MiB) stays well within what a record's frame can say.
+const MAX_JOURNALED_VALUE: usize = 1024 * MIB;
 
 /// How an engine is opened. Build it with [`Config::new`] and the setters, then
 /// pass it to [`Engine::open`](crate::Engine::open).
@@ -371,6 +374,15 @@ impl Config {
             || {
                 "a temporary or PostgreSQL store has no files: its journal must be Journal::Off"
                     .into()
+            },
+        )?;
+        check(
+            self.journal == Journal::Off || self.value_limit() <= MAX_JOURNALED_VALUE,
+            || {
+                format!(
+                    "max_value_len ({}) is more than a journal record holds (1 GiB)",
+                    self.value_limit()
+                )
             },
         )?;
         #[cfg(feature = "postgres")]

@@ -82,7 +82,10 @@ struct Handle {
 }
 
 enum Lifecycle {
-    Running(Flusher, Purger),
+    /// Running; the purger is started once `open` is done with the journal
+    /// (its tombstones take seqs, which must come after the journal's
+    /// first base).
+    Running(Flusher, Option<Purger>),
     /// Shut down, with the outcome of the final flush.
     Stopped(Result<()>),
 }
@@ -151,15 +154,18 @@ impl Engine {
         Counters::add(&shared.counters.journal_replayed, replayed as u64);
         let cycles = Cycles::new(&recovered);
         let flusher = Flusher::start(&shared, cycles)?;
-        let purger = Purger::start(&shared)?;
         let engine = Engine {
             handle: Arc::new(Handle {
                 shared,
-                lifecycle: Mutex::new(Lifecycle::Running(flusher, purger)),
+                lifecycle: Mutex::new(Lifecycle::Running(flusher, None)),
             }),
         };
         // On an error the engine is dropped, which shuts it down.
         engine.open_journal(replayed, replay.next_number, &replay.files)?;
+        let purger = Purger::start(&engine.handle.shared)?;
+        if let Lifecycle::Running(_, slot) = &mut *engine.handle.lifecycle.lock() {
+            *slot = Some(purger);
+        }
         Ok(engine)
     }
 
@@ -431,7 +437,7 @@ impl Handle {
         let previous = std::mem::replace(&mut *life, Lifecycle::Stopped(Ok(())));
         let joined = match previous {
             Lifecycle::Running(flusher, purger) => {
-                let purger_ok = purger.stop();
+                let purger_ok = purger.is_none_or(Purger::stop);
                 flusher.join().and(if purger_ok {
                     Ok(())
                 } else {
@@ -478,7 +484,9 @@ pub fn halt(engine: &Engine) {
     if let Lifecycle::Running(flusher, purger) =
         std::mem::replace(&mut *life, Lifecycle::Stopped(Ok(())))
     {
-        purger.stop();
+        if let Some(purger) = purger {
+            purger.stop();
+        }
         if let Err(e) = flusher.join() {
             log::error!("millpond: halting: {e}");
         }

@@ -420,7 +420,7 @@ macro_rules! keyspace_verbs {
             pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
                 let (e, ks) = self.parts();
                 let s = e.shared();
-                update_verb(s, ks, key, false, |found| {
+                update_verb(s, ks, key, s.metadata_change_needs_bytes(), |found| {
                     Ok(match found {
                         Some(f) => (
                             Some(Change {
@@ -438,7 +438,8 @@ macro_rules! keyspace_verbs {
             /// if the key had a live value with a deadline.
             pub fn persist(&self, key: &[u8]) -> Result<bool> {
                 let (e, ks) = self.parts();
-                update_verb(e.shared(), ks, key, false, |found| {
+                let s = e.shared();
+                update_verb(s, ks, key, s.metadata_change_needs_bytes(), |found| {
                     Ok(match found {
                         Some(f) if f.deadline.is_some() => (
                             Some(Change {

@@ -35,6 +35,7 @@ use crate::buffer::dirty::{cost_of, Shard};
 use crate::buffer::{Seq, Slot};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::journal::format::MAX_BODY;
 use crate::lookup::live;
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -375,6 +376,15 @@ impl<'a> Transaction<'a> {
             .iter()
             .map(|(k, w)| cost_of(k.len(), &w.slot))
             .sum();
+        if s.buffer.journal().is_some() && incoming > MAX_BODY {
+            // One journal record holds the transaction's writes (each
+            // write's cost is more than its part of the record).
+            return Err(Error::TooLarge {
+                what: "transaction (its journal record)",
+                len: incoming,
+                max: MAX_BODY,
+            });
+        }
         let mut reserved = s.admit(incoming)?;
         let mut indexes: Vec<usize> = self
             .reads

@@ -316,6 +316,17 @@ fn a_temporary_store_takes_no_journal() {
     let err =
         Engine::open(Config::temporary().journal(Journal::Periodic(Duration::ZERO))).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
+    // A value longer than a journal record may hold.
+    let store = Store::new();
+    let err = Engine::open(
+        store
+            .quiet()
+            .journal(Journal::Process)
+            .max_dirty_bytes(8 << 30)
+            .max_value_len(2 << 30),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
 }
 
 #[test]

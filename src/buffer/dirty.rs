@@ -659,9 +659,6 @@ impl DirtyMap {
             return None;
         }
         let cut = Seq(self.last_seq.load(Ordering::Relaxed));
-        if let Some(j) = self.journal.get() {
-            j.seal(cut);
-        }
         self.dirty_since.store(0, Ordering::Relaxed);
         self.freezes.fetch_add(1, Ordering::SeqCst);
         let mut frozen = Frozen {
@@ -685,6 +682,10 @@ impl DirtyMap {
             frozen.bytes += shard.bytes;
             g.frozen = Some(Arc::clone(&shard));
             frozen.shards.push(Some(shard));
+        }
+        // Only a freeze that makes a cycle seals (its cycle then rotates).
+        if let (true, Some(j)) = (any, self.journal.get()) {
+            j.seal(cut);
         }
         drop(guards);
         any.then_some(frozen)

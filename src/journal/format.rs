@@ -34,10 +34,11 @@ const MAGIC: [u8; 8] = *b"mpjournl";
 const VERSION: u32 = 1;
 /// `len` and `crc` before each record's body.
 pub(crate) const FRAME_LEN: usize = 8;
-/// Longest record body accepted when reading (a transaction may be large,
-/// but never this large: values are at most 16 MiB by default and a
-/// transaction's writes must fit in the buffer).
-pub(crate) const MAX_BODY: usize = 1 << 30;
+/// Longest record body: what the frame's `u32` length can say. The engine
+/// refuses a write or transaction whose record would be longer before it
+/// hands out its seqs (`Config::validate` bounds a value, the transaction
+/// commit its writes together), so none is ever written.
+pub(crate) const MAX_BODY: usize = u32::MAX as usize;
 
 const KIND_TOMBSTONE: u8 = 0;
 const KIND_VALUE: u8 = 1;
@@ -142,8 +143,10 @@ pub(crate) fn append_record<'a>(
     }
     let body_len = out.len() - start - FRAME_LEN;
     let crc = crc32fast::hash(&out[start + FRAME_LEN..]);
-    // Lengths are bounded by the engine's limits (keys 1 MiB, values half
-    // the buffer); a body past u32 would be refused by the reader.
+    // At most `MAX_BODY`: the engine refuses longer records before their
+    // seqs are handed out; a longer one could not be framed (and would read
+    // back as a torn record).
+    debug_assert!(body_len <= MAX_BODY, "a journal record past its frame");
     let len = u32::try_from(body_len).unwrap_or(u32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -188,9 +191,6 @@ pub(crate) fn read_record(data: &Bytes, at: usize) -> Next {
         } else {
             Next::Bad("zeros where a record should begin")
         };
-    }
-    if len > MAX_BODY {
-        return Next::Bad("a record's length is out of range");
     }
     let Some(body) = r.take(len) else {
         return Next::Bad("a record is cut short");

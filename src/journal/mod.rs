@@ -549,14 +549,29 @@ impl Writer {
 
 /// Makes the file of segment `number`: `len` zeros, synced, and its
 /// directory entry synced. Until [`begin_segment`] writes its header,
-/// replay takes it for a segment never written.
+/// replay takes it for a segment never written. A file of that name left by
+/// an earlier attempt that failed is made again (no begun segment has this
+/// number: numbers only grow, and `open` numbers after every file found);
+/// on a failure the file is removed.
 fn prepare_segment(dir: &Path, number: u64, len: u64) -> io::Result<File> {
     let path = dir.join(segment_name(number));
+    let made = fill_zeros(&path, len).and_then(|file| {
+        sync_dir(dir)?;
+        Ok(file)
+    });
+    if made.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    made
+}
+
+fn fill_zeros(path: &Path, len: u64) -> io::Result<File> {
     let file = OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
-        .open(&path)?;
+        .open(path)?;
     // Page by page: the page cache then keeps one page per folio, so that a
     // record written later dirties (and is counted as) one page, not the
     // whole large folio a big write would have made (Linux counts a
@@ -571,7 +586,6 @@ fn prepare_segment(dir: &Path, number: u64, len: u64) -> io::Result<File> {
         at += n as u64;
     }
     file.sync_data()?;
-    sync_dir(dir)?;
     Ok(file)
 }
 
@@ -584,4 +598,19 @@ fn begin_segment(file: &File, number: u64, base: Seq) -> io::Result<()> {
 
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_file_left_by_a_failed_attempt_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(segment_name(5)), b"half made").unwrap();
+        let file = prepare_segment(dir.path(), 5, 8192).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 8192);
+        let data = fs::read(dir.path().join(segment_name(5))).unwrap();
+        assert!(data.iter().all(|b| *b == 0));
+    }
 }

@@ -102,12 +102,14 @@ pub(crate) fn read(dir: &Path, cut: Seq, promised: u64, accept_loss: bool) -> Re
         }
         return Ok(replay);
     };
-    replay.next_number = newest + 1;
+    replay.next_number = newest
+        .checked_add(1)
+        .ok_or_else(|| Error::corrupt(None, "journal: a segment number is out of range"))?;
 
     // Headers, newest first, until one with a base at or below the cut.
     let mut needed: Vec<(u64, PathBuf, Bytes, Seq)> = Vec::new();
     let mut found_start = false;
-    for (i, (number, path)) in segments.iter().enumerate().rev() {
+    for (number, path) in segments.iter().rev() {
         let data = Bytes::from(fs::read(path)?);
         let header = match format::decode_header(&data) {
             Ok(h) if h.number == *number => h,
@@ -119,9 +121,13 @@ pub(crate) fn read(dir: &Path, cut: Seq, promised: u64, accept_loss: bool) -> Re
                 ))?;
                 break;
             }
-            Err(BadHeader::Unwritten) if i == segments.len() - 1 => {
+            Err(BadHeader::Unwritten) if needed.is_empty() => {
                 // Made (ahead of need, or cut short by a crash) but never
-                // begun: no record was ever written to it.
+                // begun, after every begun segment: no record was ever
+                // written to it (a header is synced before any record, and
+                // a later file is made only after that). Such files may
+                // be several: an open that crashed while beginning its
+                // segment leaves one beside the spare made ahead.
                 continue;
             }
             Err(BadHeader::Version(v)) => {
@@ -186,7 +192,7 @@ pub(crate) fn read(dir: &Path, cut: Seq, promised: u64, accept_loss: bool) -> Re
                             damage(format!(
                                 "segment {} holds {writes_seen} writes, but every one of seqs {}..={} ({expected}) should be there",
                                 path.display(),
-                                base.0 + 1,
+                                base.0.saturating_add(1),
                                 upper.0
                             ))?;
                             break 'segments;
@@ -369,6 +375,21 @@ mod tests {
         let r = read_at(dir.path(), Seq(0), false).unwrap();
         assert_eq!(seqs(&r), vec![1]);
         assert_eq!(r.next_number, 3);
+    }
+
+    #[test]
+    fn unbegun_files_after_the_newest_segment_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, 0, &[1]);
+        // The spare made ahead, and a segment an open began to make.
+        fs::write(dir.path().join(segment_name(2)), vec![0u8; 4096]).unwrap();
+        fs::write(dir.path().join(segment_name(3)), vec![0u8; 100]).unwrap();
+        let r = read_at(dir.path(), Seq(0), false).unwrap();
+        assert_eq!(seqs(&r), vec![1]);
+        assert_eq!(r.next_number, 4);
+        // Between two begun segments, a zero header is damage.
+        segment(dir.path(), 4, 1, &[2]);
+        assert!(read_at(dir.path(), Seq(0), false).is_err());
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum Op {
     Delete(Vec<u8>),
     /// Increment the counter under this key.
     Increment(Vec<u8>),
+    /// Give the key's value (if any) a deadline a day away: a change of
+    /// its metadata only, the value unchanged.
+    Expire(Vec<u8>),
 }
 
 pub fn value_for(i: u64, key: u64) -> Vec<u8> {
@@ -80,6 +83,7 @@ pub fn op(seed: u64, i: u64) -> Op {
     match rng.below(10) {
         0 => Op::Delete(k),
         1 | 2 => Op::Increment(format!("counter-{}", key % 4).into_bytes()),
+        3 => Op::Expire(k),
         _ => Op::Set(k, value_for(i, key)),
     }
 }
@@ -96,6 +100,7 @@ fn apply(model: &mut HashMap<Vec<u8>, Vec<u8>>, op: &Op) {
             let n = model.get(k).map_or(0, |v| u64_value(v));
             model.insert(k.clone(), (n + 1).to_le_bytes().to_vec());
         }
+        Op::Expire(_) => {}
     }
 }
 
@@ -136,7 +141,7 @@ pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u
         }
         let o = op(seed, n);
         let k = match &o {
-            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) => k.clone(),
+            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) | Op::Expire(k) => k.clone(),
         };
         let was = mismatched(&model, &k);
         apply(&mut model, &o);
@@ -171,7 +176,7 @@ pub fn recovered_point(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, to: u64
         }
         let o = op(seed, n);
         let k = match &o {
-            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) => k.clone(),
+            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) | Op::Expire(k) => k.clone(),
         };
         let was = mismatched(&model, &k);
         apply(&mut model, &o);
@@ -528,7 +533,10 @@ pub fn child_main() {
             .write_delay(Duration::from_millis(delay))
             .max_dirty_bytes(1 << 20)
             .flush_threads(1 + rng.below(2) as usize)
-            .journal(journal.unwrap_or(Journal::Off)),
+            .journal(match mode.as_str() {
+                "expire-blob" => Journal::Power,
+                _ => journal.unwrap_or(Journal::Off),
+            }),
     )
     .unwrap();
     println!("ready");
@@ -542,12 +550,35 @@ pub fn child_main() {
             "fsync-fail" => fsync_fail_child(&e, seed),
             "watched" => watched_child(&e, rng.next()),
             "synced" => synced_child(&e),
+            "expire-blob" => expire_blob_child(&e),
             _ => history_child(&e, seed, &mut rng),
         }
     }
     // Wait to be killed.
     std::thread::sleep(Duration::from_secs(600));
     std::process::exit(0);
+}
+
+/// `expire-blob` (with `Journal::Power`): sets `blob-0` to a long value
+/// (a blob), waits until a flush cycle committed it (flushed, not synced:
+/// no checkpoint ever runs), then gives it a deadline with `expire`, whose
+/// journal record is synced before it returns, and prints `expired 0`.
+/// After a power cut the value must read back whole: the blob the cycle
+/// wrote may be gone with the cycle, so the journal must not hold a mere
+/// pointer to it.
+fn expire_blob_child(e: &Engine) {
+    let key = b"blob-0";
+    let value = value_for(0, 0).repeat(2);
+    assert!(value.len() > super::BLOB_OVER);
+    e.set(key, &value).unwrap();
+    let seq = e.stats().last_seq;
+    let patience = super::Patience::new("the cycle that writes the blob");
+    while e.stats().flushed_seq < seq {
+        patience.check();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    e.expire(key, EXPIRE_TTL).unwrap();
+    println!("expired 0");
 }
 
 fn run_op(e: &Engine, op: Op) -> millpond::Result<()> {
@@ -558,8 +589,12 @@ fn run_op(e: &Engine, op: Op) -> millpond::Result<()> {
             let n = v.as_deref().map_or(0, u64_value);
             *v = Some((n + 1).to_le_bytes().to_vec());
         }),
+        Op::Expire(k) => e.expire(&k, EXPIRE_TTL).map(drop),
     }
 }
+
+/// The deadline `Op::Expire` gives: far beyond any run.
+const EXPIRE_TTL: Duration = Duration::from_secs(86_400);
 
 fn history_child(e: &Engine, seed: u64, rng: &mut Rng) {
     let checkpoint_every = 200 + rng.below(2000);
@@ -630,6 +665,11 @@ fn run_group(e: &Engine, seed: u64, from: u64, len: u64) -> millpond::Result<()>
                     let n = v.as_deref().map_or(0, u64_value);
                     *v = Some((n + 1).to_le_bytes().to_vec());
                 })?,
+                Op::Expire(k) => {
+                    if let Some(v) = tx.get(&k)? {
+                        tx.set_with_ttl(&k, &v, EXPIRE_TTL)?;
+                    }
+                }
             }
         }
         Ok(())
