@@ -88,6 +88,30 @@ pub fn op(seed: u64, i: u64) -> Op {
     }
 }
 
+impl Op {
+    /// The key the operation writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) | Op::Expire(k) => k,
+        }
+    }
+}
+
+/// Applies `op` to `model` and keeps `bad`, the number of keys where
+/// `model` and `recovered` differ, exact.
+fn advance(
+    model: &mut HashMap<Vec<u8>, Vec<u8>>,
+    recovered: &HashMap<Vec<u8>, Vec<u8>>,
+    op: &Op,
+    bad: &mut usize,
+) {
+    let k = op.key();
+    let was = model.get(k) != recovered.get(k);
+    apply(model, op);
+    let is = model.get(k) != recovered.get(k);
+    *bad = *bad + usize::from(is) - usize::from(was);
+}
+
 fn apply(model: &mut HashMap<Vec<u8>, Vec<u8>>, op: &Op) {
     match op {
         Op::Set(k, v) => {
@@ -129,9 +153,10 @@ pub fn read_all(e: &Engine) -> HashMap<Vec<u8>, Vec<u8>> {
 /// The smallest prefix length `n >= from` whose state equals `recovered`.
 pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u64) -> Option<u64> {
     let mut model = HashMap::new();
-    let mismatched =
-        |model: &HashMap<Vec<u8>, Vec<u8>>, k: &Vec<u8>| model.get(k) != recovered.get(k);
-    let mut bad: usize = all_keys().iter().filter(|k| mismatched(&model, k)).count();
+    let mut bad: usize = all_keys()
+        .iter()
+        .filter(|k| model.get(*k) != recovered.get(*k))
+        .count();
     for n in 0..=OPS {
         if n >= from && bad == 0 {
             return Some(n);
@@ -139,14 +164,7 @@ pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u
         if n == OPS {
             break;
         }
-        let o = op(seed, n);
-        let k = match &o {
-            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) | Op::Expire(k) => k.clone(),
-        };
-        let was = mismatched(&model, &k);
-        apply(&mut model, &o);
-        let is = mismatched(&model, &k);
-        bad = bad + usize::from(is) - usize::from(was);
+        advance(&mut model, recovered, &op(seed, n), &mut bad);
     }
     None
 }
@@ -158,9 +176,10 @@ pub fn matching_prefix(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, from: u
 /// reappearing).
 pub fn recovered_point(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, to: u64) -> Option<u64> {
     let mut model = HashMap::new();
-    let mismatched =
-        |model: &HashMap<Vec<u8>, Vec<u8>>, k: &Vec<u8>| model.get(k) != recovered.get(k);
-    let mut bad: usize = all_keys().iter().filter(|k| mismatched(&model, k)).count();
+    let mut bad: usize = all_keys()
+        .iter()
+        .filter(|k| model.get(*k) != recovered.get(*k))
+        .count();
     let mut found = None;
     let mut group_end = 0;
     let mut n = 0;
@@ -174,14 +193,7 @@ pub fn recovered_point(seed: u64, recovered: &HashMap<Vec<u8>, Vec<u8>>, to: u64
             }
             group_end += group_len(seed, n);
         }
-        let o = op(seed, n);
-        let k = match &o {
-            Op::Set(k, _) | Op::Delete(k) | Op::Increment(k) | Op::Expire(k) => k.clone(),
-        };
-        let was = mismatched(&model, &k);
-        apply(&mut model, &o);
-        let is = mismatched(&model, &k);
-        bad = bad + usize::from(is) - usize::from(was);
+        advance(&mut model, recovered, &op(seed, n), &mut bad);
         n += 1;
     }
 }
