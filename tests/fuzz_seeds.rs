@@ -27,12 +27,17 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// On the memory backend, as the fuzz target runs them, and on sled.
+/// On the memory backend, as the fuzz target runs them, on sled, and on
+/// sled with a `Process` journal (where a crash step must lose nothing).
 #[test]
 fn ops_seeds_match_the_model() {
     for (name, data) in seeds("ops") {
         let ops = model::Op::decode_all(&data, 48);
-        for backend in [model::Backend::Memory, model::Backend::Sled] {
+        for backend in [
+            model::Backend::Memory,
+            model::Backend::Sled,
+            model::Backend::Journaled(millpond::Journal::Process),
+        ] {
             if let Err(failure) = model::run_on(backend, &ops, None) {
                 panic!("seed {name} on {backend:?}: {failure:?}\nops: {ops:?}");
             }
