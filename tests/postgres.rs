@@ -1,6 +1,7 @@
 //! The PostgreSQL backend (feature `postgres`) against a real server started
-//! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; the lock of a
-//! database in use; transactions; expiry; the table version; server
+//! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; two engines
+//! sharing a database (partition leases, `NotOwner`, fencing of an engine
+//! whose lease was taken over); transactions; expiry; the table version; server
 //! crashes (`pg_ctl stop -m immediate`), which never lose a completed
 //! checkpoint; and engine processes killed with SIGKILL in turn on one
 //! database, which lose only unflushed increments and apply none twice. Each test passes without running where no server can be
@@ -96,21 +97,61 @@ fn writes_reads_checkpoints_and_reopens() {
 }
 
 #[test]
-fn a_database_in_use_is_locked_and_a_bad_conninfo_is_a_config_error() {
+fn two_engines_share_a_database_and_a_bad_conninfo_is_a_config_error() {
     let Some(server) = PgServer::shared() else {
         return;
     };
     let db = server.database();
-    let e = Engine::open(quiet(&db)).unwrap();
-    match Engine::open(quiet(&db)) {
-        Err(Error::Locked { path }) => assert_eq!(path, e.dir()),
-        Err(other) => panic!("expected Locked, got {other}"),
-        Ok(_) => panic!("a second engine opened a database in use"),
+    let e1 = Engine::open(quiet(&db)).unwrap();
+    let e2 = Engine::open(quiet(&db)).unwrap();
+    // e1 takes the partitions of its keys at their first write.
+    for i in 0..10u64 {
+        e1.set(format!("a{i}").as_bytes(), &value(i, 100)).unwrap();
     }
+    e1.set(b"big", &value(7, 4000)).unwrap();
+    // e2 writes the keys of partitions e1 does not hold; the others are
+    // refused with NotOwner, naming the partition.
+    let (mut mine, mut refused) = (Vec::new(), 0);
+    for i in 0..200u64 {
+        let key = format!("b{i}");
+        match e2.set(key.as_bytes(), &value(i, 3000)) {
+            Ok(()) => mine.push((key, i)),
+            Err(Error::NotOwner { partition, reason }) => {
+                assert!(partition < 64, "{partition}");
+                assert!(reason.contains("holds it"), "{reason}");
+                refused += 1;
+            }
+            Err(other) => panic!("expected Ok or NotOwner, got {other}"),
+        }
+    }
+    assert!(refused > 0 && mine.len() > 100, "{refused} refused");
+    assert!(matches!(e2.set(b"a0", b"x"), Err(Error::NotOwner { .. })));
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    // Each reads what the other flushed.
+    for i in 0..10u64 {
+        assert_eq!(
+            e2.get(format!("a{i}").as_bytes()).unwrap().unwrap(),
+            value(i, 100)
+        );
+    }
+    assert_eq!(e2.get(b"big").unwrap().unwrap(), value(7, 4000));
+    for (key, i) in &mine {
+        assert_eq!(e1.get(key.as_bytes()).unwrap().unwrap(), value(*i, 3000));
+    }
+    // Shutdown releases e1's leases: e2 takes them at once.
+    e1.shutdown().unwrap();
+    drop(e1);
+    e2.set(b"a0", b"now e2's").unwrap();
+    e2.checkpoint().unwrap();
+    let report = e2.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e2.shutdown().unwrap();
+    drop(e2);
+    let e = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e.get(b"a0").unwrap().unwrap(), b"now e2's");
+    assert_eq!(e.get(b"a1").unwrap().unwrap(), value(1, 100));
     e.shutdown().unwrap();
-    drop(e);
-    // Released by shutdown.
-    Engine::open(quiet(&db)).unwrap().shutdown().unwrap();
 
     match Engine::open(Config::postgres("host=127.0.0.1 port=notaport")) {
         Err(Error::Config(_)) => {}
@@ -540,5 +581,98 @@ fn a_server_that_lost_flushed_cycles_poisons_the_running_engine() {
         "the server lost a flushed cycle and the engine went on"
     );
     eprintln!("the server kept the flushed cycle: {kept}; the engine was poisoned: {poisoned}");
+    e.shutdown().unwrap();
+}
+
+/// An engine whose lease was taken over behind its back (the epoch moved on
+/// in the lease row, as a takeover by another engine does) is fenced: its
+/// next flush fails with NotOwner and nothing of it lands, its later writes
+/// to that partition fail with NotOwner, and another engine sees what was
+/// flushed before the takeover.
+#[test]
+fn an_engine_whose_lease_was_taken_over_is_fenced() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let e1 = Engine::open(quiet(&db)).unwrap();
+    e1.set(b"k", b"before").unwrap();
+    e1.set(b"k-blob", &value(3, 4000)).unwrap();
+    e1.checkpoint().unwrap();
+    // Every lease e1 holds goes to an owner that is no engine (no presence
+    // connection: any engine may take it from there).
+    server.psql(
+        &db,
+        "UPDATE millpond_lease SET epoch = epoch + 1, owner = 0, pid = 0",
+    );
+    // Accepted into the buffer (e1 does not know yet)...
+    e1.set(b"k", b"stale").unwrap();
+    e1.set(b"k-blob", &value(4, 4000)).unwrap();
+    // ...but its flush is rolled back and reported.
+    match e1.checkpoint() {
+        Err(Error::NotOwner { reason, .. }) => assert!(reason.contains("rolled back"), "{reason}"),
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    let e2 = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"before");
+    assert_eq!(e2.get(b"k-blob").unwrap().unwrap(), value(3, 4000));
+    // The partition stays refused to e1; e2 takes it.
+    match e1.set(b"k", b"again") {
+        Err(Error::NotOwner { reason, .. }) => assert!(reason.contains("taken over"), "{reason}"),
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    e2.set(b"k", b"e2's").unwrap();
+    e2.checkpoint().unwrap();
+    // The fenced engine's shutdown reports that its buffered writes could
+    // not be persisted.
+    assert!(e1.shutdown().is_err());
+    drop(e1);
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"e2's");
+    assert_eq!(e2.get(b"k-blob").unwrap().unwrap(), value(3, 4000));
+    e2.shutdown().unwrap();
+}
+
+/// A lease not renewed for `lease_ttl` (its engine alive but not flushing,
+/// as a paused one) is taken by another engine once it expires by the
+/// server's clock, never before; the first engine is then fenced.
+#[test]
+fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let ttl = Duration::from_secs(1);
+    let e1 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    let e2 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    e1.set(b"k", b"1").unwrap();
+    // Before the flush that renews the lease (its transaction's `now()`
+    // is later than this).
+    let renewed = std::time::Instant::now();
+    e1.checkpoint().unwrap();
+    e1.set(b"k", b"unflushed").unwrap();
+    let patience = common::Patience::new("the lease to expire");
+    let took = loop {
+        match e2.set(b"k", b"2") {
+            Ok(()) => break renewed.elapsed(),
+            Err(Error::NotOwner { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
+        }
+    };
+    // Never before the TTL (measured from before e1's renewing commit).
+    assert!(took >= ttl, "taken after {took:?}");
+    eprintln!("lease handover after expiry: {took:?} after the last renewal (ttl {ttl:?})");
+    e2.checkpoint().unwrap();
+    assert!(matches!(e1.checkpoint(), Err(Error::NotOwner { .. })));
+    assert!(matches!(e1.set(b"k", b"x"), Err(Error::NotOwner { .. })));
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"2");
+    assert!(e1.shutdown().is_err());
+    drop(e1);
+    e2.shutdown().unwrap();
+    drop(e2);
+    let e = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), b"2");
     e.shutdown().unwrap();
 }
