@@ -676,3 +676,285 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
     assert_eq!(e.get(b"k").unwrap().unwrap(), b"2");
     e.shutdown().unwrap();
 }
+
+/// Counters shared by the [`pg_lease_child`] processes.
+const SHARED_COUNTERS: u64 = 24;
+
+fn shared_total(e: &Engine) -> u64 {
+    (0..SHARED_COUNTERS)
+        .map(|c| {
+            e.get(format!("shared-{c}").as_bytes())
+                .unwrap()
+                .map_or(0, |v| common::u64_value(&v))
+        })
+        .sum()
+}
+
+/// The child of `engine_processes_share_counters_through_kills_and_pauses`
+/// (does nothing unless `MILLPOND_PG_LEASE_CHILD` names a database), one of
+/// several at once on one database: two threads increment the shared
+/// counters with `modify`, passing over a counter whose partition another
+/// engine holds (`NotOwner`); prints `acked <n>` after each increment
+/// returned and `flushed <n>` after a checkpoint that began once `n` had
+/// returned. A fenced engine (a checkpoint failed: its lease was taken over
+/// while it was paused) prints `fenced <n>` and exits.
+#[test]
+fn pg_lease_child() {
+    let Ok(conninfo) = std::env::var("MILLPOND_PG_LEASE_CHILD") else {
+        return;
+    };
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let e = Engine::open(
+        Config::postgres(&conninfo)
+            .write_delay(Duration::from_millis(2))
+            .lease_ttl(Duration::from_secs(1)),
+    )
+    .expect("open");
+    let out = Arc::new(std::io::stdout());
+    let acked = Arc::new(AtomicU64::new(0));
+    for t in 0..2u64 {
+        let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let key = format!("shared-{}", (i * 2 + t) % SHARED_COUNTERS);
+                let done = e.modify(key.as_bytes(), |v| {
+                    let n = v.as_deref().map_or(0, common::u64_value);
+                    *v = Some((n + 1).to_le_bytes().to_vec());
+                });
+                match done {
+                    Ok(()) => {
+                        let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                        writeln!(out.lock(), "acked {n}").unwrap();
+                    }
+                    Err(Error::NotOwner { .. }) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    // A fenced engine whose flushes keep failing: the
+                    // checkpoint thread reports it.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let n = acked.load(Ordering::SeqCst);
+        match e.checkpoint() {
+            Ok(_) => writeln!(out.lock(), "flushed {n}").unwrap(),
+            Err(err) => {
+                writeln!(out.lock(), "fenced {n} ({err})").unwrap();
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// What one child reported.
+#[derive(Default, Debug, Clone, Copy)]
+struct ChildReport {
+    acked: u64,
+    flushed: u64,
+    fenced: bool,
+}
+
+/// A running [`pg_lease_child`] with a thread reading its reports.
+struct LeaseChild {
+    child: std::process::Child,
+    report: Arc<parking_lot::Mutex<ChildReport>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LeaseChild {
+    fn spawn(db: &str) -> LeaseChild {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pg_lease_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MILLPOND_PG_LEASE_CHILD", db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let report = Arc::new(parking_lot::Mutex::new(ChildReport::default()));
+        let r = report.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut words = line.split_whitespace();
+                // The harness may print `test pg_lease_child ... ` first.
+                let Some(pos) = line
+                    .split_whitespace()
+                    .position(|w| matches!(w, "acked" | "flushed" | "fenced"))
+                else {
+                    continue;
+                };
+                let what = words.nth(pos).unwrap_or_default().to_owned();
+                let Some(n) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let mut r = r.lock();
+                match what.as_str() {
+                    "acked" => r.acked = r.acked.max(n),
+                    "flushed" => r.flushed = r.flushed.max(n),
+                    _ => r.fenced = true,
+                }
+            }
+        });
+        LeaseChild {
+            child,
+            report,
+            reader: Some(reader),
+        }
+    }
+
+    fn report(&self) -> ChildReport {
+        *self.report.lock()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Kills it (if it still runs) and returns all it reported.
+    fn finish(mut self) -> ChildReport {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.report()
+    }
+}
+
+/// Several engine processes at once on one database increment shared
+/// counters, each owning the partitions it took; some are killed with
+/// SIGKILL (their partitions go to the others at once: their presence
+/// connection is gone), some paused with SIGSTOP past their lease (their
+/// partitions go to the others once expired; woken, they are fenced). The
+/// final counters are between the increments flushed and those
+/// acknowledged: none applied twice, none flushed lost.
+#[test]
+fn engine_processes_share_counters_through_kills_and_pauses() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let rounds = common::workload::trials("PG_LEASE", 3);
+    let mut done: Vec<ChildReport> = Vec::new();
+    let mut running: Vec<LeaseChild> = (0..3).map(|_| LeaseChild::spawn(&db)).collect();
+    // Waits until the running children together made progress (one may
+    // hold every counter's partition while the others wait for it).
+    let wait_progress = |running: &[LeaseChild]| {
+        let sum = |running: &[LeaseChild]| {
+            running
+                .iter()
+                .map(LeaseChild::report)
+                .fold((0, 0), |(a, f), r| (a + r.acked, f + r.flushed))
+        };
+        let patience = common::Patience::new("the children's increments");
+        let (acked, flushed) = sum(running);
+        loop {
+            let (a, f) = sum(running);
+            if a > acked + 200 && f > flushed {
+                return;
+            }
+            patience.check();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // How long until the others' increments go on after `stopped` (the
+    // busiest child) stopped: the handover of its partitions.
+    let handover = |running: &[LeaseChild], stopped: usize| {
+        let others = |running: &[LeaseChild]| -> u64 {
+            running
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != stopped)
+                .map(|(_, c)| c.report().acked)
+                .sum()
+        };
+        let began = std::time::Instant::now();
+        let before = others(running);
+        let patience = common::Patience::new("the others to take the partitions over");
+        while others(running) < before + 100 {
+            patience.check();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        began.elapsed()
+    };
+    let busiest = |running: &[LeaseChild]| {
+        (0..running.len())
+            .max_by_key(|&i| running[i].report().acked)
+            .unwrap_or(0)
+    };
+    let (mut pauses, mut kill_handover, mut pause_handover) = (0, Vec::new(), Vec::new());
+    for round in 0..rounds {
+        wait_progress(&running);
+        // Pause the busiest past its lease (1 s): the others take its
+        // partitions once they expire; woken, it is fenced (its flush in
+        // progress holds writes of partitions taken meanwhile).
+        let paused = busiest(&running);
+        running[paused].signal("-STOP");
+        pause_handover.push(handover(&running, paused));
+        std::thread::sleep(Duration::from_millis(1500));
+        running[paused].signal("-CONT");
+        pauses += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let r = running[paused].report();
+        eprintln!("round {round}: paused child woke up: {r:?}");
+        if r.fenced {
+            done.push(running.remove(paused).finish());
+        }
+        // Kill the busiest: its partitions go to the others at once (its
+        // presence connection is gone).
+        wait_progress(&running);
+        let killed = busiest(&running);
+        let c = running.remove(killed);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &c.child.id().to_string()])
+            .status();
+        running.insert(killed, c);
+        kill_handover.push(handover(&running, killed));
+        let r = running.remove(killed).finish();
+        eprintln!("round {round}: killed a child after {r:?}");
+        done.push(r);
+        while running.len() < 3 {
+            running.push(LeaseChild::spawn(&db));
+        }
+    }
+    eprintln!(
+        "handover after SIGKILL: {kill_handover:?}; after SIGSTOP (lease 1 s): {pause_handover:?}"
+    );
+    for c in running {
+        done.push(c.finish());
+    }
+    let acked: u64 = done.iter().map(|r| r.acked).sum();
+    let flushed: u64 = done.iter().map(|r| r.flushed).sum();
+    let fenced = done.iter().filter(|r| r.fenced).count();
+    let e = Engine::open(Config::postgres(&db)).unwrap();
+    let total = shared_total(&e);
+    assert!(
+        (flushed..=acked).contains(&total),
+        "final: {total} increments, expected between {flushed} (flushed) and {acked} \
+         (acknowledged); {done:?}"
+    );
+    eprintln!(
+        "{} processes ({rounds} killed, {pauses} paused past their lease, {fenced} fenced); \
+         final total {total} (flushed bound {flushed}, acknowledged bound {acked})",
+        done.len()
+    );
+    e.shutdown().unwrap();
+}

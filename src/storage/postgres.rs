@@ -80,6 +80,10 @@ pub(crate) const PARTITIONS: u32 = 64;
 /// engine open, 2^23 owners).
 const BLOB_LANE_BITS: u32 = 40;
 
+/// How long a claim waits for a lease row locked by another engine's flush
+/// before it answers [`Error::NotOwner`], in milliseconds.
+const CLAIM_LOCK_WAIT_MS: u32 = 1000;
+
 /// How many times open tries to create the tables when a concurrent open of
 /// another engine makes the attempt fail.
 const CREATE_ATTEMPTS: u32 = 5;
@@ -380,11 +384,26 @@ impl Leases {
             attempt += 1;
             let client = match conn.take() {
                 Some(c) if !c.is_closed() => conn.insert(c),
-                _ => conn.insert(self.target.connect()?),
+                _ => {
+                    let mut c = self.target.connect()?;
+                    // A claim never waits long behind another engine's
+                    // flush (which holds the lease row's lock).
+                    c.batch_execute(&format!("SET lock_timeout TO {}", CLAIM_LOCK_WAIT_MS))
+                        .map_err(|e| pg_error(&self.target.name, e))?;
+                    conn.insert(c)
+                }
             };
             let began = Instant::now();
             match take(client, p, owner, held, self.ttl_secs(), pid) {
                 Ok(row) => break (began, row),
+                // The lease row is locked by its holder's flush in progress
+                // (or by a paused one): held, as far as this claim knows.
+                Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                    return Err(not_owner(
+                        p,
+                        "another engine holds it (its lease row is locked by a flush in progress)",
+                    ));
+                }
                 Err(e) => {
                     *conn = None;
                     // One more try on a fresh connection (the server may
@@ -789,7 +808,17 @@ impl PostgresStorage {
             next_blob: start,
             digest: Some(Digest::default()),
         };
-        Ok(Some(Bytes::from(codec::encode_state(&state)?)))
+        // Stored at once: the durable record recovery writes next names
+        // this seq, and another engine's open checks the two together.
+        let raw = codec::encode_state(&state)?;
+        self.pool.write(|c| {
+            c.execute(
+                "INSERT INTO millpond_sys (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &raw],
+            )
+        })?;
+        Ok(Some(Bytes::from(raw)))
     }
 
     /// Rows of `(key, value)` as `Bytes` pairs.
