@@ -147,7 +147,7 @@ pub enum Error {
     ForeignTree,
 
     /// With many engines on one PostgreSQL database
-    /// ([`Config::postgres`](crate::Config::postgres)): this engine does not
+    /// (`Config::postgres`, feature `postgres`): this engine does not
     /// hold the lease of the key's partition. Another engine holds it, or
     /// this engine's lease was taken over (it expired while the engine was
     /// paused or cut off); a partition whose lease was lost stays refused for

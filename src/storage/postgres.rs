@@ -16,7 +16,8 @@
 //! - `millpond_durable (owner bigint, record bytea)`: each engine's durable
 //!   record;
 //! - `millpond_lease (part integer, owner bigint, epoch bigint, expires
-//!   timestamptz)`: the partition leases;
+//!   timestamptz, pid integer)`: the partition leases (`pid`: the holder's
+//!   presence connection);
 //! - the sequence `millpond_owner`: owner ids, one per engine open.
 //!
 //! What it keeps of the [`Storage`] promises:
