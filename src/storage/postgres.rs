@@ -143,13 +143,21 @@ impl Target {
         self.config.as_ref().err().map(String::as_str)
     }
 
-    fn connect(&self) -> Result<Client> {
+    /// A connection of an engine whose leases last `ttl`.
+    fn connect(&self, ttl: Duration) -> Result<Client> {
         let config = self.config.as_ref().map_err(|e| Error::Config(e.clone()))?;
         let mut client = config.connect(NoTls).map_err(|e| pg_error(&self.name, e))?;
         // Every transaction commits without waiting for the WAL flush unless
-        // it says otherwise (sync and the durable record do).
+        // it says otherwise (sync and the durable record do). A session left
+        // idle inside a transaction for a lease's length (its engine paused
+        // in the middle of a flush) is ended by the server, so that the
+        // lease rows it locked can be taken over once they expire.
         client
-            .batch_execute("SET synchronous_commit TO off")
+            .batch_execute(&format!(
+                "SET synchronous_commit TO off;
+                 SET idle_in_transaction_session_timeout TO {}",
+                ttl.as_millis().max(1)
+            ))
             .map_err(|e| pg_error(&self.name, e))?;
         Ok(client)
     }
@@ -216,7 +224,7 @@ impl Backend for PostgresBackend {
     }
 
     fn probe(&self) -> Result<()> {
-        let mut client = self.target.connect()?;
+        let mut client = self.target.connect(self.leases.ttl)?;
         client
             .simple_query("SELECT 1")
             .map_err(|e| pg_error(&self.target.name, e))?;
@@ -386,7 +394,7 @@ impl Leases {
             let client = match conn.take() {
                 Some(c) if !c.is_closed() => conn.insert(c),
                 _ => {
-                    let mut c = self.target.connect()?;
+                    let mut c = self.target.connect(self.ttl)?;
                     // A claim never waits long behind another engine's
                     // flush (which holds the lease row's lock).
                     c.batch_execute(&format!("SET lock_timeout TO {}", CLAIM_LOCK_WAIT_MS))
@@ -453,7 +461,7 @@ impl Leases {
                 return Ok(*pid);
             }
         }
-        let mut client = self.target.connect()?;
+        let mut client = self.target.connect(self.ttl)?;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .and_then(|row| row.try_get(0))
@@ -497,7 +505,7 @@ impl Leases {
         let mut conn = self.conn.lock();
         let client = match conn.take() {
             Some(c) if !c.is_closed() => conn.insert(c),
-            _ => conn.insert(self.target.connect()?),
+            _ => conn.insert(self.target.connect(self.ttl)?),
         };
         let outcome = client.execute(
             "UPDATE millpond_lease l SET expires = '-infinity'
@@ -547,6 +555,8 @@ struct Pool {
     /// refused from then on (reads go on), until the keeper replaces the
     /// storage, which retakes the lock and checks what the server kept.
     broken: Mutex<Option<String>>,
+    /// The engine's lease length (see [`Target::connect`]).
+    ttl: Duration,
 }
 
 impl Pool {
@@ -589,7 +599,7 @@ impl Pool {
 
     /// A new connection, checked to be to the server open saw.
     fn connect(&self) -> Result<Client> {
-        let mut client = self.target.connect()?;
+        let mut client = self.target.connect(self.ttl)?;
         let started = server_started(&mut client).map_err(|e| pg_error(&self.target.name, e))?;
         if started != self.started {
             self.break_off(format!(
@@ -645,13 +655,14 @@ impl PostgresStorage {
     /// checks that the server kept every engine's last durable point.
     fn open(target: &Arc<Target>, leases: Arc<Leases>) -> Result<PostgresStorage> {
         let name = &target.name;
-        let mut first = target.connect()?;
+        let mut first = target.connect(leases.ttl)?;
         let started = server_started(&mut first).map_err(|e| pg_error(name, e))?;
         let pool = Pool {
             target: Arc::clone(target),
             idle: Mutex::new(vec![first]),
             started,
             broken: Mutex::new(None),
+            ttl: leases.ttl,
         };
         create_tables(&pool)?;
         let owner = {
