@@ -958,3 +958,100 @@ fn engine_processes_share_counters_through_kills_and_pauses() {
     );
     e.shutdown().unwrap();
 }
+
+/// Two engines on one database through a server crash: both come back
+/// (their storage reopened under the same owner and leases), every
+/// checkpointed key of either is there, and both go on writing their own
+/// partitions. An engine's lane that lost what its durable record promised
+/// (its state record deleted behind its back) makes the next open refuse
+/// the store.
+#[test]
+fn two_engines_survive_a_server_crash_and_a_lost_lane_is_refused() {
+    // Its own server: it is crashed.
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let db = server.database();
+    let config = Config::postgres(&db)
+        .write_delay(Duration::from_millis(1))
+        .inline_threshold(common::BLOB_OVER);
+    let e1 = Engine::open(config.clone()).unwrap();
+    let e2 = Engine::open(config.clone()).unwrap();
+    // Keys each engine may write: the first wins a partition, the other
+    // writes what is left.
+    let mut own: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..200u64 {
+        let key = format!("k{i:04}");
+        // The engines take turns at trying first.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for n in order {
+            let e = [&e1, &e2][n];
+            match e.set(
+                key.as_bytes(),
+                &value(i, if i % 7 == 0 { 3000 } else { 40 }),
+            ) {
+                Ok(()) => {
+                    own[n].push(key.clone());
+                    break;
+                }
+                Err(Error::NotOwner { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    assert!(!own[0].is_empty() && !own[1].is_empty(), "{own:?}");
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    server.crash();
+    server.restart();
+    // Each goes on once its storage is reopened (writes may be refused
+    // meanwhile while the flusher's retries fail).
+    for (n, e) in [&e1, &e2].into_iter().enumerate() {
+        let patience = common::Patience::new("a checkpoint after the server crash");
+        let key = own[n][0].clone();
+        loop {
+            let done = e
+                .set(key.as_bytes(), b"after")
+                .and_then(|()| e.checkpoint());
+            match done {
+                Ok(_) => break,
+                Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                    patience.check();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(other) => panic!("engine {n}: {other}"),
+            }
+        }
+    }
+    for (n, e) in [&e1, &e2].into_iter().enumerate() {
+        for (m, keys) in own.iter().enumerate() {
+            for key in &keys[1..] {
+                assert!(
+                    e.get(key.as_bytes()).unwrap().is_some(),
+                    "engine {n} lost engine {m}'s checkpointed {key}"
+                );
+            }
+            assert_eq!(e.get(keys[0].as_bytes()).unwrap().unwrap(), b"after");
+        }
+    }
+    let report = e1.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e1.shutdown().unwrap();
+    e2.shutdown().unwrap();
+    drop((e1, e2));
+    let e = Engine::open(config.clone()).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    // A lane whose state record is gone though its durable record promised
+    // writes: the server lost a completed checkpoint.
+    server.psql(
+        &db,
+        "DELETE FROM millpond_sys WHERE key = 'state'::bytea || int8send(\
+         (SELECT min(owner) FROM millpond_durable))",
+    );
+    match Engine::open(config) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("durable"), "{detail}"),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("opened a store that lost an engine's checkpoint"),
+    }
+}
