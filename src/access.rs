@@ -153,6 +153,7 @@ impl Shared {
         deadline: Option<UnixMillis>,
     ) -> Result<Inserted> {
         let cost = cost_of(key.len(), &slot);
+        self.keeper.claim(key)?;
         let mut reserved = self.admit(cost)?;
         let index = self.buffer.shard_of(key);
         let inserted = loop {
@@ -227,6 +228,7 @@ impl Shared {
         need_bytes: bool,
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
+        self.keeper.claim(key)?;
         let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);
@@ -337,13 +339,26 @@ impl Shared {
     /// does not fit now, leaving the rest for a later tick; a full purge
     /// waits for room without the shard lock. Returns the keys purged.
     pub(crate) fn purge(&self, slice: Option<usize>) -> u64 {
+        let (purged, claimed) = self.purge_once(slice);
+        if claimed {
+            // Partitions taken just now: their expired keys go at once.
+            purged + self.purge_once(slice).0
+        } else {
+            purged
+        }
+    }
+
+    /// One pass of [`Shared::purge`]: the keys purged, and whether it took
+    /// the lease of a partition it found expired keys of.
+    fn purge_once(&self, slice: Option<usize>) -> (u64, bool) {
         if self.check_open().is_err() || self.health().is_poisoned() {
-            return 0;
+            return (0, false);
         }
         let now = self.now();
         let mut purged = 0;
         let mut first_dirty = false;
         let mut reserved = self.buffer.no_reservation();
+        let mut unowned = Vec::new();
         'shards: for index in 0..SHARDS {
             loop {
                 let mut shard = self.buffer.lock(index);
@@ -353,6 +368,12 @@ impl Shared {
                 let mut short = None;
                 for key in shard.expiry().expired(now, slice.unwrap_or(usize::MAX)) {
                     if self.buffer.held(&shard, &key).is_some() {
+                        continue;
+                    }
+                    if !self.keeper.owns(&key) {
+                        // Expiry runs only in the key's owner: claimed
+                        // below, outside the shard lock.
+                        unowned.push(key);
                         continue;
                     }
                     let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
@@ -392,10 +413,26 @@ impl Shared {
             }
         }
         drop(reserved);
+        // Keys of partitions this engine does not own (a database shared by
+        // many engines): take the lease if it is free, so that the next
+        // purge deletes them; a key another engine owns leaves this
+        // engine's expiry index (its owner purges it; reads see it expired
+        // either way).
+        let mut claimed = false;
+        for key in unowned {
+            match self.keeper.claim(&key) {
+                Ok(()) => claimed = true,
+                Err(Error::NotOwner { .. }) => {
+                    let index = self.buffer.shard_of(&key);
+                    self.buffer.lock(index).forget_deadline(&key);
+                }
+                Err(_) => {}
+            }
+        }
         if purged > 0 {
             Counters::add(&self.counters.expired, purged);
             self.after_write(first_dirty);
         }
-        purged
+        (purged, claimed)
     }
 }

@@ -131,8 +131,18 @@ impl Config {
     /// a store directory.
     ///
     /// - `open` creates millpond's tables (`millpond_*`) in the database if
-    ///   they are missing; a database holds one store. While one engine has
-    ///   it open, another `open` fails with [`Error::Locked`].
+    ///   they are missing; a database holds one store, which **many engines**
+    ///   (in one or many processes, on one or many machines) may have open
+    ///   at once. The keyspace is split into 64 partitions by a hash of the
+    ///   key; an engine takes a partition's lease at its first write to it
+    ///   (or fails with [`Error::NotOwner`] while another engine holds it),
+    ///   renews it with every flush, and lets it go at shutdown; a lease not
+    ///   renewed for [`Config::lease_ttl`] may be taken by another engine,
+    ///   and the engine that lost it is fenced: its flush is rolled back,
+    ///   and its writes to that partition fail with [`Error::NotOwner`]. A
+    ///   read of a key another engine owns returns what that engine last
+    ///   flushed (at most its `write_delay` plus one cycle old); the read
+    ///   cache is off with this backend.
     /// - A flush cycle is one PostgreSQL transaction. A write survives the
     ///   death of the engine's process once flushed (within `write_delay`
     ///   plus one cycle), and survives a crash of the server once a later
@@ -156,8 +166,10 @@ impl Config {
     }
 
     /// How long a partition lease of the PostgreSQL backend lasts, measured
-    /// by the server's clock. Default: 10 s. Between 1 s and 1 hour.
-    /// (Leases are not implemented yet: the value is validated and kept.)
+    /// by the server's clock. Default: 10 s. Between 1 s and 1 hour. An
+    /// engine that dies holds its partitions for up to this long; an engine
+    /// paused or cut off for longer may lose them (see
+    /// [`Error::NotOwner`]).
     #[cfg(feature = "postgres")]
     pub fn lease_ttl(mut self, ttl: Duration) -> Config {
         self.lease_ttl = ttl;
@@ -222,6 +234,12 @@ impl Config {
 
     /// The read cache's bound, default applied.
     pub(crate) fn read_cache_limit(&self) -> usize {
+        #[cfg(feature = "postgres")]
+        if let Location::Postgres(_) = self.location {
+            // Another engine may change a key this engine cached (once it
+            // takes the key's partition over), so nothing is cached.
+            return 0;
+        }
         self.read_cache_bytes.unwrap_or(self.max_dirty_bytes / 4)
     }
 

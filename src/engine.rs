@@ -453,6 +453,15 @@ impl Handle {
         }
         // Subscribers end; a `Synced` one gets what the final sync covered.
         s.watchers.close(flushed.is_ok());
+        // A backend shared by many engines lets go of this engine's leases,
+        // only once the final flush committed everything acknowledged (a
+        // failed one leaves them to expire). A failure to release is only
+        // logged: the leases then expire.
+        if flushed.is_ok() {
+            if let Err(e) = s.keeper.release() {
+                log::warn!("millpond: releasing the leases at shutdown failed: {e}");
+            }
+        }
         // Closing storage releases the store's lock.
         let closed = s.keeper.close();
         let outcome = flushed.and(joined).and(closed);

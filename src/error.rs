@@ -145,6 +145,21 @@ pub enum Error {
     /// ([`Transaction::tree`](crate::Transaction::tree)).
     #[error("the tree belongs to another engine than the transaction")]
     ForeignTree,
+
+    /// With many engines on one PostgreSQL database
+    /// (`Config::postgres`, feature `postgres`): this engine does not
+    /// hold the lease of the key's partition. Another engine holds it, or
+    /// this engine's lease was taken over (it expired while the engine was
+    /// paused or cut off); a partition whose lease was lost stays refused for
+    /// the life of the engine, and a flush that held writes of it was rolled
+    /// back whole (those writes are lost, as in a crash of this engine).
+    #[error("this engine does not own partition {partition}: {reason}")]
+    NotOwner {
+        /// The partition (a hash of the key; see DESIGN.md, "Leases").
+        partition: u32,
+        /// Why: who holds it, or how the lease was lost.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -191,6 +206,10 @@ impl Error {
             },
             Error::Reentrant => Error::Reentrant,
             Error::ForeignTree => Error::ForeignTree,
+            Error::NotOwner { partition, reason } => Error::NotOwner {
+                partition: *partition,
+                reason: reason.clone(),
+            },
         }
     }
 

@@ -385,6 +385,9 @@ impl<'a> Transaction<'a> {
                 max: MAX_BODY,
             });
         }
+        for key in self.writes.keys() {
+            s.keeper.claim(key)?;
+        }
         let mut reserved = s.admit(incoming)?;
         let mut indexes: Vec<usize> = self
             .reads

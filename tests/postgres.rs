@@ -1,6 +1,7 @@
 //! The PostgreSQL backend (feature `postgres`) against a real server started
-//! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; the lock of a
-//! database in use; transactions; expiry; the table version; server
+//! by `common/pg.rs`: set, get, checkpoint and reopen; blobs; two engines
+//! sharing a database (partition leases, `NotOwner`, fencing of an engine
+//! whose lease was taken over); transactions; expiry; the table version; server
 //! crashes (`pg_ctl stop -m immediate`), which never lose a completed
 //! checkpoint; and engine processes killed with SIGKILL in turn on one
 //! database, which lose only unflushed increments and apply none twice. Each test passes without running where no server can be
@@ -96,21 +97,61 @@ fn writes_reads_checkpoints_and_reopens() {
 }
 
 #[test]
-fn a_database_in_use_is_locked_and_a_bad_conninfo_is_a_config_error() {
+fn two_engines_share_a_database_and_a_bad_conninfo_is_a_config_error() {
     let Some(server) = PgServer::shared() else {
         return;
     };
     let db = server.database();
-    let e = Engine::open(quiet(&db)).unwrap();
-    match Engine::open(quiet(&db)) {
-        Err(Error::Locked { path }) => assert_eq!(path, e.dir()),
-        Err(other) => panic!("expected Locked, got {other}"),
-        Ok(_) => panic!("a second engine opened a database in use"),
+    let e1 = Engine::open(quiet(&db)).unwrap();
+    let e2 = Engine::open(quiet(&db)).unwrap();
+    // e1 takes the partitions of its keys at their first write.
+    for i in 0..10u64 {
+        e1.set(format!("a{i}").as_bytes(), &value(i, 100)).unwrap();
     }
+    e1.set(b"big", &value(7, 4000)).unwrap();
+    // e2 writes the keys of partitions e1 does not hold; the others are
+    // refused with NotOwner, naming the partition.
+    let (mut mine, mut refused) = (Vec::new(), 0);
+    for i in 0..200u64 {
+        let key = format!("b{i}");
+        match e2.set(key.as_bytes(), &value(i, 3000)) {
+            Ok(()) => mine.push((key, i)),
+            Err(Error::NotOwner { partition, reason }) => {
+                assert!(partition < 64, "{partition}");
+                assert!(reason.contains("holds it"), "{reason}");
+                refused += 1;
+            }
+            Err(other) => panic!("expected Ok or NotOwner, got {other}"),
+        }
+    }
+    assert!(refused > 0 && mine.len() > 100, "{refused} refused");
+    assert!(matches!(e2.set(b"a0", b"x"), Err(Error::NotOwner { .. })));
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    // Each reads what the other flushed.
+    for i in 0..10u64 {
+        assert_eq!(
+            e2.get(format!("a{i}").as_bytes()).unwrap().unwrap(),
+            value(i, 100)
+        );
+    }
+    assert_eq!(e2.get(b"big").unwrap().unwrap(), value(7, 4000));
+    for (key, i) in &mine {
+        assert_eq!(e1.get(key.as_bytes()).unwrap().unwrap(), value(*i, 3000));
+    }
+    // Shutdown releases e1's leases: e2 takes them at once.
+    e1.shutdown().unwrap();
+    drop(e1);
+    e2.set(b"a0", b"now e2's").unwrap();
+    e2.checkpoint().unwrap();
+    let report = e2.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e2.shutdown().unwrap();
+    drop(e2);
+    let e = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e.get(b"a0").unwrap().unwrap(), b"now e2's");
+    assert_eq!(e.get(b"a1").unwrap().unwrap(), value(1, 100));
     e.shutdown().unwrap();
-    drop(e);
-    // Released by shutdown.
-    Engine::open(quiet(&db)).unwrap().shutdown().unwrap();
 
     match Engine::open(Config::postgres("host=127.0.0.1 port=notaport")) {
         Err(Error::Config(_)) => {}
@@ -541,4 +582,476 @@ fn a_server_that_lost_flushed_cycles_poisons_the_running_engine() {
     );
     eprintln!("the server kept the flushed cycle: {kept}; the engine was poisoned: {poisoned}");
     e.shutdown().unwrap();
+}
+
+/// An engine whose lease was taken over behind its back (the epoch moved on
+/// in the lease row, as a takeover by another engine does) is fenced: its
+/// next flush fails with NotOwner and nothing of it lands, its later writes
+/// to that partition fail with NotOwner, and another engine sees what was
+/// flushed before the takeover.
+#[test]
+fn an_engine_whose_lease_was_taken_over_is_fenced() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let e1 = Engine::open(quiet(&db)).unwrap();
+    e1.set(b"k", b"before").unwrap();
+    e1.set(b"k-blob", &value(3, 4000)).unwrap();
+    e1.checkpoint().unwrap();
+    // Every lease e1 holds goes to an owner that is no engine (no presence
+    // connection: any engine may take it from there).
+    server.psql(
+        &db,
+        "UPDATE millpond_lease SET epoch = epoch + 1, owner = 0, pid = 0",
+    );
+    // Accepted into the buffer (e1 does not know yet)...
+    e1.set(b"k", b"stale").unwrap();
+    e1.set(b"k-blob", &value(4, 4000)).unwrap();
+    // ...but its flush is rolled back and reported.
+    match e1.checkpoint() {
+        Err(Error::NotOwner { reason, .. }) => assert!(reason.contains("rolled back"), "{reason}"),
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    let e2 = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"before");
+    assert_eq!(e2.get(b"k-blob").unwrap().unwrap(), value(3, 4000));
+    // The partition stays refused to e1; e2 takes it.
+    match e1.set(b"k", b"again") {
+        Err(Error::NotOwner { reason, .. }) => assert!(reason.contains("taken over"), "{reason}"),
+        other => panic!("expected NotOwner, got {other:?}"),
+    }
+    e2.set(b"k", b"e2's").unwrap();
+    e2.checkpoint().unwrap();
+    // The fenced engine's shutdown reports that its buffered writes could
+    // not be persisted.
+    assert!(e1.shutdown().is_err());
+    drop(e1);
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"e2's");
+    assert_eq!(e2.get(b"k-blob").unwrap().unwrap(), value(3, 4000));
+    e2.shutdown().unwrap();
+}
+
+/// A lease not renewed for `lease_ttl` (its engine alive but not flushing,
+/// as a paused one) is taken by another engine once it expires by the
+/// server's clock, never before; the first engine is then fenced.
+#[test]
+fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let ttl = Duration::from_secs(1);
+    let e1 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    let e2 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    e1.set(b"k", b"1").unwrap();
+    // Before the flush that renews the lease (its transaction's `now()`
+    // is later than this).
+    let renewed = std::time::Instant::now();
+    e1.checkpoint().unwrap();
+    e1.set(b"k", b"unflushed").unwrap();
+    let patience = common::Patience::new("the lease to expire");
+    let took = loop {
+        match e2.set(b"k", b"2") {
+            Ok(()) => break renewed.elapsed(),
+            Err(Error::NotOwner { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
+        }
+    };
+    // Never before the TTL (measured from before e1's renewing commit).
+    assert!(took >= ttl, "taken after {took:?}");
+    eprintln!("lease handover after expiry: {took:?} after the last renewal (ttl {ttl:?})");
+    e2.checkpoint().unwrap();
+    assert!(matches!(e1.checkpoint(), Err(Error::NotOwner { .. })));
+    assert!(matches!(e1.set(b"k", b"x"), Err(Error::NotOwner { .. })));
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), b"2");
+    assert!(e1.shutdown().is_err());
+    drop(e1);
+    e2.shutdown().unwrap();
+    drop(e2);
+    let e = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), b"2");
+    e.shutdown().unwrap();
+}
+
+/// Counters shared by the [`pg_lease_child`] processes.
+const SHARED_COUNTERS: u64 = 24;
+
+fn shared_total(e: &Engine) -> u64 {
+    (0..SHARED_COUNTERS)
+        .map(|c| {
+            e.get(format!("shared-{c}").as_bytes())
+                .unwrap()
+                .map_or(0, |v| common::u64_value(&v))
+        })
+        .sum()
+}
+
+/// The child of `engine_processes_share_counters_through_kills_and_pauses`
+/// (does nothing unless `MILLPOND_PG_LEASE_CHILD` names a database), one of
+/// several at once on one database: two threads increment the shared
+/// counters with `modify`, passing over a counter whose partition another
+/// engine holds (`NotOwner`); prints `acked <n>` after each increment
+/// returned and `flushed <n>` after a checkpoint that began once `n` had
+/// returned. A fenced engine (a checkpoint failed: its lease was taken over
+/// while it was paused) prints `fenced <n>` and exits.
+#[test]
+fn pg_lease_child() {
+    let Ok(conninfo) = std::env::var("MILLPOND_PG_LEASE_CHILD") else {
+        return;
+    };
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let e = Engine::open(
+        Config::postgres(&conninfo)
+            .write_delay(Duration::from_millis(2))
+            .lease_ttl(Duration::from_secs(1)),
+    )
+    .expect("open");
+    let out = Arc::new(std::io::stdout());
+    let acked = Arc::new(AtomicU64::new(0));
+    for t in 0..2u64 {
+        let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let key = format!("shared-{}", (i * 2 + t) % SHARED_COUNTERS);
+                let done = e.modify(key.as_bytes(), |v| {
+                    let n = v.as_deref().map_or(0, common::u64_value);
+                    *v = Some((n + 1).to_le_bytes().to_vec());
+                });
+                match done {
+                    Ok(()) => {
+                        let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                        writeln!(out.lock(), "acked {n}").unwrap();
+                    }
+                    Err(Error::NotOwner { .. }) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    // A fenced engine whose flushes keep failing: the
+                    // checkpoint thread reports it.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let n = acked.load(Ordering::SeqCst);
+        match e.checkpoint() {
+            Ok(_) => writeln!(out.lock(), "flushed {n}").unwrap(),
+            Err(err) => {
+                writeln!(out.lock(), "fenced {n} ({err})").unwrap();
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// What one child reported.
+#[derive(Default, Debug, Clone, Copy)]
+struct ChildReport {
+    acked: u64,
+    flushed: u64,
+    fenced: bool,
+}
+
+/// A running [`pg_lease_child`] with a thread reading its reports.
+struct LeaseChild {
+    child: std::process::Child,
+    report: Arc<parking_lot::Mutex<ChildReport>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LeaseChild {
+    fn spawn(db: &str) -> LeaseChild {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pg_lease_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MILLPOND_PG_LEASE_CHILD", db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let report = Arc::new(parking_lot::Mutex::new(ChildReport::default()));
+        let r = report.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut words = line.split_whitespace();
+                // The harness may print `test pg_lease_child ... ` first.
+                let Some(pos) = line
+                    .split_whitespace()
+                    .position(|w| matches!(w, "acked" | "flushed" | "fenced"))
+                else {
+                    continue;
+                };
+                let what = words.nth(pos).unwrap_or_default().to_owned();
+                let Some(n) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let mut r = r.lock();
+                match what.as_str() {
+                    "acked" => r.acked = r.acked.max(n),
+                    "flushed" => r.flushed = r.flushed.max(n),
+                    _ => r.fenced = true,
+                }
+            }
+        });
+        LeaseChild {
+            child,
+            report,
+            reader: Some(reader),
+        }
+    }
+
+    fn report(&self) -> ChildReport {
+        *self.report.lock()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Kills it (if it still runs) and returns all it reported.
+    fn finish(mut self) -> ChildReport {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.report()
+    }
+}
+
+/// Several engine processes at once on one database increment shared
+/// counters, each owning the partitions it took; some are killed with
+/// SIGKILL (their partitions go to the others at once: their presence
+/// connection is gone), some paused with SIGSTOP past their lease (their
+/// partitions go to the others once expired; woken, they are fenced). The
+/// final counters are between the increments flushed and those
+/// acknowledged: none applied twice, none flushed lost.
+#[test]
+fn engine_processes_share_counters_through_kills_and_pauses() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let rounds = common::workload::trials("PG_LEASE", 3);
+    let mut done: Vec<ChildReport> = Vec::new();
+    let mut running: Vec<LeaseChild> = (0..3).map(|_| LeaseChild::spawn(&db)).collect();
+    // Waits until the running children together made progress (one may
+    // hold every counter's partition while the others wait for it).
+    let wait_progress = |running: &[LeaseChild]| {
+        let sum = |running: &[LeaseChild]| {
+            running
+                .iter()
+                .map(LeaseChild::report)
+                .fold((0, 0), |(a, f), r| (a + r.acked, f + r.flushed))
+        };
+        let patience = common::Patience::new("the children's increments");
+        let (acked, flushed) = sum(running);
+        loop {
+            let (a, f) = sum(running);
+            if a > acked + 200 && f > flushed {
+                return;
+            }
+            patience.check();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // How long until the others' increments go on after `stopped` (the
+    // busiest child) stopped: the handover of its partitions.
+    let handover = |running: &[LeaseChild], stopped: usize| {
+        let others = |running: &[LeaseChild]| -> u64 {
+            running
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != stopped)
+                .map(|(_, c)| c.report().acked)
+                .sum()
+        };
+        let began = std::time::Instant::now();
+        let before = others(running);
+        let patience = common::Patience::new("the others to take the partitions over");
+        while others(running) < before + 100 {
+            patience.check();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        began.elapsed()
+    };
+    let busiest = |running: &[LeaseChild]| {
+        (0..running.len())
+            .max_by_key(|&i| running[i].report().acked)
+            .unwrap_or(0)
+    };
+    let (mut pauses, mut kill_handover, mut pause_handover) = (0, Vec::new(), Vec::new());
+    for round in 0..rounds {
+        wait_progress(&running);
+        // Pause the busiest past its lease (1 s): the others take its
+        // partitions once they expire; woken, it is fenced (its flush in
+        // progress holds writes of partitions taken meanwhile).
+        let paused = busiest(&running);
+        running[paused].signal("-STOP");
+        pause_handover.push(handover(&running, paused));
+        std::thread::sleep(Duration::from_millis(1500));
+        running[paused].signal("-CONT");
+        pauses += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let r = running[paused].report();
+        eprintln!("round {round}: paused child woke up: {r:?}");
+        if r.fenced {
+            done.push(running.remove(paused).finish());
+        }
+        // Kill the busiest: its partitions go to the others at once (its
+        // presence connection is gone).
+        wait_progress(&running);
+        let killed = busiest(&running);
+        let c = running.remove(killed);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &c.child.id().to_string()])
+            .status();
+        running.insert(killed, c);
+        kill_handover.push(handover(&running, killed));
+        let r = running.remove(killed).finish();
+        eprintln!("round {round}: killed a child after {r:?}");
+        done.push(r);
+        while running.len() < 3 {
+            running.push(LeaseChild::spawn(&db));
+        }
+    }
+    eprintln!(
+        "handover after SIGKILL: {kill_handover:?}; after SIGSTOP (lease 1 s): {pause_handover:?}"
+    );
+    for c in running {
+        done.push(c.finish());
+    }
+    let acked: u64 = done.iter().map(|r| r.acked).sum();
+    let flushed: u64 = done.iter().map(|r| r.flushed).sum();
+    let fenced = done.iter().filter(|r| r.fenced).count();
+    let e = Engine::open(Config::postgres(&db)).unwrap();
+    let total = shared_total(&e);
+    assert!(
+        (flushed..=acked).contains(&total),
+        "final: {total} increments, expected between {flushed} (flushed) and {acked} \
+         (acknowledged); {done:?}"
+    );
+    eprintln!(
+        "{} processes ({rounds} killed, {pauses} paused past their lease, {fenced} fenced); \
+         final total {total} (flushed bound {flushed}, acknowledged bound {acked})",
+        done.len()
+    );
+    e.shutdown().unwrap();
+}
+
+/// Two engines on one database through a server crash: both come back
+/// (their storage reopened under the same owner and leases), every
+/// checkpointed key of either is there, and both go on writing their own
+/// partitions. An engine's lane that lost what its durable record promised
+/// (its state record deleted behind its back) makes the next open refuse
+/// the store.
+#[test]
+fn two_engines_survive_a_server_crash_and_a_lost_lane_is_refused() {
+    // Its own server: it is crashed.
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let db = server.database();
+    let config = Config::postgres(&db)
+        .write_delay(Duration::from_millis(1))
+        .inline_threshold(common::BLOB_OVER);
+    let e1 = Engine::open(config.clone()).unwrap();
+    let e2 = Engine::open(config.clone()).unwrap();
+    // Keys each engine may write: the first wins a partition, the other
+    // writes what is left.
+    let mut own: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..200u64 {
+        let key = format!("k{i:04}");
+        // The engines take turns at trying first.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for n in order {
+            let e = [&e1, &e2][n];
+            match e.set(
+                key.as_bytes(),
+                &value(i, if i % 7 == 0 { 3000 } else { 40 }),
+            ) {
+                Ok(()) => {
+                    own[n].push(key.clone());
+                    break;
+                }
+                Err(Error::NotOwner { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    assert!(!own[0].is_empty() && !own[1].is_empty(), "{own:?}");
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    server.crash();
+    server.restart();
+    // Each goes on once its storage is reopened (writes may be refused
+    // meanwhile while the flusher's retries fail).
+    for (n, e) in [&e1, &e2].into_iter().enumerate() {
+        let patience = common::Patience::new("a checkpoint after the server crash");
+        let key = own[n][0].clone();
+        loop {
+            let done = e
+                .set(key.as_bytes(), b"after")
+                .and_then(|()| e.checkpoint());
+            match done {
+                Ok(_) => break,
+                Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                    patience.check();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(other) => panic!("engine {n}: {other}"),
+            }
+        }
+    }
+    for (n, e) in [&e1, &e2].into_iter().enumerate() {
+        for (m, keys) in own.iter().enumerate() {
+            for key in &keys[1..] {
+                assert!(
+                    e.get(key.as_bytes()).unwrap().is_some(),
+                    "engine {n} lost engine {m}'s checkpointed {key}"
+                );
+            }
+            assert_eq!(e.get(keys[0].as_bytes()).unwrap().unwrap(), b"after");
+        }
+    }
+    let report = e1.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e1.shutdown().unwrap();
+    e2.shutdown().unwrap();
+    drop((e1, e2));
+    let e = Engine::open(config.clone()).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    // A lane whose state record is gone though its durable record promised
+    // writes: the server lost a completed checkpoint.
+    server.psql(
+        &db,
+        "DELETE FROM millpond_sys WHERE key = 'state'::bytea || int8send(\
+         (SELECT min(owner) FROM millpond_durable))",
+    );
+    match Engine::open(config) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("durable"), "{detail}"),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("opened a store that lost an engine's checkpoint"),
+    }
 }

@@ -171,6 +171,13 @@ impl Shard {
         self.generation
     }
 
+    /// Drops `key` from the expiry index, leaving its entry as it is: the
+    /// key belongs to another engine's partition (a database shared by many
+    /// engines), whose owner purges it.
+    pub(crate) fn forget_deadline(&mut self, key: &[u8]) {
+        self.expiry.set(key, None);
+    }
+
     pub(crate) fn expiry(&self) -> &ExpiryIndex {
         &self.expiry
     }

@@ -113,6 +113,21 @@ impl Keeper {
     }
 
     /// Storage replacements so far.
+    /// [`Backend::claim`]: may this engine write `key` (an internal key)?
+    pub(crate) fn claim(&self, key: &[u8]) -> Result<()> {
+        self.backend.claim(key)
+    }
+
+    /// [`Backend::owns`], without blocking.
+    pub(crate) fn owns(&self, key: &[u8]) -> bool {
+        self.backend.owns(key)
+    }
+
+    /// [`Backend::release`], at shutdown after a successful final flush.
+    pub(crate) fn release(&self) -> Result<()> {
+        self.backend.release()
+    }
+
     pub(crate) fn reopens(&self) -> u64 {
         self.reopens.load(Ordering::Relaxed)
     }

@@ -52,7 +52,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec::DurableRecord;
+use crate::codec::{Digest, DurableRecord};
 use crate::config::{Config, Location};
 use crate::error::Result;
 
@@ -79,9 +79,7 @@ pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
         }
         #[cfg(feature = "postgres")]
         Location::Postgres(target) => {
-            let backend = postgres::PostgresBackend {
-                target: Arc::clone(target),
-            };
+            let backend = postgres::PostgresBackend::new(Arc::clone(target), config.lease_ttl);
             (target.name().to_path_buf(), Box::new(backend))
         }
     })
@@ -96,6 +94,28 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Cheaply checks whether the medium accepts writes again (for example
     /// after a full disk was freed), without touching the store.
     fn probe(&self) -> Result<()>;
+
+    /// Makes sure this engine may write `key` (an internal key) before the
+    /// write is made: a backend shared by many engines takes or renews the
+    /// lease of the key's partition ([`crate::Error::NotOwner`] when another
+    /// engine holds it). Called without any engine lock held; may block on
+    /// the backend. Lasts across reopens of the storage. Default: always.
+    fn claim(&self, _key: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether this engine may write `key` now, without blocking (the
+    /// purger asks under a shard lock; `false` sends it to
+    /// [`Backend::claim`] outside the lock). Default: always.
+    fn owns(&self, _key: &[u8]) -> bool {
+        true
+    }
+
+    /// Lets go of what [`Backend::claim`] took, after a successful final
+    /// flush at shutdown. Default: nothing to do.
+    fn release(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Key of a value in the blob tree. Allocated by the flusher, increasing,
@@ -237,4 +257,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Replaces the durable record and makes it durable (survives a power
     /// cut) before returning; a torn write leaves the previous one readable.
     fn write_durable(&self, record: &DurableRecord) -> Result<()>;
+
+    /// The store digest of every user record when the state record does not
+    /// hold it: a store shared by many engines keeps one state record per
+    /// engine, each with the digest of the changes that engine committed,
+    /// and the store's digest is their sum (`verify`). Default: `None`, the
+    /// state record holds it.
+    fn store_digest(&self) -> Result<Option<Digest>> {
+        Ok(None)
+    }
 }

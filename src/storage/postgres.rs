@@ -13,7 +13,12 @@
 //! - `millpond_deadline (key bytea, record bytea)`: the deadline index;
 //! - `millpond_sys (key bytea, value bytea)`: system records ([`SysKey`]);
 //! - `millpond_blob (id bigint, bytes bytea)`: the blob tree;
-//! - `millpond_durable (id = 1, record bytea)`: the durable record.
+//! - `millpond_durable (owner bigint, record bytea)`: each engine's durable
+//!   record;
+//! - `millpond_lease (part integer, owner bigint, epoch bigint, expires
+//!   timestamptz, pid integer)`: the partition leases (`pid`: the holder's
+//!   presence connection);
+//! - the sequence `millpond_owner`: owner ids, one per engine open.
 //!
 //! What it keeps of the [`Storage`] promises:
 //! - an atomic commit: [`Storage::commit`] is one PostgreSQL transaction
@@ -30,9 +35,17 @@
 //!   `synchronous_commit = on`, which returns only once the WAL is flushed up
 //!   to its commit record, and so past every commit made before it;
 //!   [`Storage::write_durable`] commits the durable record the same way;
-//! - one engine per database: open takes a session-level advisory lock on a
-//!   connection held for as long as the storage is open
-//!   ([`Error::Locked`] while another engine has it).
+//! - many engines per database, with **leases and fencing** ([`Leases`]):
+//!   the keyspace is split into [`PARTITIONS`] partitions by a hash of the
+//!   internal key; `millpond_lease (part, owner, epoch, expires)` says which
+//!   engine may write each; every flush transaction first renews the leases
+//!   this engine holds (`owner = me AND epoch = my epoch`) and rolls back
+//!   unless every partition it writes was renewed. Each engine that opens the
+//!   database gets an owner id from the sequence `millpond_owner`, and its own
+//!   **lane** of the records that are one per store in the sled backend: the
+//!   state record (`state` ++ owner), gc records (`gc` ++ owner ++ id), the
+//!   durable record (`millpond_durable.owner`) and blob ids (`owner << 40`
+//!   and up). No advisory lock (CockroachDB has none).
 //!
 //! Connections: a small pool (`Pool`), one connection per concurrent call;
 //! a connection that returned an error is dropped, never reused. A lost
@@ -43,6 +56,7 @@
 //! crashed server may have lost commits made with `synchronous_commit =
 //! off`: the keeper then poisons the engine).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,20 +66,28 @@ use parking_lot::Mutex;
 use postgres::{Client, NoTls};
 
 use super::{Backend, BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
-use crate::codec::{self, DurableRecord};
+use crate::codec::{self, Digest, DurableRecord, StateRecord};
 use crate::error::{Error, Result};
 
-/// The version of the table layout this build creates and reads.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+/// The version of the table layout this build creates and reads (2: the
+/// lease table, per-owner lanes; version 1 had one engine per database and is
+/// refused).
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
-/// The advisory lock key that marks a database in use by an engine
-/// ("millpond" in ASCII).
-const LOCK_KEY: i64 = 0x6d69_6c6c_706f_6e64;
+/// The number of partitions the keyspace is split into for leases.
+pub(crate) const PARTITIONS: u32 = 64;
 
-/// How long open waits for another engine's lock to go (a connection just
-/// closed by a crashed or halted engine is released by the server a moment
-/// later).
-const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+/// Blob ids of owner `n` are `n << BLOB_LANE_BITS` and up (2^40 ids per
+/// engine open, 2^23 owners).
+const BLOB_LANE_BITS: u32 = 40;
+
+/// How long a claim waits for a lease row locked by another engine's flush
+/// before it answers [`Error::NotOwner`], in milliseconds.
+const CLAIM_LOCK_WAIT_MS: u32 = 1000;
+
+/// How many times open tries to create the tables when a concurrent open of
+/// another engine makes the attempt fail.
+const CREATE_ATTEMPTS: u32 = 5;
 
 /// Connections kept idle for reuse.
 const POOL_IDLE: usize = 8;
@@ -121,13 +143,21 @@ impl Target {
         self.config.as_ref().err().map(String::as_str)
     }
 
-    fn connect(&self) -> Result<Client> {
+    /// A connection of an engine whose leases last `ttl`.
+    fn connect(&self, ttl: Duration) -> Result<Client> {
         let config = self.config.as_ref().map_err(|e| Error::Config(e.clone()))?;
         let mut client = config.connect(NoTls).map_err(|e| pg_error(&self.name, e))?;
         // Every transaction commits without waiting for the WAL flush unless
-        // it says otherwise (sync and the durable record do).
+        // it says otherwise (sync and the durable record do). A session left
+        // idle inside a transaction for a lease's length (its engine paused
+        // in the middle of a flush) is ended by the server, so that the
+        // lease rows it locked can be taken over once they expire.
         client
-            .batch_execute("SET synchronous_commit TO off")
+            .batch_execute(&format!(
+                "SET synchronous_commit TO off;
+                 SET idle_in_transaction_session_timeout TO {}",
+                ttl.as_millis().max(1)
+            ))
             .map_err(|e| pg_error(&self.name, e))?;
         Ok(client)
     }
@@ -161,21 +191,339 @@ fn pg_error(name: &Path, e: postgres::Error) -> Error {
     }
 }
 
-/// Opens a PostgreSQL store (see [`Backend`]).
+/// Opens a PostgreSQL store (see [`Backend`]). One per `Engine::open`: it
+/// keeps the engine's owner id and leases across the keeper's reopens of the
+/// storage.
 pub(crate) struct PostgresBackend {
-    pub target: Arc<Target>,
+    target: Arc<Target>,
+    leases: Arc<Leases>,
+}
+
+impl PostgresBackend {
+    pub(crate) fn new(target: Arc<Target>, ttl: Duration) -> PostgresBackend {
+        PostgresBackend {
+            leases: Arc::new(Leases {
+                target: Arc::clone(&target),
+                ttl,
+                owner: Mutex::new(None),
+                state: Mutex::new(vec![Lease::Free; PARTITIONS as usize]),
+                conn: Mutex::new(None),
+                presence: Mutex::new(None),
+            }),
+            target,
+        }
+    }
 }
 
 impl Backend for PostgresBackend {
     fn open(&self) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(PostgresStorage::open(&self.target)?))
+        Ok(Arc::new(PostgresStorage::open(
+            &self.target,
+            Arc::clone(&self.leases),
+        )?))
     }
 
     fn probe(&self) -> Result<()> {
-        let mut client = self.target.connect()?;
+        let mut client = self.target.connect(self.leases.ttl)?;
         client
             .simple_query("SELECT 1")
             .map_err(|e| pg_error(&self.target.name, e))?;
+        Ok(())
+    }
+
+    fn claim(&self, key: &[u8]) -> Result<()> {
+        self.leases.claim(partition_of(key))
+    }
+
+    fn owns(&self, key: &[u8]) -> bool {
+        self.leases.owns(partition_of(key))
+    }
+
+    fn release(&self) -> Result<()> {
+        self.leases.release()
+    }
+}
+
+/// The partition of an internal key: XXH3 of the key, modulo
+/// [`PARTITIONS`] (stable across builds and machines).
+pub(crate) fn partition_of(key: &[u8]) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(PARTITIONS)) as u32
+}
+
+/// What this engine knows of one partition's lease.
+#[derive(Clone, Debug)]
+enum Lease {
+    /// Never taken by this engine.
+    Free,
+    /// Taken (or last renewed) at `epoch`; by this process's clock, no other
+    /// engine can take it before `valid_until` (the instant before the
+    /// renewing statement was sent, plus the TTL: the server's expiry is
+    /// later than that).
+    Held { epoch: i64, valid_until: Instant },
+    /// Taken over by another engine (or gone): refused for the life of this
+    /// engine, since its unflushed writes of it may be older than the new
+    /// owner's.
+    Lost { reason: String },
+}
+
+/// This engine's owner id and leases (see DESIGN.md, "Leases").
+struct Leases {
+    target: Arc<Target>,
+    ttl: Duration,
+    /// Taken from `millpond_owner` by the first open.
+    owner: Mutex<Option<i64>>,
+    /// One per partition.
+    state: Mutex<Vec<Lease>>,
+    /// The connection claims and the release run on (one at a time).
+    conn: Mutex<Option<Client>>,
+    /// This engine's presence connection and its server pid
+    /// ([`Leases::presence`]).
+    presence: Mutex<Option<(Client, i32)>>,
+}
+
+/// The statements of a claim: renews the lease at `held` (this engine's
+/// epoch) if nobody took it meanwhile, or takes it at the next epoch if it is
+/// free, expired, or held by an engine whose presence connection is gone.
+/// The new epoch, or `None` when another engine holds it.
+fn take(
+    client: &mut Client,
+    p: u32,
+    owner: i64,
+    held: Option<i64>,
+    ttl: f64,
+    pid: i32,
+) -> std::result::Result<Option<i64>, postgres::Error> {
+    let part = p as i32;
+    let row = match held {
+        Some(epoch) => client.query_opt(
+            "UPDATE millpond_lease SET expires = now() + make_interval(secs => $4), pid = $5
+             WHERE part = $1 AND owner = $2 AND epoch = $3 RETURNING epoch",
+            &[&part, &owner, &epoch, &ttl, &pid],
+        )?,
+        None => {
+            let taken = client.query_opt(
+                "UPDATE millpond_lease l
+                 SET owner = $2, epoch = l.epoch + 1,
+                     expires = now() + make_interval(secs => $3), pid = $4
+                 WHERE l.part = $1
+                   AND (l.expires < now()
+                        OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid))
+                 RETURNING l.epoch",
+                &[&part, &owner, &ttl, &pid],
+            )?;
+            match taken {
+                Some(row) => Some(row),
+                None => client.query_opt(
+                    "INSERT INTO millpond_lease (part, owner, epoch, expires, pid)
+                     VALUES ($1, $2, 1, now() + make_interval(secs => $3), $4)
+                     ON CONFLICT (part) DO NOTHING RETURNING epoch",
+                    &[&part, &owner, &ttl, &pid],
+                )?,
+            }
+        }
+    };
+    row.map(|row| row.try_get(0)).transpose()
+}
+
+/// Who holds partition `p`: owner, epoch, seconds left.
+fn holder(client: &mut Client, p: u32) -> Option<(i64, i64, f64)> {
+    let row = client
+        .query_opt(
+            "SELECT owner, epoch,
+                    GREATEST(extract(epoch FROM expires - now()), 0)::float8
+             FROM millpond_lease WHERE part = $1",
+            &[&(p as i32)],
+        )
+        .ok()??;
+    Some((
+        row.try_get(0).ok()?,
+        row.try_get(1).ok()?,
+        row.try_get(2).ok()?,
+    ))
+}
+
+fn not_owner(partition: u32, reason: impl Into<String>) -> Error {
+    Error::NotOwner {
+        partition,
+        reason: reason.into(),
+    }
+}
+
+impl Leases {
+    fn owner(&self) -> Result<i64> {
+        (*self.owner.lock()).ok_or(Error::Closed)
+    }
+
+    /// The TTL in seconds, as the server's `make_interval` takes it.
+    fn ttl_secs(&self) -> f64 {
+        self.ttl.as_secs_f64()
+    }
+
+    /// Whether the lease of `p` is held with at least half its TTL left.
+    fn owns(&self, p: u32) -> bool {
+        match self.state.lock().get(p as usize) {
+            Some(Lease::Held { valid_until, .. }) => Instant::now() + self.ttl / 2 < *valid_until,
+            _ => false,
+        }
+    }
+
+    /// Ok when this engine may write partition `p`: held with at least half
+    /// its TTL left, or renewed (held before) or taken (free, expired on the
+    /// server, or held by an engine whose presence connection is gone) now.
+    fn claim(&self, p: u32) -> Result<()> {
+        if self.owns(p) {
+            return Ok(());
+        }
+        let owner = self.owner()?;
+        let mut conn = self.conn.lock();
+        // Another thread may have claimed it while this one waited.
+        let held = match self.state.lock().get(p as usize) {
+            Some(Lease::Held { epoch, valid_until }) => {
+                if Instant::now() + self.ttl / 2 < *valid_until {
+                    return Ok(());
+                }
+                Some(*epoch)
+            }
+            Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
+            _ => None,
+        };
+        let pid = self.presence()?;
+        let mut attempt = 0;
+        let (began, row) = loop {
+            attempt += 1;
+            let client = match conn.take() {
+                Some(c) if !c.is_closed() => conn.insert(c),
+                _ => {
+                    let mut c = self.target.connect(self.ttl)?;
+                    // A claim never waits long behind another engine's
+                    // flush (which holds the lease row's lock).
+                    c.batch_execute(&format!("SET lock_timeout TO {}", CLAIM_LOCK_WAIT_MS))
+                        .map_err(|e| pg_error(&self.target.name, e))?;
+                    conn.insert(c)
+                }
+            };
+            let began = Instant::now();
+            match take(client, p, owner, held, self.ttl_secs(), pid) {
+                Ok(row) => break (began, row),
+                // The lease row is locked by its holder's flush in progress
+                // (or by a paused one): held, as far as this claim knows.
+                Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                    return Err(not_owner(
+                        p,
+                        "another engine holds it (its lease row is locked by a flush in progress)",
+                    ));
+                }
+                Err(e) => {
+                    *conn = None;
+                    // One more try on a fresh connection (the server may
+                    // have restarted since the last claim).
+                    if attempt >= 2 || !connection_lost(&e) {
+                        return Err(pg_error(&self.target.name, e));
+                    }
+                }
+            }
+        };
+        if let Some(epoch) = row {
+            if let Some(l) = self.state.lock().get_mut(p as usize) {
+                *l = Lease::Held {
+                    epoch,
+                    valid_until: began + self.ttl,
+                };
+            }
+            return Ok(());
+        }
+        let who = conn
+            .as_mut()
+            .and_then(|client| holder(client, p))
+            .map_or_else(
+                || "another engine holds it".to_owned(),
+                |(o, e, left)| format!("engine {o} holds it at epoch {e} for another {left:.1} s"),
+            );
+        match held {
+            Some(epoch) => {
+                let reason = format!("this engine's lease (epoch {epoch}) was taken over: {who}");
+                self.lose(p, reason.clone());
+                Err(not_owner(p, reason))
+            }
+            None => Err(not_owner(p, who)),
+        }
+    }
+
+    /// The server pid of this engine's presence connection: a connection
+    /// opened for nothing but being there, so that while it is open (the
+    /// engine's process lives, even paused) its leases wait for their expiry,
+    /// and once it is gone (the process died) another engine may take them
+    /// at once.
+    fn presence(&self) -> Result<i32> {
+        let mut presence = self.presence.lock();
+        if let Some((client, pid)) = &*presence {
+            if !client.is_closed() {
+                return Ok(*pid);
+            }
+        }
+        let mut client = self.target.connect(self.ttl)?;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| pg_error(&self.target.name, e))?;
+        *presence = Some((client, pid));
+        Ok(pid)
+    }
+
+    fn lose(&self, p: u32, reason: String) {
+        if let Some(l) = self.state.lock().get_mut(p as usize) {
+            if !matches!(l, Lease::Lost { .. }) {
+                log::warn!("millpond: lost the lease of partition {p}: {reason}");
+                *l = Lease::Lost { reason };
+            }
+        }
+    }
+
+    /// The partitions held, with their epochs.
+    fn held(&self) -> (Vec<i32>, Vec<i64>) {
+        self.state
+            .lock()
+            .iter()
+            .enumerate()
+            .filter_map(|(p, l)| match l {
+                Lease::Held { epoch, .. } => Some((p as i32, *epoch)),
+                _ => None,
+            })
+            .unzip()
+    }
+
+    /// Marks every lease this engine holds expired on the server (the next
+    /// claim by another engine takes it at once), and forgets them.
+    fn release(&self) -> Result<()> {
+        let Ok(owner) = self.owner() else {
+            return Ok(());
+        };
+        let (parts, epochs) = self.held();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let client = match conn.take() {
+            Some(c) if !c.is_closed() => conn.insert(c),
+            _ => conn.insert(self.target.connect(self.ttl)?),
+        };
+        let outcome = client.execute(
+            "UPDATE millpond_lease l SET expires = '-infinity'
+             FROM unnest($1::int[], $2::bigint[]) AS m(part, epoch)
+             WHERE l.part = m.part AND l.epoch = m.epoch AND l.owner = $3",
+            &[&parts, &epochs, &owner],
+        );
+        if let Err(e) = outcome {
+            *conn = None;
+            return Err(pg_error(&self.target.name, e));
+        }
+        for l in self.state.lock().iter_mut() {
+            if matches!(l, Lease::Held { .. }) {
+                *l = Lease::Lost {
+                    reason: "released at shutdown".into(),
+                };
+            }
+        }
         Ok(())
     }
 }
@@ -207,6 +555,8 @@ struct Pool {
     /// refused from then on (reads go on), until the keeper replaces the
     /// storage, which retakes the lock and checks what the server kept.
     broken: Mutex<Option<String>>,
+    /// The engine's lease length (see [`Target::connect`]).
+    ttl: Duration,
 }
 
 impl Pool {
@@ -249,7 +599,7 @@ impl Pool {
 
     /// A new connection, checked to be to the server open saw.
     fn connect(&self) -> Result<Client> {
-        let mut client = self.target.connect()?;
+        let mut client = self.target.connect(self.ttl)?;
         let started = server_started(&mut client).map_err(|e| pg_error(&self.target.name, e))?;
         if started != self.started {
             self.break_off(format!(
@@ -290,98 +640,197 @@ fn server_started(client: &mut Client) -> std::result::Result<String, postgres::
         .try_get(0)
 }
 
-/// An open PostgreSQL store. Dropping it releases the database for the next
-/// open.
+/// An open PostgreSQL store: one engine's view of a database that many
+/// engines may share.
 pub(crate) struct PostgresStorage {
     pool: Pool,
-    /// The connection holding the advisory lock for as long as the storage
-    /// is open.
-    lock: Mutex<Client>,
+    leases: Arc<Leases>,
+    /// This engine's owner id (its lane of per-engine records).
+    owner: i64,
 }
 
 impl PostgresStorage {
-    /// Connects, takes the database's lock (or [`Error::Locked`]), and
-    /// creates the tables of a new store or checks the version of an
-    /// existing one.
-    pub(crate) fn open(target: &Arc<Target>) -> Result<PostgresStorage> {
+    /// Connects, creates the tables of a new store or checks the version of
+    /// an existing one, takes an owner id (the first open of an engine) and
+    /// checks that the server kept every engine's last durable point.
+    fn open(target: &Arc<Target>, leases: Arc<Leases>) -> Result<PostgresStorage> {
         let name = &target.name;
-        let mut lock = target.connect()?;
-        let started = Instant::now();
-        loop {
-            let row = lock
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-                .map_err(|e| pg_error(name, e))?;
-            let taken: bool = row.try_get(0).map_err(|e| pg_error(name, e))?;
-            if taken {
-                break;
-            }
-            if started.elapsed() >= LOCK_PATIENCE {
-                return Err(Error::Locked { path: name.clone() });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let started = server_started(&mut lock).map_err(|e| pg_error(name, e))?;
-        let storage = PostgresStorage {
-            pool: Pool {
-                target: Arc::clone(target),
-                idle: Mutex::new(Vec::new()),
-                started,
-                broken: Mutex::new(None),
-            },
-            lock: Mutex::new(lock),
+        let mut first = target.connect(leases.ttl)?;
+        let started = server_started(&mut first).map_err(|e| pg_error(name, e))?;
+        let pool = Pool {
+            target: Arc::clone(target),
+            idle: Mutex::new(vec![first]),
+            started,
+            broken: Mutex::new(None),
+            ttl: leases.ttl,
         };
-        storage.create_tables()?;
+        create_tables(&pool)?;
+        let owner = {
+            let mut owner = leases.owner.lock();
+            match *owner {
+                Some(o) => o,
+                None => {
+                    let o: i64 = pool.with(|c| {
+                        c.query_one("SELECT nextval('millpond_owner')", &[])?
+                            .try_get(0)
+                    })?;
+                    if !(1..1 << (63 - BLOB_LANE_BITS)).contains(&o) {
+                        return Err(Error::Storage(format!(
+                            "{}: owner id {o} is out of range (too many engine opens)",
+                            name.display()
+                        )));
+                    }
+                    *owner = Some(o);
+                    o
+                }
+            }
+        };
+        let storage = PostgresStorage {
+            pool,
+            leases,
+            owner,
+        };
+        storage.check_lanes()?;
         Ok(storage)
     }
 
-    /// Creates the tables if they are missing (one transaction), after
-    /// checking the version of a layout that exists.
-    fn create_tables(&self) -> Result<()> {
-        let found = self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            let exists: Option<String> = tx
-                .query_one("SELECT to_regclass('millpond_schema')::text", &[])?
-                .try_get(0)?;
-            let version: Option<i32> = match exists {
-                Some(_) => tx
-                    .query_opt("SELECT version FROM millpond_schema WHERE id = 1", &[])?
-                    .map(|row| row.try_get(0))
-                    .transpose()?,
-                None => None,
-            };
-            if version.is_none() {
-                tx.batch_execute(
-                    "CREATE TABLE IF NOT EXISTS millpond_schema (
-                         id integer PRIMARY KEY CHECK (id = 1),
-                         version integer NOT NULL,
-                         syncs bigint NOT NULL DEFAULT 0);
-                     CREATE TABLE IF NOT EXISTS millpond_meta (
-                         key bytea PRIMARY KEY, record bytea NOT NULL);
-                     CREATE TABLE IF NOT EXISTS millpond_deadline (
-                         key bytea PRIMARY KEY, record bytea NOT NULL);
-                     CREATE TABLE IF NOT EXISTS millpond_sys (
-                         key bytea PRIMARY KEY, value bytea NOT NULL);
-                     CREATE TABLE IF NOT EXISTS millpond_blob (
-                         id bigint PRIMARY KEY, bytes bytea NOT NULL);
-                     CREATE TABLE IF NOT EXISTS millpond_durable (
-                         id integer PRIMARY KEY CHECK (id = 1), record bytea NOT NULL);",
-                )?;
-                tx.execute(
-                    "INSERT INTO millpond_schema (id, version) VALUES (1, $1)
-                     ON CONFLICT (id) DO NOTHING",
-                    &[&SCHEMA_VERSION],
-                )?;
-            }
-            tx.commit()?;
-            Ok(version)
+    /// Every other engine's lane must hold at least what its durable record
+    /// promised (a server that lost a completed checkpoint is refused, as
+    /// recovery refuses it for this engine's own lane).
+    fn check_lanes(&self) -> Result<()> {
+        let rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pool.with(|c| {
+            c.query(
+                "SELECT d.record, s.value FROM millpond_durable d
+                 LEFT JOIN millpond_sys s
+                   ON s.key = 'state'::bytea || int8send(d.owner)
+                 WHERE d.owner <> $1",
+                &[&self.owner],
+            )?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
         })?;
-        match found {
-            Some(v) if v != SCHEMA_VERSION => Err(Error::UnsupportedFormat {
-                found: u32::try_from(v).unwrap_or(0),
-                supported: SCHEMA_VERSION as u32,
-            }),
-            _ => Ok(()),
+        for (durable, state) in rows {
+            let Some(durable) = codec::decode_durable(&durable) else {
+                return Err(self.damage("a durable record is damaged".into()));
+            };
+            let state = match state {
+                Some(raw) => codec::decode_state(&raw)?,
+                None if durable.seq == 0 => continue,
+                None => {
+                    return Err(self.damage(format!(
+                        "an engine's state record is gone, though writes up to its seq {} \
+                         were made durable",
+                        durable.seq
+                    )))
+                }
+            };
+            let digest = state.digest.unwrap_or_default();
+            if state.last_seq < durable.seq
+                || (state.last_seq == durable.seq && digest != durable.digest)
+            {
+                return Err(self.damage(format!(
+                    "an engine's records came back older than its last durable point: \
+                     writes up to seq {} ({}) were made durable, the server holds seq {} ({})",
+                    durable.seq, durable.digest, state.last_seq, digest
+                )));
+            }
         }
+        Ok(())
+    }
+
+    fn damage(&self, detail: String) -> Error {
+        Error::corrupt(
+            None,
+            format!("{}: {detail}", self.pool.target.name.display()),
+        )
+    }
+
+    /// The first blob id of this engine's lane, and the first past it.
+    fn blob_lane(&self) -> (u64, u64) {
+        let start = (self.owner as u64) << BLOB_LANE_BITS;
+        (start, start + (1 << BLOB_LANE_BITS))
+    }
+
+    /// A system record's key in `millpond_sys`: the format record is shared,
+    /// the state and gc records are this engine's lane.
+    fn sys_key(&self, key: SysKey) -> Vec<u8> {
+        match key {
+            SysKey::Format => b"format".to_vec(),
+            SysKey::State => {
+                let mut k = b"state".to_vec();
+                k.extend_from_slice(&self.owner.to_be_bytes());
+                k
+            }
+            SysKey::Gc(id) => {
+                let mut k = self.gc_prefix();
+                k.extend_from_slice(&id.to_be_bytes());
+                k
+            }
+        }
+    }
+
+    fn gc_prefix(&self) -> Vec<u8> {
+        let mut k = b"gc".to_vec();
+        k.extend_from_slice(&self.owner.to_be_bytes());
+        k
+    }
+
+    /// This engine's state record as recovery and the cycles read it: its
+    /// blob ids in this engine's lane; for a lane with no record yet (an
+    /// engine's first open of a store others wrote), an empty state whose seq
+    /// continues from the highest any engine committed.
+    fn lane_state(&self) -> Result<Option<Bytes>> {
+        let key = self.sys_key(SysKey::State);
+        let (start, _) = self.blob_lane();
+        if let Some(raw) =
+            self.one_bytes("SELECT value FROM millpond_sys WHERE key = $1", &[&key])?
+        {
+            return match codec::decode_state(&raw) {
+                Ok(mut state) if state.next_blob < start && state.digest.is_some() => {
+                    state.next_blob = start;
+                    Ok(Some(Bytes::from(codec::encode_state(&state)?)))
+                }
+                // Damage is recovery's to report.
+                _ => Ok(Some(raw)),
+            };
+        }
+        let others: Vec<Vec<u8>> = self.pool.with(|c| {
+            c.query(
+                "SELECT value FROM millpond_sys
+                 WHERE key >= 'state'::bytea AND key < 'statf'::bytea",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect()
+        })?;
+        if others.is_empty() {
+            // No engine committed anything yet (or a new store).
+            return Ok(None);
+        }
+        let last_seq = others
+            .iter()
+            .filter_map(|raw| codec::decode_state(raw).ok())
+            .map(|s| s.last_seq)
+            .max()
+            .unwrap_or(0);
+        let state = StateRecord {
+            last_seq,
+            next_blob: start,
+            digest: Some(Digest::default()),
+        };
+        // Stored at once: the durable record recovery writes next names
+        // this seq, and another engine's open checks the two together.
+        let raw = codec::encode_state(&state)?;
+        self.pool.write(|c| {
+            c.execute(
+                "INSERT INTO millpond_sys (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &raw],
+            )
+        })?;
+        Ok(Some(Bytes::from(raw)))
     }
 
     /// Rows of `(key, value)` as `Bytes` pairs.
@@ -435,15 +884,74 @@ impl PostgresStorage {
     }
 }
 
-impl Drop for PostgresStorage {
-    fn drop(&mut self) {
-        // Released at once, so that a reopen right after does not wait for
-        // the server to notice the closed connection.
-        let _ = self
-            .lock
-            .get_mut()
-            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]);
+/// Creates the tables if they are missing (one transaction), after checking
+/// the version of a layout that exists. Tried again when a concurrent open
+/// by another engine made the attempt fail.
+fn create_tables(pool: &Pool) -> Result<()> {
+    let mut attempt = 0;
+    let found = loop {
+        attempt += 1;
+        match try_create_tables(pool) {
+            Ok(found) => break found,
+            Err(Error::Storage(_)) if attempt < CREATE_ATTEMPTS => {
+                std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    match found {
+        Some(v) if v != SCHEMA_VERSION => Err(Error::UnsupportedFormat {
+            found: u32::try_from(v).unwrap_or(0),
+            supported: SCHEMA_VERSION as u32,
+        }),
+        _ => Ok(()),
     }
+}
+
+fn try_create_tables(pool: &Pool) -> Result<Option<i32>> {
+    pool.with(|c| {
+        let mut tx = c.transaction()?;
+        let exists: Option<String> = tx
+            .query_one("SELECT to_regclass('millpond_schema')::text", &[])?
+            .try_get(0)?;
+        let version: Option<i32> = match exists {
+            Some(_) => tx
+                .query_opt("SELECT version FROM millpond_schema WHERE id = 1", &[])?
+                .map(|row| row.try_get(0))
+                .transpose()?,
+            None => None,
+        };
+        if version.is_none() {
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS millpond_schema (
+                     id integer PRIMARY KEY CHECK (id = 1),
+                     version integer NOT NULL,
+                     syncs bigint NOT NULL DEFAULT 0);
+                 CREATE TABLE IF NOT EXISTS millpond_meta (
+                     key bytea PRIMARY KEY, record bytea NOT NULL);
+                 CREATE TABLE IF NOT EXISTS millpond_deadline (
+                     key bytea PRIMARY KEY, record bytea NOT NULL);
+                 CREATE TABLE IF NOT EXISTS millpond_sys (
+                     key bytea PRIMARY KEY, value bytea NOT NULL);
+                 CREATE TABLE IF NOT EXISTS millpond_blob (
+                     id bigint PRIMARY KEY, bytes bytea NOT NULL);
+                 CREATE TABLE IF NOT EXISTS millpond_durable (
+                     owner bigint PRIMARY KEY, record bytea NOT NULL);
+                 CREATE TABLE IF NOT EXISTS millpond_lease (
+                     part integer PRIMARY KEY, owner bigint NOT NULL,
+                     epoch bigint NOT NULL, expires timestamptz NOT NULL,
+                     pid integer NOT NULL);
+                 CREATE SEQUENCE IF NOT EXISTS millpond_owner;",
+            )?;
+            tx.execute(
+                "INSERT INTO millpond_schema (id, version) VALUES (1, $1)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        tx.commit()?;
+        Ok(version)
+    })
 }
 
 /// A blob id as the `bigint` it is stored as (ids stay far below 2^63).
@@ -454,19 +962,6 @@ fn blob_id(id: BlobId) -> Result<i64> {
 /// A `LIMIT` as a `bigint`.
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A system record's key in `millpond_sys`.
-fn sys_key(key: SysKey) -> Vec<u8> {
-    match key {
-        SysKey::Format => b"format".to_vec(),
-        SysKey::State => b"state".to_vec(),
-        SysKey::Gc(id) => {
-            let mut k = b"gc".to_vec();
-            k.extend_from_slice(&id.to_be_bytes());
-            k
-        }
-    }
 }
 
 /// Changes to one keyed table, gathered for two set-based statements.
@@ -552,11 +1047,15 @@ impl Storage for PostgresStorage {
     }
 
     fn scan_blobs(&self, from: BlobId, n: usize) -> Result<Vec<(BlobId, Bytes)>> {
-        let from = blob_id(from)?;
+        // Only this engine's lane (the other engines' are theirs to sweep).
+        let (start, end) = self.blob_lane();
+        let from = blob_id(from.max(start))?;
+        let end = blob_id(end)?;
         let rows: Vec<(i64, Bytes)> = self.pool.with(|c| {
             c.query(
-                "SELECT id, bytes FROM millpond_blob WHERE id >= $1 ORDER BY id LIMIT $2",
-                &[&from, &limit(n)],
+                "SELECT id, bytes FROM millpond_blob WHERE id >= $1 AND id < $2
+                 ORDER BY id LIMIT $3",
+                &[&from, &end, &limit(n)],
             )?
             .into_iter()
             .map(|row| {
@@ -612,9 +1111,16 @@ impl Storage for PostgresStorage {
             // No stored id is that high.
             return Ok(0);
         };
-        let n = self
-            .pool
-            .write(|c| c.execute("DELETE FROM millpond_blob WHERE id >= $1", &[&first]))?;
+        // Only this engine's lane: another engine's blobs past this id are
+        // its own, not orphans of this engine.
+        let (_, end) = self.blob_lane();
+        let end = blob_id(end)?;
+        let n = self.pool.write(|c| {
+            c.execute(
+                "DELETE FROM millpond_blob WHERE id >= $1 AND id < $2",
+                &[&first, &end],
+            )
+        })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -654,7 +1160,7 @@ impl Storage for PostgresStorage {
                 }
             }
         }
-        let sys_keys: Vec<Vec<u8>> = commit.sys.iter().map(|(k, _)| sys_key(*k)).collect();
+        let sys_keys: Vec<Vec<u8>> = commit.sys.iter().map(|(k, _)| self.sys_key(*k)).collect();
         let mut sys = Changes::default();
         for ((_, value), key) in commit.sys.iter().zip(&sys_keys) {
             match value {
@@ -662,26 +1168,90 @@ impl Storage for PostgresStorage {
                 None => sys.removed.push(key),
             }
         }
-        if self.lock.lock().is_closed() {
-            self.pool
-                .break_off("the connection holding the database's lock was lost".into());
+        // Fencing: every partition this commit writes must be held, and is
+        // renewed (with every other lease held) by the transaction's first
+        // statement, which matches only rows still at this engine's epoch.
+        let written: BTreeSet<u32> = commit
+            .ops
+            .iter()
+            .map(|op| match op {
+                MetaOp::Put { key, .. } | MetaOp::Remove { key, .. } => partition_of(key),
+            })
+            .collect();
+        {
+            let state = self.leases.state.lock();
+            for &p in &written {
+                match state.get(p as usize) {
+                    Some(Lease::Held { .. }) => {}
+                    Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
+                    _ => return Err(not_owner(p, "this engine never took its lease")),
+                }
+            }
         }
-        self.pool.write(|c| {
+        let (parts, epochs) = self.leases.held();
+        let owner = self.owner;
+        let ttl = self.leases.ttl_secs();
+        let began = Instant::now();
+        let renewed = self.pool.write(|c| {
             let mut tx = c.transaction()?;
+            let renewed: BTreeSet<u32> = if parts.is_empty() {
+                BTreeSet::new()
+            } else {
+                tx.query(
+                    "UPDATE millpond_lease l SET expires = now() + make_interval(secs => $4)
+                     FROM unnest($1::int[], $2::bigint[]) AS m(part, epoch)
+                     WHERE l.part = m.part AND l.epoch = m.epoch AND l.owner = $3
+                     RETURNING l.part",
+                    &[&parts, &epochs, &owner, &ttl],
+                )?
+                .into_iter()
+                .map(|row| row.try_get::<_, i32>(0).map(|p| p as u32))
+                .collect::<std::result::Result<_, _>>()?
+            };
+            if !written.is_subset(&renewed) {
+                tx.rollback()?;
+                return Ok(renewed);
+            }
             meta.apply(&mut tx, "millpond_meta", "record")?;
             deadlines.apply(&mut tx, "millpond_deadline", "record")?;
             sys.apply(&mut tx, "millpond_sys", "value")?;
-            tx.commit()
-        })
+            tx.commit()?;
+            Ok(renewed)
+        })?;
+        // Whatever was held and not renewed is another engine's now.
+        for &p in &parts {
+            let p = p as u32;
+            if !renewed.contains(&p) {
+                self.leases
+                    .lose(p, "taken over by another engine (found at a flush)".into());
+            }
+        }
+        if let Some(&p) = written.iter().find(|p| !renewed.contains(p)) {
+            return Err(not_owner(
+                p,
+                "this engine's lease was taken over before its flush committed; \
+                 the flush was rolled back",
+            ));
+        }
+        let mut state = self.leases.state.lock();
+        for &p in &renewed {
+            if let Some(Lease::Held { valid_until, .. }) = state.get_mut(p as usize) {
+                *valid_until = began + self.leases.ttl;
+            }
+        }
+        Ok(())
     }
 
     fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
-        let key = sys_key(key);
+        if key == SysKey::State {
+            return self.lane_state();
+        }
+        let key = self.sys_key(key);
         self.one_bytes("SELECT value FROM millpond_sys WHERE key = $1", &[&key])
     }
 
     fn put_sys(&self, key: SysKey, value: Option<&[u8]>) -> Result<()> {
-        let key = sys_key(key);
+        let key = self.sys_key(key);
         self.pool.write(|c| {
             match value {
                 Some(v) => c.execute(
@@ -696,16 +1266,22 @@ impl Storage for PostgresStorage {
     }
 
     fn gc_ids(&self) -> Result<Vec<u64>> {
+        let prefix = self.gc_prefix();
+        let prefix_len = prefix.len() as i32;
         let keys: Vec<Vec<u8>> = self.pool.with(|c| {
-            c.query("SELECT key FROM millpond_sys ORDER BY key", &[])?
-                .into_iter()
-                .map(|row| row.try_get(0))
-                .collect()
+            c.query(
+                "SELECT key FROM millpond_sys WHERE substring(key FROM 1 FOR $2) = $1
+                 ORDER BY key",
+                &[&prefix, &prefix_len],
+            )?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect()
         })?;
         Ok(keys
             .iter()
             .filter_map(|k| {
-                let id: [u8; 8] = k.strip_prefix(b"gc")?.try_into().ok()?;
+                let id: [u8; 8] = k.strip_prefix(prefix.as_slice())?.try_into().ok()?;
                 Some(u64::from_be_bytes(id))
             })
             .collect())
@@ -730,8 +1306,18 @@ impl Storage for PostgresStorage {
     }
 
     fn read_durable(&self) -> Result<Option<DurableRecord>> {
-        match self.one_bytes("SELECT record FROM millpond_durable WHERE id = 1", &[])? {
-            None => Ok(None),
+        match self.one_bytes(
+            "SELECT record FROM millpond_durable WHERE owner = $1",
+            &[&self.owner],
+        )? {
+            // This engine's first open of the store: its lane promised
+            // nothing yet (the other lanes were checked at open).
+            None => Ok(Some(DurableRecord {
+                generation: 0,
+                seq: 0,
+                digest: Digest::default(),
+                journal: 0,
+            })),
             Some(raw) => codec::decode_durable(&raw).map(Some).ok_or_else(|| {
                 Error::corrupt(
                     None,
@@ -745,16 +1331,44 @@ impl Storage for PostgresStorage {
     }
 
     fn durable_exists(&self) -> Result<bool> {
-        self.exists("SELECT EXISTS (SELECT 1 FROM millpond_durable)")
+        self.pool.with(|c| {
+            c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM millpond_durable WHERE owner = $1)",
+                &[&self.owner],
+            )?
+            .try_get::<_, bool>(0)
+        })
+    }
+
+    fn store_digest(&self) -> Result<Option<Digest>> {
+        let states: Vec<Vec<u8>> = self.pool.with(|c| {
+            c.query(
+                "SELECT value FROM millpond_sys
+                 WHERE key >= 'state'::bytea AND key < 'statf'::bytea",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect()
+        })?;
+        let mut total = Digest::default();
+        for raw in states {
+            // Each engine's digest is of the changes it committed (its
+            // lane started empty): their wrapping sum is the store's.
+            let d = codec::decode_state(&raw)?.digest.unwrap_or_default();
+            total.records = total.records.wrapping_add(d.records);
+            total.sum = total.sum.wrapping_add(d.sum);
+        }
+        Ok(Some(total))
     }
 
     fn write_durable(&self, record: &DurableRecord) -> Result<()> {
         let raw = codec::encode_durable(record).to_vec();
         self.synchronously(|tx| {
             tx.execute(
-                "INSERT INTO millpond_durable (id, record) VALUES (1, $1)
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                &[&raw],
+                "INSERT INTO millpond_durable (owner, record) VALUES ($1, $2)
+                 ON CONFLICT (owner) DO UPDATE SET record = EXCLUDED.record",
+                &[&self.owner, &raw],
             )
             .map(drop)
         })
