@@ -669,6 +669,7 @@ mod imp {
         let before = wal(&mut monitor)?;
         let started = Instant::now();
         let outcome = w.run(&t);
+        let ops_done = started.elapsed().as_secs_f64();
         let mut outcome = outcome.context("the timed phase")?;
         let closed: Closed<T::Handle> = t
             .close()
@@ -692,6 +693,10 @@ mod imp {
         report.wal_bytes = u64::try_from(lsn).unwrap_or(0);
         report.stat_wal_bytes = u64::try_from(after.1 - before.1).unwrap_or(0);
         report.notes.append(&mut outcome.notes);
+        report.notes.push(format!(
+            "timed phase {secs:.2} s: {ops_done:.2} s of ops, {:.2} s for the durable point",
+            secs - ops_done
+        ));
         if let Some(e) = closed.engine {
             report.notes.push(format!(
                 "{} writes, {} coalesced in the buffer, {} flush cycles wrote {} entries",
