@@ -81,6 +81,10 @@ enum Command {
     /// run by hand.
     #[command(hide = true)]
     BenchJournalChild(bench::journal_modes::ChildArgs),
+    /// One side of `bench --backend postgres`; prints its results as one
+    /// JSON line. Started by `bench`, not meant to be run by hand.
+    #[command(hide = true)]
+    BenchPgChild(bench::pg::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +123,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::BenchChild(args) => bench::run_child(args),
         Command::BenchJournalChild(args) => bench::journal_modes::run_child(args),
+        Command::BenchPgChild(args) => bench::pg::run_child(args),
     }
 }
 

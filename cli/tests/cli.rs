@@ -443,3 +443,74 @@ fn bench_journal_modes_runs_and_checks_every_side() {
         assert!(err.contains(message), "{bad:?}: {err}");
     }
 }
+
+/// Why `bench --backend postgres` cannot start its temporary server here,
+/// if it cannot (the same checks as the command's).
+#[cfg(feature = "postgres")]
+fn no_postgres_server() -> Option<String> {
+    let bin = Path::new("/usr/lib/postgresql/15/bin");
+    if !bin.join("initdb").exists() || !bin.join("pg_ctl").exists() {
+        return Some(format!("{}/initdb or pg_ctl is missing", bin.display()));
+    }
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("the temporary server needs root (initdb runs as postgres)".into());
+    }
+    if Command::new("runuser").arg("--help").output().is_err() {
+        return Some("runuser is missing".into());
+    }
+    let user = Command::new("id").args(["-u", "postgres"]).output();
+    if !user.is_ok_and(|o| o.status.success()) {
+        return Some("there is no postgres user".into());
+    }
+    None
+}
+
+/// `bench --backend postgres` at a tiny size on a temporary server: every
+/// side runs, is checked after reopening (all 10,000 session keys), and has
+/// its row and ratio; the figures themselves are not looked at.
+#[cfg(feature = "postgres")]
+#[test]
+fn bench_postgres_runs_and_checks_every_side() {
+    if let Some(why) = no_postgres_server() {
+        eprintln!("skipping: no PostgreSQL server can be started here: {why}");
+        return;
+    }
+    let text = ok(&["bench", "--backend", "postgres", "--scale", "0.001"]);
+    for side in [
+        "millpond (postgres backend)",
+        "naive upsert per write, synchronous_commit=on",
+        "naive upsert per write, synchronous_commit=off",
+    ] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(side))
+            .unwrap_or_else(|| panic!("no row for {side}:\n{text}"));
+        assert!(!row.contains("FAILED"), "{row}\n{text}");
+        assert!(
+            row.trim_end().ends_with("10,000"),
+            "every key checked: {row}"
+        );
+        let ratio = text.lines().find(|l| l.starts_with(&format!("vs {side}")));
+        assert_eq!(
+            ratio.is_some(),
+            !side.starts_with("millpond"),
+            "ratio row of {side}:\n{text}"
+        );
+    }
+    assert!(text.contains("millpond / naive"), "{text}");
+    // A workload it does not run is refused.
+    let out = millpond(&["bench", "--backend", "postgres", "--workload", "tasks"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sessions workload only"));
+}
+
+/// Without the feature, `bench --backend postgres` says how to get it.
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn bench_postgres_needs_the_feature() {
+    let out = millpond(&["bench", "--backend", "postgres"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without the postgres feature"), "{err}");
+}

@@ -12,10 +12,14 @@
 //! process, watched for stalls. `bench --journal-modes` runs
 //! [`journal_modes`] instead: millpond's write-ahead journal modes beside
 //! peers that make every write durable, each run in a child process
-//! (`bench-journal-child`, hidden) in the same way.
+//! (`bench-journal-child`, hidden) in the same way. `bench --backend
+//! postgres` runs [`pg`] instead: millpond on its PostgreSQL backend beside
+//! one upsert per write, each side in a child process (`bench-pg-child`,
+//! hidden); it needs the `postgres` feature.
 
 pub mod journal_modes;
 pub mod measure;
+pub mod pg;
 pub mod report;
 pub mod soak;
 pub mod targets;
@@ -163,8 +167,29 @@ pub struct BenchArgs {
     /// own share, every key preloaded and checked) [default: 100000].
     #[arg(long, requires = "journal_modes")]
     pub keys: Option<u64>,
+    /// Which storage millpond runs on: `sled` (the embedded default, the
+    /// workloads above) or `postgres` (the sessions workload on millpond's
+    /// PostgreSQL backend beside one `INSERT ... ON CONFLICT DO UPDATE` per
+    /// write, throughput and WAL bytes; needs the CLI's `postgres` feature).
+    #[arg(long, value_enum, default_value = "sled", conflicts_with_all = ["soak", "journal_modes"])]
+    pub backend: Backend,
+    /// With --backend postgres: the server to use (a libpq connection
+    /// string of a superuser or a user that may create databases)
+    /// [default: a temporary server started here, as root, from the
+    /// Debian package's binaries, stopped at the end].
+    #[arg(long)]
+    pub conninfo: Option<String>,
     #[command(flatten)]
     pub options: RunOptions,
+}
+
+/// The storage `bench` runs millpond on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The embedded store (sled), beside the other embedded stores.
+    Sled,
+    /// millpond's PostgreSQL backend, beside the naive use of the server.
+    Postgres,
 }
 
 /// `millpond bench-child`: one run, one JSON line.
@@ -203,6 +228,17 @@ fn selection<T: Copy + PartialEq>(chosen: &[T], all: &[T]) -> Vec<T> {
 /// The parent: runs every pair in a child, then prints.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     check_options(&args.options)?;
+    if args.backend == Backend::Postgres {
+        return pg::run(&pg::Plan {
+            conninfo: args.conninfo.clone(),
+            workloads: args.workload.clone(),
+            json: args.json,
+            options: args.options.clone(),
+        });
+    }
+    if args.conninfo.is_some() {
+        bail!("--conninfo goes with --backend postgres");
+    }
     let parent = args.dir.clone().unwrap_or_else(env::temp_dir);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

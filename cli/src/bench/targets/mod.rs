@@ -418,6 +418,13 @@ fn millpond_config(dir: &Path, tuning: &Tuning) -> millpond::Config {
 }
 
 impl MillpondTarget {
+    /// Opens the engine `config` describes (`bench --backend postgres`).
+    #[cfg(feature = "postgres")]
+    pub fn open_config(config: millpond::Config) -> Result<Self> {
+        let engine = millpond::Engine::open(config).context("opening millpond")?;
+        Ok(MillpondTarget { engine })
+    }
+
     /// Opens (creating) the store in `dir` with the write-ahead journal in
     /// `mode` (`bench --journal-modes`; [`Target::open`] opens it with
     /// `Journal::Off`, the engine's default).
