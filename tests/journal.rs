@@ -342,7 +342,8 @@ fn a_crash_with_several_segments_replays_them_all() {
     let e = store.open(config());
     let value = vec![3u8; 3000];
     let mut n = 0u32;
-    // Until the journal has at least three segments (each sealed at 8 MiB).
+    // Until the journal has at least three begun segments (sealed at 4 MiB,
+    // the first at 512 KiB).
     while begun(&store.path).len() < 3 {
         e.set(format!("k{n}").as_bytes(), &value).unwrap();
         // Some expire at once: the purger's tombstones are journaled too.
