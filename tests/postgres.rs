@@ -388,14 +388,19 @@ fn a_server_crash_never_loses_a_completed_checkpoint() {
 /// Counters incremented by [`pg_child`].
 const COUNTERS: u64 = 6;
 
-fn counter_total(e: &Engine) -> u64 {
-    (0..COUNTERS)
+/// The sum of the counters `{prefix}-0` .. `{prefix}-{count - 1}`.
+fn total(e: &Engine, prefix: &str, count: u64) -> u64 {
+    (0..count)
         .map(|c| {
-            e.get(format!("counter-{c}").as_bytes())
+            e.get(format!("{prefix}-{c}").as_bytes())
                 .unwrap()
                 .map_or(0, |v| common::u64_value(&v))
         })
         .sum()
+}
+
+fn counter_total(e: &Engine) -> u64 {
+    total(e, "counter", COUNTERS)
 }
 
 /// The child of `killed_engine_processes_lose_only_their_unflushed_increments`
@@ -681,13 +686,7 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
 const SHARED_COUNTERS: u64 = 24;
 
 fn shared_total(e: &Engine) -> u64 {
-    (0..SHARED_COUNTERS)
-        .map(|c| {
-            e.get(format!("shared-{c}").as_bytes())
-                .unwrap()
-                .map_or(0, |v| common::u64_value(&v))
-        })
-        .sum()
+    total(e, "shared", SHARED_COUNTERS)
 }
 
 /// The child of `engine_processes_share_counters_through_kills_and_pauses`
