@@ -344,7 +344,8 @@ impl Config {
     /// The write-ahead journal's mode: how soon an acknowledged write
     /// survives a crash of the process or a power cut without waiting for
     /// a flush cycle (see [`Journal`]). Default: [`Journal::Off`]. A
-    /// [temporary](Config::temporary) store takes only `Off`.
+    /// [temporary](Config::temporary) store, and a PostgreSQL one, take
+    /// only `Off`.
     pub fn journal(mut self, mode: Journal) -> Config {
         self.journal = mode;
         self

@@ -20,9 +20,10 @@ use std::time::Duration;
 /// | `Power` | on return | on return |
 ///
 /// `Process` and `Power` use group commit: writers that return at about the
-/// same time share one `write` (and, for `Power`, one `fdatasync`). A
-/// temporary store ([`Config::temporary`](crate::Config::temporary)) has no
-/// files and takes only `Off`.
+/// same time share one `write` (and, for `Power`, one `fdatasync`). The
+/// journal lives beside a store directory: a temporary store
+/// ([`Config::temporary`](crate::Config::temporary)) and a PostgreSQL
+/// store take only `Off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Journal {
     /// No journal: a write is in memory until a flush cycle commits it.
