@@ -650,6 +650,21 @@ pub(crate) struct PostgresStorage {
 }
 
 impl PostgresStorage {
+    /// The state record of every engine that committed to this database
+    /// (keys `state` ++ owner).
+    fn all_state_records(&self) -> Result<Vec<Vec<u8>>> {
+        self.pool.with(|c| {
+            c.query(
+                "SELECT value FROM millpond_sys
+                 WHERE key >= 'state'::bytea AND key < 'statf'::bytea",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect()
+        })
+    }
+
     /// Connects, creates the tables of a new store or checks the version of
     /// an existing one, takes an owner id (the first open of an engine) and
     /// checks that the server kept every engine's last durable point.
@@ -795,16 +810,7 @@ impl PostgresStorage {
                 _ => Ok(Some(raw)),
             };
         }
-        let others: Vec<Vec<u8>> = self.pool.with(|c| {
-            c.query(
-                "SELECT value FROM millpond_sys
-                 WHERE key >= 'state'::bytea AND key < 'statf'::bytea",
-                &[],
-            )?
-            .into_iter()
-            .map(|row| row.try_get(0))
-            .collect()
-        })?;
+        let others = self.all_state_records()?;
         if others.is_empty() {
             // No engine committed anything yet (or a new store).
             return Ok(None);
@@ -1341,16 +1347,7 @@ impl Storage for PostgresStorage {
     }
 
     fn store_digest(&self) -> Result<Option<Digest>> {
-        let states: Vec<Vec<u8>> = self.pool.with(|c| {
-            c.query(
-                "SELECT value FROM millpond_sys
-                 WHERE key >= 'state'::bytea AND key < 'statf'::bytea",
-                &[],
-            )?
-            .into_iter()
-            .map(|row| row.try_get(0))
-            .collect()
-        })?;
+        let states = self.all_state_records()?;
         let mut total = Digest::default();
         for raw in states {
             // Each engine's digest is of the changes it committed (its
