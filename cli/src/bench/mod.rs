@@ -397,10 +397,26 @@ fn run_in_child(
     child_report(exe, &args, |e| RunReport::failed(workload, target, e))
 }
 
+/// A report a child run prints as its last line of JSON.
+pub(crate) trait ChildReport: serde::de::DeserializeOwned {
+    /// A report that says it succeeded, from a child that exited with an
+    /// error: mark it failed, with `why`.
+    fn fail_if_ok(&mut self, why: String);
+}
+
+impl ChildReport for RunReport {
+    fn fail_if_ok(&mut self, why: String) {
+        if self.status == Status::Ok {
+            self.status = Status::Failed;
+            self.error = Some(why);
+        }
+    }
+}
+
 /// Runs this program with `args` (a child run) and reads the report it
 /// prints last on stdout; `failed` makes the report of a child that could
 /// not start, died or printed none.
-fn child_report(exe: &Path, args: &[OsString], failed: impl Fn(String) -> RunReport) -> RunReport {
+fn child_report<R: ChildReport>(exe: &Path, args: &[OsString], failed: impl Fn(String) -> R) -> R {
     let output = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -415,12 +431,11 @@ fn child_report(exe: &Path, args: &[OsString], failed: impl Fn(String) -> RunRep
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(serde_json::from_str::<RunReport>);
+        .map(serde_json::from_str::<R>);
     match parsed {
         Some(Ok(mut report)) => {
-            if !output.status.success() && report.status == Status::Ok {
-                report.status = Status::Failed;
-                report.error = Some(format!("the child exited with {}", output.status));
+            if !output.status.success() {
+                report.fail_if_ok(format!("the child exited with {}", output.status));
             }
             report
         }

@@ -35,7 +35,6 @@
 #![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
 use std::ffi::OsString;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -238,49 +237,20 @@ pub fn render(out: &PgOutput) -> String {
     s
 }
 
+impl super::ChildReport for SideReport {
+    fn fail_if_ok(&mut self, why: String) {
+        if self.ok {
+            self.ok = false;
+            self.error = Some(why);
+        }
+    }
+}
+
 /// Runs this program with `args` and reads the report it prints last.
 fn child_report(side: Side, args: &[OsString]) -> SideReport {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return SideReport::failed(side, format!("finding this program: {e}")),
-    };
-    let output = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => return SideReport::failed(side, format!("could not start a child: {e}")),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(serde_json::from_str::<SideReport>)
-    {
-        Some(Ok(mut r)) => {
-            if !output.status.success() && r.ok {
-                r.ok = false;
-                r.error = Some(format!("the child exited with {}", output.status));
-            }
-            r
-        }
-        Some(Err(e)) => SideReport::failed(
-            side,
-            format!(
-                "the child ({}) printed no readable report: {e}",
-                output.status
-            ),
-        ),
-        None => SideReport::failed(
-            side,
-            format!(
-                "the child exited with {} and printed no report",
-                output.status
-            ),
-        ),
+    match std::env::current_exe() {
+        Ok(exe) => super::child_report(&exe, args, |e| SideReport::failed(side, e)),
+        Err(e) => SideReport::failed(side, format!("finding this program: {e}")),
     }
 }
 
