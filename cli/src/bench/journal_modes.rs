@@ -418,17 +418,11 @@ pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
             t.sync()
         }),
     };
-    println!("{}", serde_json::to_string(&report)?);
-    if report.status == Status::Failed {
-        eprintln!(
-            "millpond bench-journal-child: {} with {} thread(s) FAILED: {}",
-            report.target,
-            report.threads,
-            report.error.as_deref().unwrap_or("?")
-        );
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
+    let what = format!(
+        "bench-journal-child: {} with {} thread(s)",
+        report.target, report.threads
+    );
+    super::finish_child(&report, &what)
 }
 
 /// What a run writes: keys `0..keys`, thread `th` of `threads` owning keys

@@ -472,12 +472,17 @@ pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
         WorkloadKind::YcsbC => ycsb(p, Phase::C, args.workload, t, dir, tuning),
         WorkloadKind::YcsbF => ycsb(p, Phase::F, args.workload, t, dir, tuning),
     };
-    println!("{}", serde_json::to_string(&report)?);
+    let what = format!("bench-child: {} on {}", report.workload, report.target);
+    finish_child(&report, &what)
+}
+
+/// Prints a child run's report (the last line its parent reads) and
+/// returns its exit status: 2, with `what` FAILED on stderr, if it failed.
+fn finish_child(report: &RunReport, what: &str) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string(report)?);
     if report.status == Status::Failed {
         eprintln!(
-            "millpond bench-child: {} on {} FAILED: {}",
-            report.workload,
-            report.target,
+            "millpond {what} FAILED: {}",
             report.error.as_deref().unwrap_or("?")
         );
         return Ok(ExitCode::from(2));
