@@ -35,6 +35,7 @@ const TAG_GC_V1: u8 = 0x12;
 const TAG_DEADLINE_V1: u8 = 0x13;
 const TAG_COMMIT_LOG_V1: u8 = 0x14;
 const TAG_STATE_V2: u8 = 0x15;
+const TAG_UNDO_LOG_V1: u8 = 0x16;
 
 const CRC_LEN: usize = 4;
 
@@ -386,26 +387,17 @@ pub(crate) enum LoggedOp<'a> {
     },
 }
 
-impl LoggedOp<'_> {
-    /// The metadata-tree key this change writes.
-    pub(crate) fn key(&self) -> &[u8] {
-        match self {
-            LoggedOp::Put { key, .. }
-            | LoggedOp::Remove { key, .. }
-            | LoggedOp::Sys { key, .. } => key,
-        }
-    }
-}
-
-/// A whole commit, written as one record before it is applied: its
-/// presence after a crash means the commit happened and must be applied
-/// again (see `storage::sled`).
+/// A whole commit, written as one redo record before it was applied, by
+/// builds before undo logs: its presence (marked) after a crash means the
+/// commit happened and must be applied again (see `storage::sled`, which
+/// still applies one that such a build left behind).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CommitLog<'a> {
     #[serde(borrow)]
     pub ops: Vec<LoggedOp<'a>>,
 }
 
+#[cfg(test)]
 pub(crate) fn encode_commit_log(log: &CommitLog<'_>) -> Result<Vec<u8>> {
     frame(TAG_COMMIT_LOG_V1, log)
 }
@@ -414,6 +406,34 @@ pub(crate) fn decode_commit_log(raw: &[u8]) -> Result<CommitLog<'_>> {
     let (tag, bytes) = unframe(None, raw)?;
     expect_tag(None, "commit log", tag, TAG_COMMIT_LOG_V1)?;
     body(None, "commit log", bytes)
+}
+
+/// What one metadata-tree key held before a commit changed it: `None`
+/// when it was absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Prior<'a> {
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// The prior contents of every metadata-tree key a commit changes, written
+/// whole before the commit changes any of them: its presence (sealed) after
+/// a crash means the commit did not happen, and open puts every key back
+/// (see `storage::sled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UndoLog<'a> {
+    #[serde(borrow)]
+    pub priors: Vec<Prior<'a>>,
+}
+
+pub(crate) fn encode_undo_log(log: &UndoLog<'_>) -> Result<Vec<u8>> {
+    frame(TAG_UNDO_LOG_V1, log)
+}
+
+pub(crate) fn decode_undo_log(raw: &[u8]) -> Result<UndoLog<'_>> {
+    let (tag, bytes) = unframe(None, raw)?;
+    expect_tag(None, "undo log", tag, TAG_UNDO_LOG_V1)?;
+    body(None, "undo log", bytes)
 }
 
 /// The deadline index entry of a key: its deadline, in milliseconds since
@@ -611,6 +631,22 @@ mod tests {
         let raw = encode_commit_log(&log).unwrap();
         assert_eq!(decode_commit_log(&raw).unwrap(), log);
         assert!(decode_commit_log(&raw[..raw.len() - 1]).is_err());
+        let undo = UndoLog {
+            priors: vec![
+                Prior {
+                    key: b"\x01k",
+                    value: Some(b"r"),
+                },
+                Prior {
+                    key: b"\x00state",
+                    value: None,
+                },
+            ],
+        };
+        let raw = encode_undo_log(&undo).unwrap();
+        assert_eq!(decode_undo_log(&raw).unwrap(), undo);
+        assert!(decode_undo_log(&raw[..raw.len() - 1]).is_err());
+        assert!(decode_commit_log(&raw).is_err());
         let d = encode_deadline(1_700_000_000_123).unwrap();
         assert_eq!(decode_deadline(b"k", &d).unwrap(), 1_700_000_000_123);
         assert!(decode_gc(&d).is_err());

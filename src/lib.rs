@@ -163,7 +163,8 @@ pub mod testing {
     pub use crate::storage::faulty::{Faults, StorageOp};
 
     /// Decodes `bytes` as every system record (format, state, gc, deadline,
-    /// commit log, durable record, journal segment header, journal record);
+    /// redo log, undo log, durable record, journal segment header, journal
+    /// record);
     /// returns how many accepted it. Never panics.
     pub fn decode_system_records(bytes: &[u8]) -> usize {
         use crate::codec;
@@ -175,6 +176,7 @@ pub mod testing {
             codec::decode_gc(bytes).is_ok(),
             codec::decode_deadline(b"key", bytes).is_ok(),
             codec::decode_commit_log(bytes).is_ok(),
+            codec::decode_undo_log(bytes).is_ok(),
             codec::decode_durable(bytes).is_some(),
             format::decode_header(bytes).is_ok(),
             matches!(format::read_record(&shared, 0), format::Next::Record(..)),

@@ -54,7 +54,11 @@ fn decode_seeds_never_panic() {
         if name.starts_with("meta-") {
             assert!(meta, "seed {name} is a metadata record");
         }
-        if name.starts_with("state-") || name.starts_with("journal-") || name == "durable" {
+        if name.starts_with("state-")
+            || name.starts_with("journal-")
+            || name == "durable"
+            || name == "undo-log"
+        {
             assert_eq!(
                 millpond::testing::decode_system_records(&data),
                 1,

@@ -26,7 +26,7 @@
 //! A failure in steps 2 to 5 keeps the frozen maps (nothing acknowledged is
 //! dropped) and the cycle is retried as a whole; blobs written by the failed
 //! attempt are listed in the gc record of the attempt that commits. Each
-//! attempt starts by settling a commit that failed after its commit point
+//! attempt starts by settling a commit that failed half way
 //! (`Storage::settle`) and reading the store digest it builds on from the
 //! stored state record. A failed sync poisons the engine instead (see
 //! `Keeper::sync`).
@@ -187,9 +187,9 @@ impl Cycles {
         let orphans = pending.orphans.clone();
         let started = Instant::now();
 
-        // A commit that failed after its commit point is finished first, so
-        // the records this attempt reads (and replaces) are those it builds
-        // on.
+        // A commit that failed half way is settled first (rolled back, or
+        // finished past its commit point), so the records this attempt
+        // reads (and replaces) are those it builds on.
         if self.digest.is_none() {
             shared.storage()?.settle()?;
             self.digest = Some(stored_digest(shared)?);

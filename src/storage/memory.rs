@@ -15,7 +15,7 @@
 //!   deadline index, system records) and the blob tree as a fourth;
 //! - an atomic commit: [`Storage::commit`] applies a whole commit under the
 //!   write lock, so a reader sees all of it or none, and nothing can stop it
-//!   half way (there is no commit log, and [`Storage::settle`] has nothing
+//!   half way (there is no undo log, and [`Storage::settle`] has nothing
 //!   to finish);
 //! - ordering and durability hold within the process: a write is in the maps
 //!   once its call returns, so [`Storage::flush`] and [`Storage::sync`] have

@@ -239,9 +239,11 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// (survives a power cut).
     fn sync(&self) -> Result<()>;
 
-    /// Finishes a commit that failed after its commit point (applied only in
-    /// part): applies the rest. A later commit, and every read made to
-    /// prepare one, must see the store as if that commit had completed.
+    /// Finishes a commit that failed after it began to change the store
+    /// (applied only in part): rolls it back whole, or, past its commit
+    /// point, completes it. A later commit, and every read made to prepare
+    /// one, must see the store as it was before that commit or after it,
+    /// never between.
     fn settle(&self) -> Result<()>;
 
     /// The newest durable record, `None` if the store never had one.

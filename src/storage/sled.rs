@@ -6,11 +6,14 @@
 //!   the deadline index under `[0x00] "ttl" ++ k`; system records under
 //!   `[0x00] ++ name` (`format`, `state`, `gc` ++ id as 8 big-endian bytes).
 //! - tree `blob`: value bytes under the blob id as 8 big-endian bytes.
-//! - tree `log`: commit log records. [`Storage::commit`] writes a commit's
-//!   changes there (in 6 KiB parts, then a marker: the commit point, atomic
-//!   because sled recovers a prefix of its log), applies them to `meta` with
-//!   plain inserts in key order, then removes them; `open` applies any log
-//!   a crash left behind (see DESIGN.md, "Flush cycle").
+//! - tree `log`: undo logs. [`Storage::commit`] writes there what every key
+//!   it changes held before (in 6 KiB parts, then a seal), applies the
+//!   changes to `meta` with plain inserts in key order, then removes the
+//!   seal: the commit point, atomic because sled recovers a prefix of its
+//!   log. `open` puts back the keys of any sealed undo log a crash left
+//!   behind (see DESIGN.md, "Flush cycle"). Stores written by earlier
+//!   builds may hold a redo log instead (the changes, then a marker), which
+//!   `open` applies.
 //!
 //! Durability: sled's `flush` writes its log with `sync_file_range`, which
 //! neither flushes the device cache nor file metadata, and sled never fsyncs
@@ -41,7 +44,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 use super::{Backend, BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
-use crate::codec::{self, CommitLog, LoggedDeadline, LoggedOp};
+use crate::codec::{self, LoggedDeadline, LoggedOp, Prior, UndoLog};
 use crate::error::{Error, Result};
 
 use crate::tree::{DEFAULT_TAG as USER, TREE_TAG as TREE};
@@ -71,19 +74,21 @@ pub(crate) struct SledStorage {
     db: ::sled::Db,
     meta: ::sled::Tree,
     blob: ::sled::Tree,
-    /// Commit log records (`Storage::commit`), present only between a commit
-    /// point and the end of applying it.
+    /// Undo logs (`Storage::commit`), present only while a commit is being
+    /// made.
     log: ::sled::Tree,
     dir: PathBuf,
     /// The descriptors and bookkeeping [`Storage::sync`] uses.
     syncer: Mutex<Syncer>,
-    /// Id of the next commit log record.
+    /// Id of the next undo log.
     next_log: AtomicU64,
-    /// Commits that failed after their commit point (see [`Storage::settle`]).
+    /// A commit failed after it began to write its undo log: the log tree
+    /// may hold a sealed undo log to roll back, or parts to remove (see
+    /// [`Storage::settle`]).
     unsettled: Mutex<bool>,
     /// The durable record's file.
     durable: Mutex<DurableFile>,
-    /// Test hook: the next commit fails after its commit point.
+    /// Test hook: the next commit fails half way through its changes.
     #[cfg(test)]
     fail_next_apply: std::sync::atomic::AtomicBool,
 }
@@ -380,23 +385,99 @@ fn ttl_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// A commit log record is split into parts of at most this size, so that
-/// sled keeps the log tree's pages inline in its log rather than in files of
-/// their own: sled moves anything over about 128 KiB to a file under
-/// `blobs/` (and reads it back whenever it rebuilds a page that once held
-/// it), and a leaf holds up to 16 entries before it splits.
+/// An undo log (and a redo log of earlier builds) is split into parts of at
+/// most this size, so that sled keeps the log tree's pages inline in its log
+/// rather than in files of their own: sled moves anything over about 128
+/// KiB to a file under `blobs/` (and reads it back whenever it rebuilds a
+/// page that once held it), and a leaf holds up to 16 entries before it
+/// splits.
 const LOG_PART: usize = 6 * 1024;
 
-/// The part index of a commit's marker: written after every part, it is the
-/// commit point; its value is the number of parts.
-const LOG_MARKER: u32 = u32::MAX;
+/// Keys in the `log` tree start with a log id (8 bytes, big-endian).
+/// An undo log's keys are 13 bytes: the id, [`UNDO`], the part index (4
+/// bytes, big-endian). A build that knows only redo logs refuses a store
+/// that holds one (a malformed key) instead of ignoring it.
+const UNDO: u8 = b'u';
 
-/// Key of part `part` of commit `id` in the `log` tree.
-fn log_key(id: u64, part: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&part.to_be_bytes());
+/// The part index of an undo log's seal: written after every part, its
+/// value is the number of parts. While it exists the commit has not
+/// happened: removing it is the commit point.
+const UNDO_SEAL: u32 = u32::MAX;
+
+/// The part index of a redo log's marker (earlier builds: 12-byte keys, the
+/// id then the part index): written after every part, it was the commit
+/// point; its value is the number of parts.
+const REDO_MARKER: u32 = u32::MAX;
+
+/// A log in the `log` tree, by the shape of its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogKind {
+    /// Written by an earlier build: the changes of a commit, applied if
+    /// marked.
+    Redo,
+    /// The prior contents of the keys of a commit, put back if sealed.
+    Undo,
+}
+
+impl LogKind {
+    /// The part index of the log's marker (redo) or seal (undo).
+    fn marker(self) -> u32 {
+        match self {
+            LogKind::Redo => REDO_MARKER,
+            LogKind::Undo => UNDO_SEAL,
+        }
+    }
+}
+
+/// Key of part `part` of log `id` in the `log` tree.
+fn log_key(kind: LogKind, id: u64, part: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.extend_from_slice(&id.to_be_bytes());
+    if kind == LogKind::Undo {
+        k.push(UNDO);
+    }
+    k.extend_from_slice(&part.to_be_bytes());
     k
+}
+
+/// Which log a key of the `log` tree belongs to: its kind, id and part.
+fn parse_log_key(key: &[u8]) -> Option<(LogKind, u64, u32)> {
+    let id = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let (kind, part) = match key.len() {
+        12 => (LogKind::Redo, &key[8..]),
+        13 if key[8] == UNDO => (LogKind::Undo, &key[9..]),
+        _ => return None,
+    };
+    Some((kind, id, u32::from_be_bytes(part.try_into().ok()?)))
+}
+
+/// The metadata-tree writes of a commit, in key order: each key's new
+/// value, or `None` to remove it.
+fn writes(commit: &Commit) -> Vec<(Vec<u8>, Option<&[u8]>)> {
+    let mut out = Vec::with_capacity(commit.ops.len() + commit.sys.len());
+    for op in &commit.ops {
+        let (key, value, d) = match op {
+            MetaOp::Put {
+                key,
+                record,
+                deadline,
+            } => (key, Some(record.as_slice()), deadline),
+            MetaOp::Remove { key, deadline } => (key, None, deadline),
+        };
+        out.push((user_key(key), value));
+        match d {
+            DeadlineOp::Keep => {}
+            DeadlineOp::Set(v) => out.push((ttl_key(key), Some(v.as_slice()))),
+            DeadlineOp::Clear => out.push((ttl_key(key), None)),
+        }
+    }
+    for (key, value) in &commit.sys {
+        out.push((sys_key(*key), value.as_deref()));
+    }
+    // In key order: sled inserts neighbouring keys into the same cached
+    // leaf, about 1.5x faster than in random order.
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 fn gc_prefix() -> Vec<u8> {
@@ -544,49 +625,28 @@ impl SledStorage {
         Ok(storage)
     }
 
-    /// Applies logged changes (idempotent: each sets or removes one key).
-    fn apply<'o>(&self, ops: impl IntoIterator<Item = &'o LoggedOp<'o>>) -> Result<()> {
-        let deadline = |key: &[u8], d: &LoggedDeadline<'_>| -> Result<()> {
-            // `key` is the user record's key (its internal key).
-            let ttl = ttl_key(key);
-            match d {
-                LoggedDeadline::Keep => Ok(()),
-                LoggedDeadline::Set(v) => self.meta.insert(ttl, *v).map(drop),
-                LoggedDeadline::Clear => self.meta.remove(ttl).map(drop),
+    /// Sets each key to its value, or removes it (`None`), in the order
+    /// given.
+    fn write_all<'w>(
+        &self,
+        writes: impl IntoIterator<Item = (&'w [u8], Option<&'w [u8]>)>,
+    ) -> Result<()> {
+        for (key, value) in writes {
+            match value {
+                Some(v) => self.meta.insert(key, v).map(drop),
+                None => self.meta.remove(key).map(drop),
             }
-            .map_err(storage_error)
-        };
-        for op in ops {
-            match op {
-                LoggedOp::Put {
-                    key,
-                    record,
-                    deadline: d,
-                } => {
-                    self.meta.insert(*key, *record).map_err(storage_error)?;
-                    deadline(key, d)?;
-                }
-                LoggedOp::Remove { key, deadline: d } => {
-                    self.meta.remove(*key).map_err(storage_error)?;
-                    deadline(key, d)?;
-                }
-                LoggedOp::Sys { key, value } => {
-                    match value {
-                        Some(v) => self.meta.insert(*key, *v).map(drop),
-                        None => self.meta.remove(*key).map(drop),
-                    }
-                    .map_err(storage_error)?;
-                }
-            }
+            .map_err(storage_error)?;
         }
         Ok(())
     }
 
-    /// Applies, in order, every commit a crash left logged but not fully
-    /// applied, then removes its log; removes the parts of a commit whose
-    /// marker was never written (it did not happen). A logged commit that
-    /// does not decode cannot be applied: the store is refused as corrupt
-    /// rather than opened without it.
+    /// Finishes every log a crash or a failure left in the `log` tree:
+    /// applies the redo logs of earlier builds that were marked, in commit
+    /// order; puts back the keys of every sealed undo log, newest first;
+    /// removes every log. A marked or sealed log that does not read whole
+    /// cannot be finished: the store is refused as corrupt rather than
+    /// opened half committed.
     fn replay_logs(&self) -> Result<()> {
         let entries: Vec<(::sled::IVec, ::sled::IVec)> = self
             .log
@@ -596,54 +656,47 @@ impl SledStorage {
         if entries.is_empty() {
             return Ok(());
         }
-        // Parts by commit id (keys are in order: id, then part).
-        let mut commits: std::collections::BTreeMap<u64, Vec<(u32, ::sled::IVec)>> =
-            std::collections::BTreeMap::new();
-        for (key, value) in &entries {
-            let (Ok(id), Ok(part)) = (
-                <[u8; 8]>::try_from(key.get(..8).unwrap_or_default()),
-                <[u8; 4]>::try_from(key.get(8..).unwrap_or_default()),
-            ) else {
+        // Parts by log (keys are in order: id, then part).
+        type Parts = Vec<(u32, ::sled::IVec)>;
+        let mut redo: std::collections::BTreeMap<u64, Parts> = Default::default();
+        let mut undo: std::collections::BTreeMap<u64, Parts> = Default::default();
+        for (key, value) in entries {
+            let Some((kind, id, part)) = parse_log_key(&key) else {
                 return Err(Error::corrupt(None, "a malformed commit log key"));
             };
-            commits
-                .entry(u64::from_be_bytes(id))
-                .or_default()
-                .push((u32::from_be_bytes(part), value.clone()));
+            let logs = match kind {
+                LogKind::Redo => &mut redo,
+                LogKind::Undo => &mut undo,
+            };
+            logs.entry(id).or_default().push((part, value));
         }
-        for (id, parts) in commits {
-            let marker = parts.iter().find(|(p, _)| *p == LOG_MARKER);
-            if let Some((_, count)) = marker {
-                let count = <[u8; 4]>::try_from(&count[..])
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| Error::corrupt(None, format!("commit {id}: a bad log marker")))?;
-                let mut raw = Vec::new();
-                for n in 0..count {
-                    let Some((_, part)) = parts.iter().find(|(p, _)| *p == n) else {
-                        return Err(Error::corrupt(
-                            None,
-                            format!("commit {id}: log part {n} of {count} is missing"),
-                        ));
-                    };
-                    raw.extend_from_slice(part);
-                }
+        for (id, parts) in redo {
+            if let Some(raw) = whole_log(LogKind::Redo, id, &parts)? {
                 let log = codec::decode_commit_log(&raw)?;
-                self.apply(&log.ops)?;
+                self.write_all(redo_writes(&log).iter().map(|(k, v)| (k.as_slice(), *v)))?;
             }
-            self.remove_log(id, parts.iter().map(|(p, _)| *p))?;
+            self.remove_log(LogKind::Redo, id, parts.iter().map(|(p, _)| *p))?;
+        }
+        for (id, parts) in undo.into_iter().rev() {
+            if let Some(raw) = whole_log(LogKind::Undo, id, &parts)? {
+                let log = codec::decode_undo_log(&raw)?;
+                self.write_all(log.priors.iter().map(|p| (p.key, p.value)))?;
+            }
+            self.remove_log(LogKind::Undo, id, parts.iter().map(|(p, _)| *p))?;
         }
         self.flush()
     }
 
-    /// Removes the log of commit `id`: the marker first, so that no half
-    /// removed log is ever taken for a whole one.
-    fn remove_log(&self, id: u64, parts: impl Iterator<Item = u32>) -> Result<()> {
+    /// Removes log `id`: the marker or seal first, so that no half removed
+    /// log is ever taken for a whole one. Removing an undo log's seal is a
+    /// commit point.
+    fn remove_log(&self, kind: LogKind, id: u64, parts: impl Iterator<Item = u32>) -> Result<()> {
         self.log
-            .remove(log_key(id, LOG_MARKER))
+            .remove(log_key(kind, id, kind.marker()))
             .map_err(storage_error)?;
         let mut batch = ::sled::Batch::default();
-        for part in parts.filter(|p| *p != LOG_MARKER) {
-            batch.remove(&log_key(id, part));
+        for part in parts.filter(|p| *p != kind.marker()) {
+            batch.remove(log_key(kind, id, part));
         }
         self.log.apply_batch(batch).map_err(storage_error)
     }
@@ -725,14 +778,24 @@ impl SledStorage {
         self.syncer.lock().sync(&self.dir)
     }
 
-    /// Applies a logged commit (whose marker is written), then removes its log.
-    fn apply_logged(&self, log: &CommitLog<'_>, id: u64, parts: u32) -> Result<()> {
-        // In key order: sled inserts neighbouring keys into the same cached
-        // leaf, about 1.5x faster than in random order.
-        let mut sorted: Vec<&LoggedOp<'_>> = log.ops.iter().collect();
-        sorted.sort_unstable_by_key(|op| op.key());
-        let (first, rest) = sorted.split_at(sorted.len() / 2);
-        self.apply(first.iter().copied())?;
+    /// Makes a commit whose undo log `raw` is ready: writes the log in
+    /// parts and seals it, makes the changes, then removes the seal (the
+    /// commit point) and the parts. sled recovers a prefix of its log, so a
+    /// seal found at open means every part is there, and a change found at
+    /// open means the seal is there too (or was removed after every change).
+    fn make_commit(&self, id: u64, raw: &[u8], writes: &[(Vec<u8>, Option<&[u8]>)]) -> Result<()> {
+        let mut parts = 0u32;
+        for chunk in raw.chunks(LOG_PART) {
+            self.log
+                .insert(log_key(LogKind::Undo, id, parts), chunk)
+                .map_err(storage_error)?;
+            parts += 1;
+        }
+        self.log
+            .insert(log_key(LogKind::Undo, id, UNDO_SEAL), &parts.to_le_bytes())
+            .map_err(storage_error)?;
+        let (first, rest) = writes.split_at(writes.len() / 2);
+        self.write_all(first.iter().map(|(k, v)| (k.as_slice(), *v)))?;
         #[cfg(test)]
         if self
             .fail_next_apply
@@ -742,14 +805,66 @@ impl SledStorage {
         }
         #[cfg(feature = "failpoints")]
         let _ = fail::eval("commit-mid-apply", |_| {
-            // Make the log and the first half reach the file, then die: the
-            // next open must apply the rest from the log.
+            // Make the undo log and the first half reach the file, then
+            // die: the next open must put the first half back.
             let _ = self.db.flush();
             std::process::abort()
         });
-        self.apply(rest.iter().copied())?;
-        self.remove_log(id, 0..parts)
+        self.write_all(rest.iter().map(|(k, v)| (k.as_slice(), *v)))?;
+        self.remove_log(LogKind::Undo, id, 0..parts)
     }
+}
+
+/// The parts of a log that has its marker (redo) or seal (undo), joined:
+/// `None` for a log without one (a redo log that never committed, an undo
+/// log whose commit began no change, or one whose commit point passed).
+fn whole_log(kind: LogKind, id: u64, parts: &[(u32, ::sled::IVec)]) -> Result<Option<Vec<u8>>> {
+    let Some((_, count)) = parts.iter().find(|(p, _)| *p == kind.marker()) else {
+        return Ok(None);
+    };
+    let count = <[u8; 4]>::try_from(&count[..])
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::corrupt(None, format!("log {id}: a bad marker")))?;
+    let mut raw = Vec::new();
+    for n in 0..count {
+        let Some((_, part)) = parts.iter().find(|(p, _)| *p == n) else {
+            return Err(Error::corrupt(
+                None,
+                format!("log {id}: part {n} of {count} is missing"),
+            ));
+        };
+        raw.extend_from_slice(part);
+    }
+    Ok(Some(raw))
+}
+
+/// The metadata-tree writes of a redo log written by an earlier build.
+fn redo_writes<'a>(log: &'a codec::CommitLog<'a>) -> Vec<(Vec<u8>, Option<&'a [u8]>)> {
+    let mut out = Vec::with_capacity(log.ops.len());
+    let deadline =
+        |out: &mut Vec<(Vec<u8>, Option<&'a [u8]>)>, key: &[u8], d: &LoggedDeadline<'a>| match d {
+            LoggedDeadline::Keep => {}
+            LoggedDeadline::Set(v) => out.push((ttl_key(key), Some(*v))),
+            LoggedDeadline::Clear => out.push((ttl_key(key), None)),
+        };
+    for op in &log.ops {
+        match op {
+            LoggedOp::Put {
+                key,
+                record,
+                deadline: d,
+            } => {
+                out.push((key.to_vec(), Some(*record)));
+                deadline(&mut out, key, d);
+            }
+            LoggedOp::Remove { key, deadline: d } => {
+                out.push((key.to_vec(), None));
+                deadline(&mut out, key, d);
+            }
+            LoggedOp::Sys { key, value } => out.push((key.to_vec(), *value)),
+        }
+    }
+    out
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -853,71 +968,35 @@ impl Storage for SledStorage {
     }
 
     fn commit(&self, commit: Commit) -> Result<()> {
-        // One insert, atomic in sled's log, is the commit point; the
-        // changes it holds are then applied one by one, and the log record
-        // removed. `open` applies any log record a crash left behind, and
-        // `settle` one that a failure left behind (first, here too: a
-        // later commit must never be applied before an earlier one).
+        // The undo log holds what every key the commit changes held before;
+        // `open` rolls back a sealed one a crash left behind, and `settle`
+        // one that a failure left behind (first, here too: a commit must
+        // never build on one made in part).
         self.settle()?;
-        let user_keys: Vec<Vec<u8>> = commit
-            .ops
-            .iter()
-            .map(|op| match op {
-                MetaOp::Put { key, .. } | MetaOp::Remove { key, .. } => user_key(key),
-            })
-            .collect();
-        let sys_keys: Vec<Vec<u8>> = commit.sys.iter().map(|(k, _)| sys_key(*k)).collect();
-        fn logged(d: &DeadlineOp) -> LoggedDeadline<'_> {
-            match d {
-                DeadlineOp::Keep => LoggedDeadline::Keep,
-                DeadlineOp::Set(v) => LoggedDeadline::Set(v),
-                DeadlineOp::Clear => LoggedDeadline::Clear,
-            }
+        let writes = writes(&commit);
+        let mut priors = Vec::with_capacity(writes.len());
+        for (key, _) in &writes {
+            priors.push(self.meta.get(key).map_err(storage_error)?);
         }
-        let mut ops = Vec::with_capacity(commit.ops.len() + commit.sys.len());
-        for (op, ukey) in commit.ops.iter().zip(&user_keys) {
-            ops.push(match op {
-                MetaOp::Put {
-                    record, deadline, ..
-                } => LoggedOp::Put {
-                    key: ukey,
-                    record,
-                    deadline: logged(deadline),
-                },
-                MetaOp::Remove { deadline, .. } => LoggedOp::Remove {
-                    key: ukey,
-                    deadline: logged(deadline),
-                },
-            });
-        }
-        for ((_, value), key) in commit.sys.iter().zip(&sys_keys) {
-            ops.push(LoggedOp::Sys {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        let log = CommitLog { ops };
+        let undo = UndoLog {
+            priors: writes
+                .iter()
+                .zip(&priors)
+                .map(|((key, _), prior)| Prior {
+                    key,
+                    value: prior.as_deref(),
+                })
+                .collect(),
+        };
+        let raw = codec::encode_undo_log(&undo)?;
+        drop(undo);
+        drop(priors);
         let id = self.next_log.fetch_add(1, Ordering::SeqCst);
-        let raw = codec::encode_commit_log(&log)?;
-        let mut parts = 0u32;
-        for chunk in raw.chunks(LOG_PART) {
-            self.log
-                .insert(log_key(id, parts), chunk)
-                .map_err(storage_error)?;
-            parts += 1;
-        }
-        // The commit point: sled recovers a prefix of its log, so a marker
-        // found at open means every part before it is there too.
-        self.log
-            .insert(log_key(id, LOG_MARKER), &parts.to_le_bytes())
-            .map_err(storage_error)?;
-        // From here on the commit has happened: if applying it fails, it
-        // stays logged and is settled before anything else is committed.
-        let applied = self.apply_logged(&log, id, parts);
-        if applied.is_err() {
+        let made = self.make_commit(id, &raw, &writes);
+        if made.is_err() {
             *self.unsettled.lock() = true;
         }
-        applied
+        made
     }
 
     fn get_sys(&self, key: SysKey) -> Result<Option<Bytes>> {
@@ -972,7 +1051,7 @@ impl Storage for SledStorage {
         let mut unsettled = self.unsettled.lock();
         if *unsettled {
             // Every log left in the tree belongs to a commit that failed
-            // after its commit point (the others removed theirs).
+            // (the others removed theirs): rolled back if still sealed.
             self.replay_logs()?;
             *unsettled = false;
         }
@@ -1093,8 +1172,11 @@ mod tests {
         assert!(s.get_meta(b"\x01").unwrap().is_none());
     }
 
+    /// A store last written by a build before undo logs may hold a redo
+    /// log a crash left behind: applied at open.
     #[test]
-    fn a_commit_log_left_by_a_crash_is_applied_at_open() {
+    fn a_redo_log_left_by_an_earlier_build_is_applied_at_open() {
+        use crate::codec::CommitLog;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         {
@@ -1131,10 +1213,11 @@ mod tests {
             // marker was never written (it never happened).
             let raw = codec::encode_commit_log(&log).unwrap();
             let (a, b) = raw.split_at(raw.len() / 2);
-            s.log.insert(log_key(7, 0), a).unwrap();
-            s.log.insert(log_key(7, 1), b).unwrap();
+            let key = |id, part| log_key(LogKind::Redo, id, part);
+            s.log.insert(key(7, 0), a).unwrap();
+            s.log.insert(key(7, 1), b).unwrap();
             s.log
-                .insert(log_key(7, LOG_MARKER), &2u32.to_le_bytes())
+                .insert(key(7, REDO_MARKER), &2u32.to_le_bytes())
                 .unwrap();
             let never = CommitLog {
                 ops: vec![LoggedOp::Remove {
@@ -1143,7 +1226,7 @@ mod tests {
                 }],
             };
             s.log
-                .insert(log_key(8, 0), codec::encode_commit_log(&never).unwrap())
+                .insert(key(8, 0), codec::encode_commit_log(&never).unwrap())
                 .unwrap();
             s.flush().unwrap();
         }
@@ -1155,43 +1238,142 @@ mod tests {
         assert!(s.log.is_empty(), "the logs are gone");
     }
 
-    /// postmortem: a commit whose apply failed after its log marker was
-    /// written left the marked log behind; later commits applied and removed
-    /// their own logs, and the next open replayed the old one over them
-    /// (older records, and an older `next_blob` by which recovery removed
-    /// newer blobs).
-    #[test]
-    fn a_commit_that_failed_after_its_commit_point_is_settled_before_the_next() {
-        let put = |v: &[u8], state: &[u8]| Commit {
-            ops: vec![MetaOp::Put {
-                key: Box::from(&b"k"[..]),
-                record: v.to_vec(),
-                deadline: DeadlineOp::Keep,
-            }],
+    fn put(v: &[u8], state: &[u8]) -> Commit {
+        Commit {
+            ops: vec![
+                MetaOp::Put {
+                    key: Box::from(&b"\x01k"[..]),
+                    record: v.to_vec(),
+                    deadline: DeadlineOp::Set(v.to_vec()),
+                },
+                MetaOp::Remove {
+                    key: Box::from(&[b"\x01gone-".as_slice(), v].concat()[..]),
+                    deadline: DeadlineOp::Keep,
+                },
+                MetaOp::Put {
+                    key: Box::from(&[b"\x01new-".as_slice(), v].concat()[..]),
+                    record: v.to_vec(),
+                    deadline: DeadlineOp::Keep,
+                },
+            ],
             sys: vec![(SysKey::State, Some(state.to_vec()))],
-        };
+        }
+    }
+
+    /// Everything of the metadata tree, to compare whole states.
+    fn contents(s: &SledStorage) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.meta
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// A commit that failed half way through its changes is rolled back
+    /// whole (by `settle`, or by the next commit first), so no later commit
+    /// builds on a state that was never committed.
+    #[test]
+    fn a_commit_that_failed_half_way_is_rolled_back_before_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         {
             let s = SledStorage::open(&path, 1 << 20).unwrap();
+            s.put_sys(SysKey::Format, Some(b"f")).unwrap();
+            s.meta.insert(b"\x01gone-2", &b"x"[..]).unwrap();
             s.commit(put(b"1", b"s1")).unwrap();
+            let before = contents(&s);
             s.fail_next_apply.store(true, Ordering::SeqCst);
             assert!(s.commit(put(b"2", b"s2")).is_err());
+            assert_ne!(contents(&s), before, "the failed commit changed keys");
             s.settle().unwrap();
-            assert_eq!(s.get_meta(b"k").unwrap().unwrap(), &b"2"[..]);
+            assert_eq!(contents(&s), before, "rolled back whole");
+            assert!(s.log.is_empty(), "no log is left behind");
             s.commit(put(b"3", b"s3")).unwrap();
             assert!(s.log.is_empty(), "no log is left behind");
             s.flush().unwrap();
         }
         let s = SledStorage::open(&path, 1 << 20).unwrap();
-        assert_eq!(s.get_meta(b"k").unwrap().unwrap(), &b"3"[..]);
+        assert_eq!(s.get_meta(b"\x01k").unwrap().unwrap(), &b"3"[..]);
         assert_eq!(s.get_sys(SysKey::State).unwrap().unwrap(), &b"s3"[..]);
         // Without an explicit settle, the next commit settles first.
+        let before = contents(&s);
         s.fail_next_apply.store(true, Ordering::SeqCst);
         assert!(s.commit(put(b"4", b"s4")).is_err());
         s.commit(put(b"5", b"s5")).unwrap();
         assert!(s.log.is_empty());
-        assert_eq!(s.get_meta(b"k").unwrap().unwrap(), &b"5"[..]);
+        let mut after = before;
+        after.retain(|(k, _)| k != b"\x01k" && k != b"\x00state" && k != b"\x00ttlk");
+        after.push((b"\x01k".to_vec(), b"5".to_vec()));
+        after.push((b"\x01new-5".to_vec(), b"5".to_vec()));
+        after.push((b"\x00state".to_vec(), b"s5".to_vec()));
+        after.push((b"\x00ttlk".to_vec(), b"5".to_vec()));
+        after.sort();
+        assert_eq!(contents(&s), after, "4 left no trace");
+    }
+
+    /// A crash half way through a commit's changes (its undo log sealed):
+    /// open puts every key back as it was before the commit.
+    #[test]
+    fn a_commit_cut_short_by_a_crash_is_rolled_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let before;
+        {
+            let s = SledStorage::open(&path, 1 << 20).unwrap();
+            s.meta.insert(b"\x01gone-2", &b"x"[..]).unwrap();
+            s.commit(put(b"1", b"s1")).unwrap();
+            before = contents(&s);
+            s.fail_next_apply.store(true, Ordering::SeqCst);
+            assert!(s.commit(put(b"2", b"s2")).is_err());
+            assert_ne!(contents(&s), before);
+            // The process dies here: no settle.
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open(&path, 1 << 20).unwrap();
+        assert_eq!(contents(&s), before);
+        assert!(s.log.is_empty());
+    }
+
+    /// Undo log parts without their seal (a crash while the log was being
+    /// written, or after the commit point before the parts were removed)
+    /// change nothing: they are removed. A sealed log with a part missing
+    /// is refused, never half rolled back.
+    #[test]
+    fn an_unsealed_undo_log_is_removed_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let undo = UndoLog {
+            priors: vec![Prior {
+                key: b"\x01k",
+                value: None,
+            }],
+        };
+        let raw = codec::encode_undo_log(&undo).unwrap();
+        let key = |id, part| log_key(LogKind::Undo, id, part);
+        let before;
+        {
+            let s = SledStorage::open(&path, 1 << 20).unwrap();
+            s.commit(put(b"1", b"s1")).unwrap();
+            before = contents(&s);
+            s.log.insert(key(3, 0), &raw[..]).unwrap();
+            s.flush().unwrap();
+        }
+        {
+            let s = SledStorage::open(&path, 1 << 20).unwrap();
+            assert_eq!(contents(&s), before, "an unsealed log changes nothing");
+            assert!(s.log.is_empty());
+            s.log
+                .insert(key(4, UNDO_SEAL), &2u32.to_le_bytes())
+                .unwrap();
+            s.log.insert(key(4, 0), &raw[..3]).unwrap();
+            s.flush().unwrap();
+        }
+        match SledStorage::open(&path, 1 << 20) {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("a sealed log with a part missing: {:?}", other.map(|_| ())),
+        }
     }
 
     #[test]
