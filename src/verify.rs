@@ -401,7 +401,7 @@ impl Shared {
                 r.repaired += ops.len() as u64;
                 storage.commit(Commit {
                     ops,
-                    sys: Vec::new(),
+                    ..Commit::default()
                 })?;
             }
             // Records are rewritten unchanged, so the digest stands; the

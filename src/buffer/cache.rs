@@ -13,13 +13,22 @@
 //!
 //! Each shard's cache is bounded (`Config::read_cache_bytes` / shards,
 //! counting keys, values and a per-entry overhead); past its bound it drops
-//! about a quarter of its entries, in the map's order. Absence is cached
-//! too (a key storage does not hold).
+//! about a quarter of its entries, in the map's order. Above three quarters
+//! of its bound (where a shrink leaves it), only one value read in
+//! [`ADMIT_WHEN_FULL`] is cached: when the keys read are
+//! many more than fit, caching every one costs an insert and a share of a
+//! shrink on every read, for a hit rate no better than the cache's share of
+//! them (`millpond bench`'s read-heavy workload reads 100,000 keys
+//! uniformly through a 1 MiB cache); a hot key is read often enough to get
+//! in anyway. Absence is cached too (a key storage does not hold).
 
 use std::collections::HashMap;
 
 use super::dirty::{Key, ENTRY_OVERHEAD};
 use crate::lookup::Found;
+
+/// Above three quarters of its bound, one value read in this many is cached.
+pub(crate) const ADMIT_WHEN_FULL: u32 = 8;
 
 #[derive(Debug, Default)]
 pub(crate) struct ReadCache {
@@ -27,6 +36,11 @@ pub(crate) struct ReadCache {
     bytes: usize,
     /// This shard's bound in bytes; 0 turns the cache off.
     budget: usize,
+    /// Values not cached since the last one admitted above three quarters.
+    passed: u32,
+    /// Values cached, for tests.
+    #[cfg(test)]
+    admitted: u64,
 }
 
 fn cost(key: &[u8], found: &Option<Found>) -> usize {
@@ -55,6 +69,17 @@ impl ReadCache {
         let c = cost(key, &found);
         if self.budget == 0 || c > self.budget / 4 {
             return;
+        }
+        if self.bytes + c > self.budget / 4 * 3 {
+            self.passed += 1;
+            if self.passed < ADMIT_WHEN_FULL {
+                return;
+            }
+            self.passed = 0;
+        }
+        #[cfg(test)]
+        {
+            self.admitted += 1;
         }
         if let Some(old) = self.values.insert(Box::from(key), found) {
             self.bytes -= cost(key, &old);
@@ -116,6 +141,10 @@ mod tests {
             c.put(&i.to_be_bytes(), found(100));
             assert!(c.bytes() <= 10_000);
         }
+        let total: usize = c.values.iter().map(|(k, v)| cost(k, v)).sum();
+        assert_eq!(total, c.bytes());
+        // With room:
+        let mut c = ReadCache::new(10_000);
         c.put(b"k", found(10));
         assert!(c.get(b"k").is_some());
         c.invalidate(b"k");
@@ -127,6 +156,23 @@ mod tests {
         assert!(c.get(b"big").is_none());
         let total: usize = c.values.iter().map(|(k, v)| cost(k, v)).sum();
         assert_eq!(total, c.bytes());
+    }
+
+    #[test]
+    fn a_full_cache_admits_one_value_in_so_many() {
+        let mut c = ReadCache::new(10_000);
+        let mut i = 0u32;
+        while c.bytes() + cost(&i.to_be_bytes(), &found(100)) <= 7_500 {
+            c.put(&i.to_be_bytes(), found(100));
+            assert!(c.get(&i.to_be_bytes()).is_some(), "room: cached");
+            i += 1;
+        }
+        let before = c.admitted;
+        for j in i..i + 100 * ADMIT_WHEN_FULL {
+            c.put(&j.to_be_bytes(), found(100));
+            assert!(c.bytes() <= 10_000);
+        }
+        assert_eq!(c.admitted - before, 100);
     }
 
     #[test]

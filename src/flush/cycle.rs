@@ -200,6 +200,7 @@ impl Cycles {
         let mut prepared = Prepared::default();
         for part in pool.prepare(&frozen) {
             prepared.ops.extend(part.ops);
+            prepared.replaced.extend(part.replaced);
             prepared.written.extend(part.written);
             prepared.superseded.extend(part.superseded);
             prepared.digest.merge(part.digest);
@@ -253,6 +254,7 @@ impl Cycles {
         let mut commit = Commit {
             ops: prepared.ops,
             sys: Vec::with_capacity(2),
+            replaced: prepared.replaced,
         };
         commit.sys.push((
             SysKey::State,

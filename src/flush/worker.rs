@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::buffer::{Entry, Frozen, Slot};
@@ -27,6 +28,8 @@ use crate::storage::{BlobId, DeadlineOp, MetaOp, Storage};
 #[derive(Debug, Default)]
 pub(crate) struct Prepared {
     pub ops: Vec<MetaOp>,
+    /// For each of `ops`, the record its key held when it was prepared.
+    pub replaced: Vec<Option<Bytes>>,
     /// Blobs written (or attempted): orphans unless the cycle commits.
     pub written: Vec<BlobId>,
     /// Blobs the new records make unreachable.
@@ -154,6 +157,7 @@ fn prepare_entry(
             if let Some(old) = &old {
                 out.digest.remove(key, old);
             }
+            out.replaced.push(old);
             if let Some(old) = old_blob {
                 out.superseded.push(old);
             }
@@ -171,6 +175,7 @@ fn prepare_entry(
         record,
         deadline,
     });
+    out.replaced.push(old);
     let new_blob = match value {
         ValueRef::Blob(b) => Some(b.id),
         ValueRef::Inline(_) => None,

@@ -363,6 +363,7 @@ mod tests {
                 put(b"b", b"1", DeadlineOp::Keep),
             ],
             sys: vec![(SysKey::State, Some(b"s1".to_vec()))],
+            replaced: Vec::new(),
         })
         .unwrap();
         assert!(!s.is_blank().unwrap());
@@ -391,6 +392,7 @@ mod tests {
                         put(b"b", v.as_bytes(), DeadlineOp::Keep),
                     ],
                     sys: vec![(SysKey::State, Some(format!("s{v}").into_bytes()))],
+                    replaced: Vec::new(),
                 })
                 .unwrap();
             }
@@ -402,6 +404,7 @@ mod tests {
                 deadline: DeadlineOp::Clear,
             }],
             sys: vec![(SysKey::State, None)],
+            replaced: Vec::new(),
         })
         .unwrap();
         assert!(s.get_meta(b"a").unwrap().is_none());
@@ -420,6 +423,7 @@ mod tests {
                 put(b"z", b"last", DeadlineOp::Set(b"d2".to_vec())),
             ],
             sys: vec![(SysKey::State, Some(b"sys".to_vec()))],
+            replaced: Vec::new(),
         })
         .unwrap();
         assert_eq!(s.get_meta(b"\x00state").unwrap().unwrap(), &b"user"[..]);
@@ -498,6 +502,7 @@ mod tests {
             .commit(Commit {
                 ops: vec![put(b"k", b"v", DeadlineOp::Keep)],
                 sys: vec![(SysKey::Format, Some(b"f".to_vec()))],
+                replaced: Vec::new(),
             })
             .unwrap();
         first.put_blob(4, b"blob").unwrap();

@@ -168,6 +168,13 @@ pub(crate) struct Commit {
     pub ops: Vec<MetaOp>,
     /// System records to write (`Some`) or remove (`None`).
     pub sys: Vec<(SysKey, Option<Vec<u8>>)>,
+    /// Empty, or for each of `ops` the record its key holds when `commit`
+    /// is called (`None`: no record), so that a backend that needs it (the
+    /// sled backend's undo log) need not read it again. The flush cycle
+    /// fills it with what its workers read to prepare the ops: it settles
+    /// any failed commit before they read, and nothing else writes user
+    /// records before its commit. Debug builds of the sled backend check it.
+    pub replaced: Vec<Option<Bytes>>,
 }
 
 /// The storage seam. Every method may be called from several threads at once.

@@ -451,11 +451,20 @@ fn parse_log_key(key: &[u8]) -> Option<(LogKind, u64, u32)> {
     Some((kind, id, u32::from_be_bytes(part.try_into().ok()?)))
 }
 
-/// The metadata-tree writes of a commit, in key order: each key's new
-/// value, or `None` to remove it.
-fn writes(commit: &Commit) -> Vec<(Vec<u8>, Option<&[u8]>)> {
+/// One metadata-tree write of a commit.
+struct Write<'c> {
+    key: Vec<u8>,
+    /// The new value; `None` removes the key.
+    value: Option<&'c [u8]>,
+    /// What the key holds now, if the commit says (`Commit::replaced`).
+    replaced: Option<Option<&'c Bytes>>,
+}
+
+/// The metadata-tree writes of a commit, in key order.
+fn writes(commit: &Commit) -> Vec<Write<'_>> {
     let mut out = Vec::with_capacity(commit.ops.len() + commit.sys.len());
-    for op in &commit.ops {
+    let known = commit.replaced.len() == commit.ops.len();
+    for (n, op) in commit.ops.iter().enumerate() {
         let (key, value, d) = match op {
             MetaOp::Put {
                 key,
@@ -464,19 +473,32 @@ fn writes(commit: &Commit) -> Vec<(Vec<u8>, Option<&[u8]>)> {
             } => (key, Some(record.as_slice()), deadline),
             MetaOp::Remove { key, deadline } => (key, None, deadline),
         };
-        out.push((user_key(key), value));
-        match d {
-            DeadlineOp::Keep => {}
-            DeadlineOp::Set(v) => out.push((ttl_key(key), Some(v.as_slice()))),
-            DeadlineOp::Clear => out.push((ttl_key(key), None)),
-        }
+        out.push(Write {
+            key: user_key(key),
+            value,
+            replaced: known.then(|| commit.replaced[n].as_ref()),
+        });
+        let value = match d {
+            DeadlineOp::Keep => continue,
+            DeadlineOp::Set(v) => Some(v.as_slice()),
+            DeadlineOp::Clear => None,
+        };
+        out.push(Write {
+            key: ttl_key(key),
+            value,
+            replaced: None,
+        });
     }
     for (key, value) in &commit.sys {
-        out.push((sys_key(*key), value.as_deref()));
+        out.push(Write {
+            key: sys_key(*key),
+            value: value.as_deref(),
+            replaced: None,
+        });
     }
     // In key order: sled inserts neighbouring keys into the same cached
     // leaf, about 1.5x faster than in random order.
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     out
 }
 
@@ -783,7 +805,7 @@ impl SledStorage {
     /// commit point) and the parts. sled recovers a prefix of its log, so a
     /// seal found at open means every part is there, and a change found at
     /// open means the seal is there too (or was removed after every change).
-    fn make_commit(&self, id: u64, raw: &[u8], writes: &[(Vec<u8>, Option<&[u8]>)]) -> Result<()> {
+    fn make_commit(&self, id: u64, raw: &[u8], writes: &[Write<'_>]) -> Result<()> {
         let mut parts = 0u32;
         for chunk in raw.chunks(LOG_PART) {
             self.log
@@ -795,7 +817,7 @@ impl SledStorage {
             .insert(log_key(LogKind::Undo, id, UNDO_SEAL), &parts.to_le_bytes())
             .map_err(storage_error)?;
         let (first, rest) = writes.split_at(writes.len() / 2);
-        self.write_all(first.iter().map(|(k, v)| (k.as_slice(), *v)))?;
+        self.write_all(first.iter().map(|w| (w.key.as_slice(), w.value)))?;
         #[cfg(test)]
         if self
             .fail_next_apply
@@ -810,7 +832,7 @@ impl SledStorage {
             let _ = self.db.flush();
             std::process::abort()
         });
-        self.write_all(rest.iter().map(|(k, v)| (k.as_slice(), *v)))?;
+        self.write_all(rest.iter().map(|w| (w.key.as_slice(), w.value)))?;
         self.remove_log(LogKind::Undo, id, 0..parts)
     }
 }
@@ -974,23 +996,30 @@ impl Storage for SledStorage {
         // never build on one made in part).
         self.settle()?;
         let writes = writes(&commit);
-        let mut priors = Vec::with_capacity(writes.len());
-        for (key, _) in &writes {
-            priors.push(self.meta.get(key).map_err(storage_error)?);
+        // What each key holds: as the commit says, else read.
+        let mut read = Vec::new();
+        for w in &writes {
+            match w.replaced {
+                Some(known) => debug_assert_eq!(
+                    known.map(|b| &b[..]),
+                    self.meta.get(&w.key).ok().flatten().as_deref(),
+                    "Commit::replaced is not what the key holds"
+                ),
+                None => read.push(self.meta.get(&w.key).map_err(storage_error)?),
+            }
         }
-        let undo = UndoLog {
-            priors: writes
-                .iter()
-                .zip(&priors)
-                .map(|((key, _), prior)| Prior {
-                    key,
-                    value: prior.as_deref(),
-                })
-                .collect(),
-        };
+        let mut read = read.iter();
+        let mut priors = Vec::with_capacity(writes.len());
+        for w in &writes {
+            let value = match w.replaced {
+                Some(known) => known.map(|b| &b[..]),
+                None => read.next().and_then(|v| v.as_deref()),
+            };
+            priors.push(Prior { key: &w.key, value });
+        }
+        let undo = UndoLog { priors };
         let raw = codec::encode_undo_log(&undo)?;
         drop(undo);
-        drop(priors);
         let id = self.next_log.fetch_add(1, Ordering::SeqCst);
         let made = self.make_commit(id, &raw, &writes);
         if made.is_err() {
@@ -1124,6 +1153,7 @@ mod tests {
                 },
             ],
             sys: vec![(SysKey::State, Some(b"sys".to_vec()))],
+            replaced: Vec::new(),
         })
         .unwrap();
         assert_eq!(s.get_meta(b"\x01").unwrap().unwrap(), &b"empty"[..]);
@@ -1166,6 +1196,7 @@ mod tests {
                 deadline: DeadlineOp::Clear,
             }],
             sys: vec![],
+            replaced: Vec::new(),
         })
         .unwrap();
         assert_eq!(s.scan_deadlines(b"", 10).unwrap().len(), 1);
@@ -1188,6 +1219,7 @@ mod tests {
                     deadline: DeadlineOp::Keep,
                 }],
                 sys: vec![],
+                replaced: Vec::new(),
             })
             .unwrap();
             // A commit that was logged but not applied (the process died
@@ -1257,6 +1289,7 @@ mod tests {
                 },
             ],
             sys: vec![(SysKey::State, Some(state.to_vec()))],
+            replaced: Vec::new(),
         }
     }
 
