@@ -15,7 +15,7 @@ use crate::journal::Journal;
 use crate::storage::faulty::Faults;
 use crate::storage::memory::Contents;
 #[cfg(feature = "postgres")]
-use crate::storage::postgres::Target;
+use crate::storage::postgres::{Partitioning, Target};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -57,6 +57,9 @@ pub struct Config {
     pub(crate) journal: Journal,
     /// How long a partition lease lasts (the PostgreSQL backend).
     pub(crate) lease_ttl: Duration,
+    /// How keys are grouped into partitions (the PostgreSQL backend).
+    #[cfg(feature = "postgres")]
+    pub(crate) partitioning: Partitioning,
 }
 
 /// Where a store is, and so which storage backend opens it.
@@ -134,7 +137,7 @@ impl Config {
     ///   they are missing; a database holds one store, which **many engines**
     ///   (in one or many processes, on one or many machines) may have open
     ///   at once. The keyspace is split into 64 partitions by a hash of the
-    ///   key; an engine takes a partition's lease at its first write to it
+    ///   key (or of a part of it: [`Config::partition_by`]); an engine takes a partition's lease at its first write to it
     ///   (or fails with [`Error::NotOwner`] while another engine holds it),
     ///   renews it with every flush, and lets it go at shutdown; a lease not
     ///   renewed for [`Config::lease_ttl`] may be taken by another engine,
@@ -176,6 +179,44 @@ impl Config {
         self
     }
 
+    /// Groups the keys of a PostgreSQL store into partitions by a part of
+    /// each key (feature `postgres`): a key's partition is a hash of its
+    /// keyspace and of what `group` returns for it, instead of the whole
+    /// key. Keys that `group` maps to the same bytes share a partition, so
+    /// one engine owns them all: with `group` returning the session id of
+    /// keys such as `sess:42:cart`, every key of a session is written by the
+    /// engine that holds its session's partition.
+    ///
+    /// - `group` must be a pure function of the key, the same in every
+    ///   engine that opens the database (a plain `fn`: no captured state).
+    ///   It may return any part of the key, or all of it.
+    /// - `name` names the grouping. The first engine that opens a database
+    ///   records it there (the default grouping, the whole key, is named
+    ///   `key`); `open` refuses with [`Error::Config`](crate::Error::Config)
+    ///   an engine whose grouping has another name, so that no two engines
+    ///   put one key in different partitions. A name is 1 to 64 bytes.
+    ///
+    /// ```
+    /// use millpond::Config;
+    ///
+    /// /// `sess:<id>:<field>` -> `sess:<id>`; other keys whole.
+    /// fn session(key: &[u8]) -> &[u8] {
+    ///     match key.iter().skip(5).position(|b| *b == b':') {
+    ///         Some(end) if key.starts_with(b"sess:") => &key[..5 + end],
+    ///         _ => key,
+    ///     }
+    /// }
+    ///
+    /// let config = Config::postgres("host=127.0.0.1 dbname=app")
+    ///     .partition_by("session-id", session);
+    /// # let _ = config;
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn partition_by(mut self, name: &str, group: fn(&[u8]) -> &[u8]) -> Config {
+        self.partitioning = Partitioning::new(name, group);
+        self
+    }
+
     fn at(location: Location) -> Config {
         Config {
             location,
@@ -194,6 +235,8 @@ impl Config {
             accept_data_loss: false,
             journal: Journal::Off,
             lease_ttl: Duration::from_secs(10),
+            #[cfg(feature = "postgres")]
+            partitioning: Partitioning::default(),
         }
     }
 
@@ -409,6 +452,12 @@ impl Config {
             if let Some(reason) = target.invalid() {
                 return Err(Error::Config(reason.to_owned()));
             }
+            check((1..=64).contains(&self.partitioning.name().len()), || {
+                format!(
+                    "the partition_by name is {} bytes, not 1 to 64",
+                    self.partitioning.name().len()
+                )
+            })?;
             check(
                 self.lease_ttl >= Duration::from_secs(1)
                     && self.lease_ttl <= Duration::from_secs(3600),
@@ -483,8 +532,8 @@ fn physical_memory() -> Option<usize> {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("dir", &self.dir())
+        let mut f = f.debug_struct("Config");
+        f.field("dir", &self.dir())
             .field("write_delay", &self.write_delay)
             .field("max_dirty_bytes", &self.max_dirty_bytes)
             .field("flush_threads", &self.flush_threads)
@@ -496,8 +545,10 @@ impl fmt::Debug for Config {
             .field("clock", &self.clock)
             .field("retry_backoff", &self.retry_backoff)
             .field("accept_data_loss", &self.accept_data_loss)
-            .field("lease_ttl", &self.lease_ttl)
-            .finish()
+            .field("lease_ttl", &self.lease_ttl);
+        #[cfg(feature = "postgres")]
+        f.field("partition_by", &self.partitioning.name());
+        f.finish()
     }
 }
 

@@ -164,6 +164,22 @@ impl Keyspace {
     }
 }
 
+/// An internal key split into its keyspace prefix and the user's key. A key
+/// that is not a whole internal key (never made by a keyspace) is all
+/// prefix. Used by the PostgreSQL backend's partitioning.
+#[cfg_attr(
+    not(feature = "postgres"),
+    allow(dead_code, reason = "used by the postgres feature")
+)]
+pub(crate) fn split_internal(internal: &[u8]) -> (&[u8], &[u8]) {
+    let prefix = match internal {
+        [DEFAULT_TAG, ..] => 1,
+        [TREE_TAG, len, ..] => 2 + usize::from(*len),
+        _ => internal.len(),
+    };
+    internal.split_at(prefix.min(internal.len()))
+}
+
 /// The key a user sees for an internal key of any keyspace (its default
 /// keyspace key, or the internal key of a tree's record as stored): for
 /// messages and reports that list keys of every keyspace.
@@ -699,3 +715,25 @@ const _: () = {
     const fn assert_traits<T: Send + Sync + Clone + 'static>() {}
     assert_traits::<Tree>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_key_splits_into_its_keyspace_prefix_and_the_users_key() {
+        assert_eq!(split_internal(b"\x01k"), (&b"\x01"[..], &b"k"[..]));
+        assert_eq!(split_internal(b"\x01"), (&b"\x01"[..], &b""[..]));
+        assert_eq!(
+            split_internal(b"\x02\x03abckey"),
+            (&b"\x02\x03abc"[..], &b"key"[..])
+        );
+        // Not whole internal keys: all prefix, never a panic.
+        assert_eq!(
+            split_internal(b"\x02\x09ab"),
+            (&b"\x02\x09ab"[..], &b""[..])
+        );
+        assert_eq!(split_internal(b"\x02"), (&b"\x02"[..], &b""[..]));
+        assert_eq!(split_internal(b""), (&b""[..], &b""[..]));
+    }
+}

@@ -168,6 +168,78 @@ fn two_engines_share_a_database_and_a_bad_conninfo_is_a_config_error() {
     assert!(!format!("{c:?}").contains("secret"));
 }
 
+/// `sess:<id>:<field>` -> `sess:<id>`.
+fn session(key: &[u8]) -> &[u8] {
+    match key.iter().skip(5).position(|b| *b == b':') {
+        Some(end) if key.starts_with(b"sess:") => &key[..5 + end],
+        _ => key,
+    }
+}
+
+/// `Config::partition_by`: every key of a session lands in its session's
+/// partition, so the engine that wrote one field of a session owns all of
+/// them and another engine is refused every one; an engine that groups keys
+/// another way is refused at open.
+#[test]
+fn partition_by_keeps_a_session_in_one_partition_and_refuses_another_grouping() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let grouped = |db: &str| quiet(db).partition_by("session-id", session);
+    let e1 = Engine::open(grouped(&db)).unwrap();
+    let e2 = Engine::open(grouped(&db)).unwrap();
+    e1.set(b"sess:1:user", b"ann").unwrap();
+    // Every other field of session 1 is e1's: e1 writes 100 of them, e2
+    // none (by a hash of the whole key, 100 keys would spread over most of
+    // the 64 partitions).
+    for i in 0..100u64 {
+        let key = format!("sess:1:f{i}");
+        e1.set(key.as_bytes(), &value(i, 100)).unwrap();
+        assert!(
+            matches!(e2.set(key.as_bytes(), b"x"), Err(Error::NotOwner { .. })),
+            "{key}"
+        );
+    }
+    // A session e2 starts is e2's, unless it hashes to session 1's
+    // partition.
+    let other = (2..100u64)
+        .map(|s| format!("sess:{s}:user"))
+        .find(|key| e2.set(key.as_bytes(), b"bob").is_ok())
+        .expect("one of 98 sessions is in another partition");
+    assert!(matches!(
+        e1.set(other.as_bytes(), b"x"),
+        Err(Error::NotOwner { .. })
+    ));
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    assert_eq!(e2.get(b"sess:1:f7").unwrap().unwrap(), value(7, 100));
+    assert_eq!(e1.get(other.as_bytes()).unwrap().unwrap(), b"bob");
+
+    // Another grouping (the default one included) is refused while the
+    // database's is "session-id".
+    for config in [quiet(&db), quiet(&db).partition_by("by-user", session)] {
+        match Engine::open(config) {
+            Err(Error::Config(reason)) => {
+                assert!(reason.contains("session-id"), "{reason}")
+            }
+            Err(other) => panic!("expected a config error, got {other}"),
+            Ok(_) => panic!("opened with another grouping"),
+        }
+    }
+    assert!(matches!(
+        Engine::open(quiet(&db).partition_by("", session)),
+        Err(Error::Config(_))
+    ));
+    e1.shutdown().unwrap();
+    e2.shutdown().unwrap();
+    drop((e1, e2));
+    let e = Engine::open(grouped(&db)).unwrap();
+    assert_eq!(e.get(b"sess:1:user").unwrap().unwrap(), b"ann");
+    assert_eq!(e.get(other.as_bytes()).unwrap().unwrap(), b"bob");
+    e.shutdown().unwrap();
+}
+
 #[test]
 fn an_unknown_table_version_is_refused() {
     let Some(server) = PgServer::shared() else {

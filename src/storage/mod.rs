@@ -79,7 +79,11 @@ pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
         }
         #[cfg(feature = "postgres")]
         Location::Postgres(target) => {
-            let backend = postgres::PostgresBackend::new(Arc::clone(target), config.lease_ttl);
+            let backend = postgres::PostgresBackend::new(
+                Arc::clone(target),
+                config.lease_ttl,
+                config.partitioning.clone(),
+            );
             (target.name().to_path_buf(), Box::new(backend))
         }
     })

@@ -18,6 +18,8 @@
 //! - `millpond_lease (part integer, owner bigint, epoch bigint, expires
 //!   timestamptz, pid integer)`: the partition leases (`pid`: the holder's
 //!   presence connection);
+//! - `millpond_partitioning (id = 1, name text)`: the name of the key
+//!   grouping every engine of the database must use ([`Partitioning`]);
 //! - the sequence `millpond_owner`: owner ids, one per engine open.
 //!
 //! What it keeps of the [`Storage`] promises:
@@ -37,7 +39,8 @@
 //!   [`Storage::write_durable`] commits the durable record the same way;
 //! - many engines per database, with **leases and fencing** ([`Leases`]):
 //!   the keyspace is split into [`PARTITIONS`] partitions by a hash of the
-//!   internal key; `millpond_lease (part, owner, epoch, expires)` says which
+//!   keyspace and the key's group ([`Partitioning`]: the whole key unless
+//!   `Config::partition_by` says otherwise); `millpond_lease (part, owner, epoch, expires)` says which
 //!   engine may write each; every flush transaction first renews the leases
 //!   this engine holds (`owner = me AND epoch = my epoch`) and rolls back
 //!   unless every partition it writes was renewed. Each engine that opens the
@@ -200,11 +203,16 @@ pub(crate) struct PostgresBackend {
 }
 
 impl PostgresBackend {
-    pub(crate) fn new(target: Arc<Target>, ttl: Duration) -> PostgresBackend {
+    pub(crate) fn new(
+        target: Arc<Target>,
+        ttl: Duration,
+        partitioning: Partitioning,
+    ) -> PostgresBackend {
         PostgresBackend {
             leases: Arc::new(Leases {
                 target: Arc::clone(&target),
                 ttl,
+                partitioning,
                 owner: Mutex::new(None),
                 state: Mutex::new(vec![Lease::Free; PARTITIONS as usize]),
                 conn: Mutex::new(None),
@@ -232,11 +240,12 @@ impl Backend for PostgresBackend {
     }
 
     fn claim(&self, key: &[u8]) -> Result<()> {
-        self.leases.claim(partition_of(key))
+        self.leases
+            .claim(self.leases.partitioning.partition_of(key))
     }
 
     fn owns(&self, key: &[u8]) -> bool {
-        self.leases.owns(partition_of(key))
+        self.leases.owns(self.leases.partitioning.partition_of(key))
     }
 
     fn release(&self) -> Result<()> {
@@ -244,10 +253,68 @@ impl Backend for PostgresBackend {
     }
 }
 
-/// The partition of an internal key: XXH3 of the key, modulo
-/// [`PARTITIONS`] (stable across builds and machines).
-pub(crate) fn partition_of(key: &[u8]) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(PARTITIONS)) as u32
+/// How keys are grouped into partitions (`Config::partition_by`): by a
+/// named function of the user's key; by default the whole key, named `key`.
+#[derive(Clone)]
+pub(crate) struct Partitioning {
+    name: Arc<str>,
+    group: fn(&[u8]) -> &[u8],
+}
+
+impl Default for Partitioning {
+    fn default() -> Partitioning {
+        Partitioning::new("key", |key| key)
+    }
+}
+
+impl Partitioning {
+    pub(crate) fn new(name: &str, group: fn(&[u8]) -> &[u8]) -> Partitioning {
+        Partitioning {
+            name: Arc::from(name),
+            group,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The partition of an internal key: XXH3 of its keyspace prefix and
+    /// of what the grouping returns for the user's key, modulo
+    /// [`PARTITIONS`] (stable across builds and machines). With the default
+    /// grouping this is the XXH3 of the whole internal key (streamed XXH3
+    /// equals XXH3 of the concatenation), as before `partition_by`.
+    pub(crate) fn partition_of(&self, key: &[u8]) -> u32 {
+        let (prefix, user) = crate::tree::split_internal(key);
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        hash.update(prefix);
+        hash.update((self.group)(user));
+        (hash.digest() % u64::from(PARTITIONS)) as u32
+    }
+}
+
+/// Records the database's grouping (the first engine's) and refuses an
+/// engine whose grouping has another name.
+fn check_partitioning(pool: &Pool, partitioning: &Partitioning) -> Result<()> {
+    let name = partitioning.name();
+    let stored: String = pool.with(|c| {
+        c.execute(
+            "INSERT INTO millpond_partitioning (id, name) VALUES (1, $1)
+             ON CONFLICT (id) DO NOTHING",
+            &[&name],
+        )?;
+        c.query_one("SELECT name FROM millpond_partitioning WHERE id = 1", &[])?
+            .try_get(0)
+    })?;
+    if stored == name {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{}: the database's keys are partitioned by {stored:?}, this engine's by {name:?} \
+             (Config::partition_by): every engine of a database must group keys alike",
+            pool.target.name.display()
+        )))
+    }
 }
 
 /// What this engine knows of one partition's lease.
@@ -270,6 +337,8 @@ enum Lease {
 struct Leases {
     target: Arc<Target>,
     ttl: Duration,
+    /// Which partition each key is in.
+    partitioning: Partitioning,
     /// Taken from `millpond_owner` by the first open.
     owner: Mutex<Option<i64>>,
     /// One per partition.
@@ -680,6 +749,7 @@ impl PostgresStorage {
             ttl: leases.ttl,
         };
         create_tables(&pool)?;
+        check_partitioning(&pool, &leases.partitioning)?;
         let owner = {
             let mut owner = leases.owner.lock();
             match *owner {
@@ -955,6 +1025,12 @@ fn try_create_tables(pool: &Pool) -> Result<Option<i32>> {
                 &[&SCHEMA_VERSION],
             )?;
         }
+        // Added after version 2 was released: made by every open, so that a
+        // database created by an earlier build gets it too.
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS millpond_partitioning (
+                 id integer PRIMARY KEY CHECK (id = 1), name text NOT NULL);",
+        )?;
         tx.commit()?;
         Ok(version)
     })
@@ -1181,7 +1257,9 @@ impl Storage for PostgresStorage {
             .ops
             .iter()
             .map(|op| match op {
-                MetaOp::Put { key, .. } | MetaOp::Remove { key, .. } => partition_of(key),
+                MetaOp::Put { key, .. } | MetaOp::Remove { key, .. } => {
+                    self.leases.partitioning.partition_of(key)
+                }
             })
             .collect();
         {
@@ -1369,5 +1447,46 @@ impl Storage for PostgresStorage {
             )
             .map(drop)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_grouping_hashes_the_whole_internal_key() {
+        let p = Partitioning::default();
+        for key in [
+            &b"\x01k"[..],
+            b"\x01",
+            b"\x02\x03abcxyz",
+            b"\x02\x09ab",
+            b"",
+        ] {
+            assert_eq!(
+                p.partition_of(key),
+                (xxhash_rust::xxh3::xxh3_64(key) % u64::from(PARTITIONS)) as u32,
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grouping_puts_keys_with_one_group_in_one_partition() {
+        fn first_byte(key: &[u8]) -> &[u8] {
+            key.get(..1).unwrap_or(key)
+        }
+        let p = Partitioning::new("first-byte", first_byte);
+        let a = p.partition_of(b"\x01a-one");
+        assert!((0..200).all(|i| p.partition_of(format!("\x01a{i}").as_bytes()) == a));
+        // The keyspace is part of the hash: a tree's keys of the same group
+        // are another group.
+        let tree = p.partition_of(b"\x02\x01ta-one");
+        assert!((0..200).all(|i| p.partition_of(format!("\x02\x01ta{i}").as_bytes()) == tree));
+        assert_eq!(
+            tree,
+            (xxhash_rust::xxh3::xxh3_64(b"\x02\x01ta") % u64::from(PARTITIONS)) as u32
+        );
     }
 }
