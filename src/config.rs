@@ -145,7 +145,8 @@ impl Config {
     ///   and its writes to that partition fail with [`Error::NotOwner`]. A
     ///   read of a key another engine owns returns what that engine last
     ///   flushed (at most its `write_delay` plus one cycle old); the read
-    ///   cache is off with this backend.
+    ///   cache holds only keys of partitions this engine holds, while it
+    ///   holds them.
     /// - A flush cycle is one PostgreSQL transaction. A write survives the
     ///   death of the engine's process once flushed (within `write_delay`
     ///   plus one cycle), and survives a crash of the server once a later
@@ -277,12 +278,6 @@ impl Config {
 
     /// The read cache's bound, default applied.
     pub(crate) fn read_cache_limit(&self) -> usize {
-        #[cfg(feature = "postgres")]
-        if let Location::Postgres(_) = self.location {
-            // Another engine may change a key this engine cached (once it
-            // takes the key's partition over), so nothing is cached.
-            return 0;
-        }
         self.read_cache_bytes.unwrap_or(self.max_dirty_bytes / 4)
     }
 

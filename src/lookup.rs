@@ -144,8 +144,9 @@ pub(crate) struct Fetch(Io);
 
 #[derive(Debug)]
 enum Io {
-    /// The key's stored record; the shard was at `generation` before it.
-    Record { generation: u64 },
+    /// The key's stored record; the shard was at `generation` before it,
+    /// and the cache token at `token`.
+    Record { generation: u64, token: Option<u64> },
     /// The blob of the value with this seq.
     Blob { seq: Seq, blob: BlobRef },
 }
@@ -165,9 +166,9 @@ pub(crate) struct Lookup<'k> {
     key: &'k [u8],
     /// Whether a blob value is to be loaded.
     load: bool,
-    /// The stored record (`None`: no record) and the generation it is valid
-    /// for.
-    stored: Option<(u64, Option<Found>)>,
+    /// The stored record (`None`: no record), the generation it is valid
+    /// for, and the cache token before it was read.
+    stored: Option<(u64, Option<Found>, Option<u64>)>,
     /// A blob loaded without the lock, by id.
     blob: Option<(u64, Bytes)>,
     /// The version and blob id of a blob found missing.
@@ -189,16 +190,31 @@ impl<'k> Lookup<'k> {
     /// read to make first.
     pub(crate) fn probe(&mut self, shard: &mut Shard, s: &Shared) -> Result<Step> {
         let generation = shard.generation();
+        // Only this engine can change the key in storage while the token
+        // stays the same (`Backend::cache_token`).
+        let token = s.keeper.cache_token(self.key);
+        let cached = token.and_then(|t| shard.cached(self.key, t));
+        // Whether the candidate is what storage holds, cacheable under the
+        // current token.
+        let mut clean = false;
         let (candidate, dirty_seq) = match shard.get(self.key) {
             Some(e) => (Found::from_entry(e), Some(e.seq)),
-            None => match (&self.stored, shard.cached(self.key)) {
-                (_, Some(clean)) => (clean.clone(), None),
-                (Some((g, record)), None) if *g == generation => {
+            None => match (&self.stored, cached) {
+                (_, Some(hit)) => {
+                    clean = true;
+                    (hit.clone(), None)
+                }
+                (Some((g, record, read_under)), None) if *g == generation => {
                     // Confirmed under the lock: what storage holds now.
-                    shard.cache_clean(self.key, record.clone());
+                    if let Some(t) = token.filter(|t| *read_under == Some(*t)) {
+                        shard.cache_clean(self.key, record.clone(), t);
+                        clean = true;
+                    }
                     (record.clone(), None)
                 }
-                _ => return Ok(Step::Fetch(Fetch(Io::Record { generation }))),
+                _ => {
+                    return Ok(Step::Fetch(Fetch(Io::Record { generation, token })));
+                }
             },
         };
         let mut loaded_clean = false;
@@ -209,7 +225,7 @@ impl<'k> Lookup<'k> {
                 seq,
             }) if self.load => match &self.blob {
                 Some((id, v)) if *id == b.id => {
-                    loaded_clean = dirty_seq.is_none();
+                    loaded_clean = clean;
                     Some(Found {
                         held: Held::Bytes(v.clone()),
                         deadline,
@@ -223,10 +239,10 @@ impl<'k> Lookup<'k> {
             },
             other => other,
         };
-        if loaded_clean {
+        if let Some(t) = token.filter(|_| loaded_clean) {
             // The stored value with its blob loaded: the next read of this
             // key needs no storage read at all.
-            shard.cache_clean(self.key, found.clone());
+            shard.cache_clean(self.key, found.clone(), t);
         }
         Ok(Step::Seen(Seen {
             found,
@@ -238,8 +254,8 @@ impl<'k> Lookup<'k> {
     /// Makes the read `probe` asked for. Call without any shard lock held.
     pub(crate) fn fetch(&mut self, s: &Shared, fetch: Fetch) -> Result<()> {
         match fetch.0 {
-            Io::Record { generation } => {
-                self.stored = Some((generation, s.read_record(self.key)?));
+            Io::Record { generation, token } => {
+                self.stored = Some((generation, s.read_record(self.key)?, token));
             }
             Io::Blob { seq, blob } => match s.load_blob(self.key, &blob)? {
                 Some(v) => self.blob = Some((blob.id, v)),

@@ -754,6 +754,49 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
     e.shutdown().unwrap();
 }
 
+/// The read cache serves keys of partitions this engine holds, and never a
+/// value another engine changed since: once the lease lapses (and another
+/// engine takes the partition over and writes the key), a read goes to the
+/// database again.
+#[test]
+fn a_cached_read_never_outlives_the_lease_it_was_cached_under() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let ttl = Duration::from_secs(1);
+    let e1 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    let e2 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    e1.set(b"k", b"1").unwrap();
+    e1.set(b"blob", &value(1, 5000)).unwrap();
+    e1.checkpoint().unwrap();
+    // Read twice while e1 holds the partitions: cached.
+    for _ in 0..2 {
+        assert_eq!(e1.get(b"k").unwrap().unwrap(), b"1");
+        assert_eq!(e1.get(b"blob").unwrap().unwrap(), value(1, 5000));
+    }
+    // e1 renews nothing (no flush): e2 takes both partitions once they
+    // expire, and changes both keys.
+    let patience = common::Patience::new("the leases to expire");
+    for (key, v) in [(&b"k"[..], value(2, 10)), (&b"blob"[..], value(2, 6000))] {
+        loop {
+            match e2.set(key, &v) {
+                Ok(()) => break,
+                Err(Error::NotOwner { .. }) => {
+                    patience.check();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
+            }
+        }
+    }
+    e2.checkpoint().unwrap();
+    assert_eq!(e1.get(b"k").unwrap().unwrap(), value(2, 10));
+    assert_eq!(e1.get(b"blob").unwrap().unwrap(), value(2, 6000));
+    e1.shutdown().ok();
+    e2.shutdown().unwrap();
+}
+
 /// Counters shared by the [`pg_lease_child`] processes.
 const SHARED_COUNTERS: u64 = 24;
 

@@ -32,7 +32,9 @@ pub(crate) const ADMIT_WHEN_FULL: u32 = 8;
 
 #[derive(Debug, Default)]
 pub(crate) struct ReadCache {
-    values: HashMap<Key, Option<Found>>,
+    /// Each key's value and the cache token it is valid under
+    /// (`Backend::cache_token`).
+    values: HashMap<Key, (Option<Found>, u64)>,
     bytes: usize,
     /// This shard's bound in bytes; 0 turns the cache off.
     budget: usize,
@@ -55,17 +57,21 @@ impl ReadCache {
         }
     }
 
-    /// What storage holds for `key`, if cached (`Some(None)`: no record).
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Option<Found>> {
+    /// What storage holds for `key`, if cached under `token`
+    /// (`Some(None)`: no record).
+    pub(crate) fn get(&self, key: &[u8], token: u64) -> Option<&Option<Found>> {
         if self.values.is_empty() {
             return None;
         }
-        self.values.get(key)
+        match self.values.get(key) {
+            Some((found, t)) if *t == token => Some(found),
+            _ => None,
+        }
     }
 
     /// Caches what storage holds for `key` (confirmed by the caller under
-    /// the shard lock).
-    pub(crate) fn put(&mut self, key: &[u8], found: Option<Found>) {
+    /// the shard lock), valid while the cache token is `token`.
+    pub(crate) fn put(&mut self, key: &[u8], found: Option<Found>, token: u64) {
         let c = cost(key, &found);
         if self.budget == 0 || c > self.budget / 4 {
             return;
@@ -81,7 +87,7 @@ impl ReadCache {
         {
             self.admitted += 1;
         }
-        if let Some(old) = self.values.insert(Box::from(key), found) {
+        if let Some((old, _)) = self.values.insert(Box::from(key), (found, token)) {
             self.bytes -= cost(key, &old);
         }
         self.bytes += c;
@@ -95,7 +101,7 @@ impl ReadCache {
         if self.values.is_empty() {
             return;
         }
-        if let Some(old) = self.values.remove(key) {
+        if let Some((old, _)) = self.values.remove(key) {
             self.bytes -= cost(key, &old);
         }
     }
@@ -104,7 +110,7 @@ impl ReadCache {
     fn shrink(&mut self) {
         let target = self.budget / 4 * 3;
         let mut bytes = self.bytes;
-        self.values.retain(|k, v| {
+        self.values.retain(|k, (v, _)| {
             if bytes <= target {
                 return true;
             }
@@ -138,23 +144,23 @@ mod tests {
     fn stays_within_its_bound_and_forgets_written_keys() {
         let mut c = ReadCache::new(10_000);
         for i in 0..1000u32 {
-            c.put(&i.to_be_bytes(), found(100));
+            c.put(&i.to_be_bytes(), found(100), 0);
             assert!(c.bytes() <= 10_000);
         }
-        let total: usize = c.values.iter().map(|(k, v)| cost(k, v)).sum();
+        let total: usize = c.values.iter().map(|(k, (v, _))| cost(k, v)).sum();
         assert_eq!(total, c.bytes());
         // With room:
         let mut c = ReadCache::new(10_000);
-        c.put(b"k", found(10));
-        assert!(c.get(b"k").is_some());
+        c.put(b"k", found(10), 0);
+        assert!(c.get(b"k", 0).is_some());
         c.invalidate(b"k");
-        assert!(c.get(b"k").is_none());
-        c.put(b"absent", None);
-        assert!(matches!(c.get(b"absent"), Some(None)));
+        assert!(c.get(b"k", 0).is_none());
+        c.put(b"absent", None, 0);
+        assert!(matches!(c.get(b"absent", 0), Some(None)));
         // A value too large for the cache is not cached.
-        c.put(b"big", found(5000));
-        assert!(c.get(b"big").is_none());
-        let total: usize = c.values.iter().map(|(k, v)| cost(k, v)).sum();
+        c.put(b"big", found(5000), 0);
+        assert!(c.get(b"big", 0).is_none());
+        let total: usize = c.values.iter().map(|(k, (v, _))| cost(k, v)).sum();
         assert_eq!(total, c.bytes());
     }
 
@@ -163,22 +169,33 @@ mod tests {
         let mut c = ReadCache::new(10_000);
         let mut i = 0u32;
         while c.bytes() + cost(&i.to_be_bytes(), &found(100)) <= 7_500 {
-            c.put(&i.to_be_bytes(), found(100));
-            assert!(c.get(&i.to_be_bytes()).is_some(), "room: cached");
+            c.put(&i.to_be_bytes(), found(100), 0);
+            assert!(c.get(&i.to_be_bytes(), 0).is_some(), "room: cached");
             i += 1;
         }
         let before = c.admitted;
         for j in i..i + 100 * ADMIT_WHEN_FULL {
-            c.put(&j.to_be_bytes(), found(100));
+            c.put(&j.to_be_bytes(), found(100), 0);
             assert!(c.bytes() <= 10_000);
         }
         assert_eq!(c.admitted - before, 100);
     }
 
     #[test]
+    fn a_value_answers_only_under_the_token_it_was_cached_with() {
+        let mut c = ReadCache::new(10_000);
+        c.put(b"k", found(10), 7);
+        assert!(c.get(b"k", 7).is_some());
+        assert!(c.get(b"k", 8).is_none(), "another token: not trusted");
+        c.put(b"k", found(10), 8);
+        assert!(c.get(b"k", 8).is_some());
+        assert!(c.get(b"k", 7).is_none());
+    }
+
+    #[test]
     fn a_zero_budget_caches_nothing() {
         let mut c = ReadCache::new(0);
-        c.put(b"k", found(1));
-        assert!(c.get(b"k").is_none());
+        c.put(b"k", found(1), 0);
+        assert!(c.get(b"k", 0).is_none());
     }
 }

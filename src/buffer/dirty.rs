@@ -182,15 +182,17 @@ impl Shard {
         &self.expiry
     }
 
-    /// What storage holds for `key`, if the read cache has it.
-    pub(crate) fn cached(&self, key: &[u8]) -> Option<&Option<Found>> {
-        self.cache.get(key)
+    /// What storage holds for `key`, if the read cache has it under
+    /// `token` (`Backend::cache_token`).
+    pub(crate) fn cached(&self, key: &[u8], token: u64) -> Option<&Option<Found>> {
+        self.cache.get(key, token)
     }
 
     /// Caches what storage holds for `key`: only for a read confirmed under
-    /// this shard's lock with no dirty entry and an unchanged generation.
-    pub(crate) fn cache_clean(&mut self, key: &[u8], found: Option<Found>) {
-        self.cache.put(key, found);
+    /// this shard's lock with no dirty entry and an unchanged generation,
+    /// made while the cache token was `token` throughout.
+    pub(crate) fn cache_clean(&mut self, key: &[u8], found: Option<Found>, token: u64) {
+        self.cache.put(key, found, token);
     }
 
     fn is_held(&self, key: &[u8]) -> bool {

@@ -142,7 +142,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
 /// keeps verification out meanwhile).
 fn reopen(shared: &Shared, cycles: &mut Cycles) {
     let _cycle = shared.cycle_lock.lock();
-    match shared.keeper.reopen(cycles.committed()) {
+    match shared.keeper.reopen(cycles.released()) {
         Ok(Some(recovered)) => {
             log::warn!(
                 "millpond: storage reopened after failures (recovered at seq {})",

@@ -66,6 +66,10 @@ pub(crate) struct Cycles {
     next_gc_id: u64,
     /// Cut of the last committed cycle (or the recovered state).
     committed: Seq,
+    /// Cut of the last cycle whose frozen maps were released (committed and
+    /// flushed: only storage holds it now), or the recovered state. A
+    /// committed cycle whose flush failed is still pending, in memory.
+    released: Seq,
     /// The store digest of the committed state; `None` when it must be read
     /// again from the stored state record (after a failed attempt, which
     /// may have committed without finishing, or a storage replacement).
@@ -93,6 +97,7 @@ impl Cycles {
             pending: None,
             next_gc_id: recovered.next_gc_id,
             committed: recovered.last_seq,
+            released: recovered.last_seq,
             digest: Some(recovered.digest),
             synced: recovered.last_seq,
             unsynced: false,
@@ -109,9 +114,10 @@ impl Cycles {
         self.unsynced = true;
     }
 
-    /// Cut of the last committed cycle.
-    pub(crate) fn committed(&self) -> Seq {
-        self.committed
+    /// Cut of the last cycle released from memory: a storage that comes
+    /// back with less has lost writes this engine no longer holds.
+    pub(crate) fn released(&self) -> Seq {
+        self.released
     }
 
     /// Whether a frozen cycle is waiting to be retried.
@@ -288,6 +294,7 @@ impl Cycles {
         shared.watchers.flushed(frozen, &*storage, shared.now());
         // 6. Release.
         shared.buffer.release(frozen);
+        self.released = frozen.cut;
         let c = &shared.counters;
         Counters::add(&c.flushes, 1);
         Counters::add(&c.flushed_entries, frozen.entries as u64);

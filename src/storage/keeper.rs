@@ -112,7 +112,6 @@ impl Keeper {
         &self.blobs
     }
 
-    /// Storage replacements so far.
     /// [`Backend::claim`]: may this engine write `key` (an internal key)?
     pub(crate) fn claim(&self, key: &[u8]) -> Result<()> {
         self.backend.claim(key)
@@ -123,11 +122,17 @@ impl Keeper {
         self.backend.owns(key)
     }
 
+    /// [`Backend::cache_token`], without blocking.
+    pub(crate) fn cache_token(&self, key: &[u8]) -> Option<u64> {
+        self.backend.cache_token(key)
+    }
+
     /// [`Backend::release`], at shutdown after a successful final flush.
     pub(crate) fn release(&self) -> Result<()> {
         self.backend.release()
     }
 
+    /// Storage replacements so far.
     pub(crate) fn reopens(&self) -> u64 {
         self.reopens.load(Ordering::Relaxed)
     }
@@ -217,13 +222,16 @@ impl Keeper {
     /// probe says the medium accepts writes again. Returns what recovery
     /// found in the reopened store, or `None` if the probe failed (nothing
     /// was changed). Called by the flush coordinator between cycles, never
-    /// during one, with `committed`, the cut of the last cycle this engine
-    /// committed: a reopened store that holds less has lost cycles that
-    /// were flushed but not yet durable (a PostgreSQL server that crashed
-    /// while this engine kept running), and the engine is poisoned, since
-    /// what it acknowledged as flushed is gone; a reopen of the engine
-    /// serves the state found.
-    pub(crate) fn reopen(&self, committed: Seq) -> Result<Option<Recovered>> {
+    /// during one, with `released`, the cut of the last cycle this engine
+    /// committed, flushed and released from memory: a reopened store that
+    /// holds less has lost cycles that were flushed but not yet durable (a
+    /// PostgreSQL server that crashed while this engine kept running), and
+    /// the engine is poisoned, since what it acknowledged as flushed is
+    /// gone; a reopen of the engine serves the state found. A cycle that
+    /// committed but whose flush failed (a full disk: sled's commit was in
+    /// its memory only) is still pending in memory and is retried whole, so
+    /// a store that lost it has lost nothing the engine does not hold.
+    pub(crate) fn reopen(&self, released: Seq) -> Result<Option<Recovered>> {
         if self.backend.probe().is_err() {
             return Ok(None);
         }
@@ -243,11 +251,11 @@ impl Keeper {
         });
         match opened {
             Ok((storage, recovered)) => {
-                if recovered.last_seq < committed {
+                if recovered.last_seq < released {
                     self.health.poison(format!(
                         "the reopened store holds writes up to seq {} but cycles up to seq {} \
-                         had committed: it lost flushed writes that were not yet durable",
-                        recovered.last_seq.0, committed.0
+                         had been flushed: it lost flushed writes that were not yet durable",
+                        recovered.last_seq.0, released.0
                     ));
                 }
                 *slot = Some(storage);

@@ -115,6 +115,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// Whether a value of `key` read from storage may be cached, and for
+    /// how long: `Some(t)` when only this engine can change `key` in
+    /// storage for as long as this returns the same `t` (a store shared by
+    /// many engines: the epoch of the lease this engine holds on the key's
+    /// partition); `None` when another engine may change it now. A value
+    /// is cached only if the token was the same before its storage read and
+    /// when it is confirmed, and a cached value answers only while the
+    /// token is still that. Called under a shard lock: must not block.
+    /// Default: `Some(0)`, a store no other engine writes.
+    fn cache_token(&self, _key: &[u8]) -> Option<u64> {
+        Some(0)
+    }
+
     /// Lets go of what [`Backend::claim`] took, after a successful final
     /// flush at shutdown. Default: nothing to do.
     fn release(&self) -> Result<()> {

@@ -248,6 +248,12 @@ impl Backend for PostgresBackend {
         self.leases.owns(self.leases.partitioning.partition_of(key))
     }
 
+    fn cache_token(&self, key: &[u8]) -> Option<u64> {
+        self.leases
+            .held_epoch(self.leases.partitioning.partition_of(key))
+            .map(|epoch| epoch as u64)
+    }
+
     fn release(&self) -> Result<()> {
         self.leases.release()
     }
@@ -433,6 +439,18 @@ impl Leases {
         match self.state.lock().get(p as usize) {
             Some(Lease::Held { valid_until, .. }) => Instant::now() + self.ttl / 2 < *valid_until,
             _ => false,
+        }
+    }
+
+    /// The epoch at which this engine holds partition `p`, while its lease
+    /// is valid by this process's clock: no other engine can write `p`
+    /// until the epoch changes (see [`Backend::cache_token`]).
+    fn held_epoch(&self, p: u32) -> Option<i64> {
+        match self.state.lock().get(p as usize) {
+            Some(Lease::Held { epoch, valid_until }) if Instant::now() < *valid_until => {
+                Some(*epoch)
+            }
+            _ => None,
         }
     }
 
