@@ -96,6 +96,11 @@ impl ReadCache {
         }
     }
 
+    /// Whether this cache holds anything at all (a budget above 0).
+    pub(crate) fn is_on(&self) -> bool {
+        self.budget > 0
+    }
+
     /// Forgets `key` (it is being written).
     pub(crate) fn invalidate(&mut self, key: &[u8]) {
         if self.values.is_empty() {

@@ -700,14 +700,32 @@ impl DirtyMap {
         any.then_some(frozen)
     }
 
-    /// Drops the frozen maps of a committed cycle: their writes are now read
-    /// from storage.
-    pub(crate) fn release(&self, frozen: &Frozen) {
+    /// Drops the frozen maps of a committed (and flushed) cycle: their
+    /// writes are now read from storage. Each released value whose key has
+    /// no newer dirty entry goes into the read cache, under the cache token
+    /// `token(key)` gives now, if that is `Some(committed)`: the token
+    /// before the commit, so that no other engine can have changed the key
+    /// since (see `Backend::cache_token`). The value is what the commit
+    /// stored; a key written again since has had its cached value dropped
+    /// by that write and gets none here.
+    pub(crate) fn release(
+        &self,
+        frozen: &Frozen,
+        committed: u64,
+        token: impl Fn(&[u8]) -> Option<u64>,
+    ) {
         for (i, f) in frozen.shards.iter().enumerate() {
-            if f.is_some() {
+            if let Some(f) = f {
                 let mut g = self.lock(i);
                 g.frozen = None;
                 g.generation += 1;
+                if g.cache.is_on() {
+                    for (key, entry) in &f.entries {
+                        if !g.active.contains_key(key) && token(key) == Some(committed) {
+                            g.cache.put(key, Found::from_entry(entry), committed);
+                        }
+                    }
+                }
             }
         }
         self.bytes.fetch_sub(frozen.bytes, Ordering::SeqCst);
@@ -849,6 +867,31 @@ mod tests {
         assert!(map.dirty_for().is_some());
     }
 
+    /// A released value goes into the read cache under the token it was
+    /// committed under, unless its key was written again meanwhile or the
+    /// token moved.
+    #[test]
+    fn release_caches_what_the_commit_stored_and_nothing_stale() {
+        let map = DirtyMap::new(Seq(0), MAX, 1 << 20);
+        set(&map, b"a", b"1");
+        set(&map, b"b", b"1");
+        set(&map, b"c", b"1");
+        let frozen = map.freeze().unwrap();
+        set(&map, b"b", b"2");
+        // The token of "c" moved since the commit (7).
+        map.release(&frozen, 7, |key| Some(if key == b"c" { 8 } else { 7 }));
+        let cached = |key: &[u8], t| {
+            let g = map.lock(map.shard_of(key));
+            g.cached(key, t)
+                .map(|f| f.as_ref().map(|f| f.held_len()).unwrap_or_default())
+        };
+        assert_eq!(cached(b"a", 7), Some(1), "released, committed under 7");
+        assert_eq!(cached(b"b", 7), None, "written again after the freeze");
+        assert_eq!(cached(b"c", 7), None);
+        assert_eq!(cached(b"c", 8), None, "the token moved: not cached");
+        assert_eq!(read(&map, b"b").unwrap(), b"2");
+    }
+
     #[test]
     fn freeze_takes_one_cut_and_release_frees_it() {
         let map = DirtyMap::new(Seq(0), MAX, 0);
@@ -865,13 +908,13 @@ mod tests {
         assert_eq!(read(&map, b"a").unwrap(), b"3");
         assert_eq!(read(&map, b"b").unwrap(), b"2");
         let gen = map.lock(map.shard_of(b"b")).generation();
-        map.release(&frozen);
+        map.release(&frozen, 0, |_| None);
         assert!(read(&map, b"b").is_none());
         assert_eq!(map.lock(map.shard_of(b"b")).generation(), gen + 1);
         assert_eq!(map.bytes(), 1 + 1 + ENTRY_OVERHEAD);
         let next = map.freeze().unwrap();
         assert_eq!(next.cut, Seq(3));
-        map.release(&next);
+        map.release(&next, 0, |_| None);
         assert_eq!(map.bytes(), 0);
         assert!(map.freeze().is_none());
     }
@@ -923,7 +966,7 @@ mod tests {
         let g = map.lock(map.shard_of(b"k"));
         assert_eq!(map.growth(&g, b"k", &slot), cost_of(1, &slot));
         drop(g);
-        map.release(&frozen);
+        map.release(&frozen, 0, |_| None);
         assert_eq!((map.bytes(), map.charged.load(Ordering::SeqCst)), (0, 0));
     }
 

@@ -283,6 +283,10 @@ impl Cycles {
             ));
             Some(id)
         };
+        // The cache token before the commit: what it stores may be cached
+        // at the release only if the token is still this (no other engine
+        // can have written its keys since).
+        let token_before = shared.keeper.ownership_changes();
         storage.commit(commit)?;
         crash_point("flush-after-commit");
         self.unsynced = true;
@@ -293,7 +297,9 @@ impl Cycles {
         storage.flush()?;
         shared.watchers.flushed(frozen, &*storage, shared.now());
         // 6. Release.
-        shared.buffer.release(frozen);
+        shared
+            .buffer
+            .release(frozen, token_before, |key| shared.keeper.cache_token(key));
         self.released = frozen.cut;
         let c = &shared.counters;
         Counters::add(&c.flushes, 1);

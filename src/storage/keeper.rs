@@ -122,6 +122,11 @@ impl Keeper {
         self.backend.owns(key)
     }
 
+    /// [`Backend::ownership_changes`], without blocking.
+    pub(crate) fn ownership_changes(&self) -> u64 {
+        self.backend.ownership_changes()
+    }
+
     /// [`Backend::cache_token`], without blocking.
     pub(crate) fn cache_token(&self, key: &[u8]) -> Option<u64> {
         self.backend.cache_token(key)

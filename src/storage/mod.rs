@@ -115,17 +115,25 @@ pub(crate) trait Backend: Send + Sync + 'static {
         true
     }
 
+    /// A count that moves whenever this engine's right to write some key
+    /// changes (on a shared store: a lease taken at a new epoch, lost, or
+    /// released). Must not block. Default: 0, a store no other engine
+    /// writes.
+    fn ownership_changes(&self) -> u64 {
+        0
+    }
+
     /// Whether a value of `key` read from storage may be cached, and for
     /// how long: `Some(t)` when only this engine can change `key` in
-    /// storage for as long as this returns the same `t` (a store shared by
-    /// many engines: the epoch of the lease this engine holds on the key's
-    /// partition); `None` when another engine may change it now. A value
-    /// is cached only if the token was the same before its storage read and
-    /// when it is confirmed, and a cached value answers only while the
-    /// token is still that. Called under a shard lock: must not block.
-    /// Default: `Some(0)`, a store no other engine writes.
+    /// storage for as long as this returns the same `t`, where `t` is
+    /// [`Backend::ownership_changes`]; `None` when another engine may
+    /// change it now. A value is cached only if the token was the same
+    /// before its storage read (or, for a value this engine flushed,
+    /// before its commit) and when it is cached, and a cached value answers
+    /// only while the token is still that. Called under a shard lock: must
+    /// not block. Default: `Some(0)`.
     fn cache_token(&self, _key: &[u8]) -> Option<u64> {
-        Some(0)
+        Some(self.ownership_changes())
     }
 
     /// Lets go of what [`Backend::claim`] took, after a successful final

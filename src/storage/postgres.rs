@@ -61,6 +61,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -213,6 +214,7 @@ impl PostgresBackend {
                 target: Arc::clone(&target),
                 ttl,
                 partitioning,
+                changes: AtomicU64::new(0),
                 owner: Mutex::new(None),
                 state: Mutex::new(vec![Lease::Free; PARTITIONS as usize]),
                 conn: Mutex::new(None),
@@ -248,10 +250,13 @@ impl Backend for PostgresBackend {
         self.leases.owns(self.leases.partitioning.partition_of(key))
     }
 
+    fn ownership_changes(&self) -> u64 {
+        self.leases.changes.load(Ordering::SeqCst)
+    }
+
     fn cache_token(&self, key: &[u8]) -> Option<u64> {
         self.leases
-            .held_epoch(self.leases.partitioning.partition_of(key))
-            .map(|epoch| epoch as u64)
+            .held_token(self.leases.partitioning.partition_of(key))
     }
 
     fn release(&self) -> Result<()> {
@@ -345,6 +350,10 @@ struct Leases {
     ttl: Duration,
     /// Which partition each key is in.
     partitioning: Partitioning,
+    /// Moves (under the `state` lock) whenever a lease is taken at a new
+    /// epoch, lost or released: while it stays, every lease held now was
+    /// held throughout, and no other engine wrote its partition.
+    changes: AtomicU64,
     /// Taken from `millpond_owner` by the first open.
     owner: Mutex<Option<i64>>,
     /// One per partition.
@@ -442,13 +451,15 @@ impl Leases {
         }
     }
 
-    /// The epoch at which this engine holds partition `p`, while its lease
-    /// is valid by this process's clock: no other engine can write `p`
-    /// until the epoch changes (see [`Backend::cache_token`]).
-    fn held_epoch(&self, p: u32) -> Option<i64> {
-        match self.state.lock().get(p as usize) {
-            Some(Lease::Held { epoch, valid_until }) if Instant::now() < *valid_until => {
-                Some(*epoch)
+    /// The ownership count ([`Leases::changes`]) while this engine holds
+    /// partition `p` with its lease valid by this process's clock: no
+    /// other engine can write `p` until the count moves (see
+    /// [`Backend::cache_token`]).
+    fn held_token(&self, p: u32) -> Option<u64> {
+        let state = self.state.lock();
+        match state.get(p as usize) {
+            Some(Lease::Held { valid_until, .. }) if Instant::now() < *valid_until => {
+                Some(self.changes.load(Ordering::SeqCst))
             }
             _ => None,
         }
@@ -512,6 +523,9 @@ impl Leases {
         };
         if let Some(epoch) = row {
             if let Some(l) = self.state.lock().get_mut(p as usize) {
+                if !matches!(l, Lease::Held { epoch: e, .. } if *e == epoch) {
+                    self.changes.fetch_add(1, Ordering::SeqCst);
+                }
                 *l = Lease::Held {
                     epoch,
                     valid_until: began + self.ttl,
@@ -561,6 +575,7 @@ impl Leases {
         if let Some(l) = self.state.lock().get_mut(p as usize) {
             if !matches!(l, Lease::Lost { .. }) {
                 log::warn!("millpond: lost the lease of partition {p}: {reason}");
+                self.changes.fetch_add(1, Ordering::SeqCst);
                 *l = Lease::Lost { reason };
             }
         }
@@ -606,6 +621,7 @@ impl Leases {
         }
         for l in self.state.lock().iter_mut() {
             if matches!(l, Lease::Held { .. }) {
+                self.changes.fetch_add(1, Ordering::SeqCst);
                 *l = Lease::Lost {
                     reason: "released at shutdown".into(),
                 };
