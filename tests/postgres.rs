@@ -709,6 +709,28 @@ fn an_engine_whose_lease_was_taken_over_is_fenced() {
     e2.shutdown().unwrap();
 }
 
+/// Two quiet engines on database `db` with leases of `ttl`.
+fn two_engines(db: &str, ttl: Duration) -> (Engine, Engine) {
+    let open = || Engine::open(quiet(db).lease_ttl(ttl)).unwrap();
+    (open(), open())
+}
+
+/// Sets `key` on `e`, retrying while another engine holds its partition
+/// (until that lease expires).
+fn set_once_free(e: &Engine, key: &[u8], value: &[u8]) {
+    let patience = common::Patience::new("the lease to expire");
+    loop {
+        match e.set(key, value) {
+            Ok(()) => return,
+            Err(Error::NotOwner { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
+        }
+    }
+}
+
 /// A lease not renewed for `lease_ttl` (its engine alive but not flushing,
 /// as a paused one) is taken by another engine once it expires by the
 /// server's clock, never before; the first engine is then fenced.
@@ -719,25 +741,15 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
     };
     let db = server.database();
     let ttl = Duration::from_secs(1);
-    let e1 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
-    let e2 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    let (e1, e2) = two_engines(&db, ttl);
     e1.set(b"k", b"1").unwrap();
     // Before the flush that renews the lease (its transaction's `now()`
     // is later than this).
     let renewed = std::time::Instant::now();
     e1.checkpoint().unwrap();
     e1.set(b"k", b"unflushed").unwrap();
-    let patience = common::Patience::new("the lease to expire");
-    let took = loop {
-        match e2.set(b"k", b"2") {
-            Ok(()) => break renewed.elapsed(),
-            Err(Error::NotOwner { .. }) => {
-                patience.check();
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
-        }
-    };
+    set_once_free(&e2, b"k", b"2");
+    let took = renewed.elapsed();
     // Never before the TTL (measured from before e1's renewing commit).
     assert!(took >= ttl, "taken after {took:?}");
     eprintln!("lease handover after expiry: {took:?} after the last renewal (ttl {ttl:?})");
@@ -764,9 +776,7 @@ fn a_cached_read_never_outlives_the_lease_it_was_cached_under() {
         return;
     };
     let db = server.database();
-    let ttl = Duration::from_secs(1);
-    let e1 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
-    let e2 = Engine::open(quiet(&db).lease_ttl(ttl)).unwrap();
+    let (e1, e2) = two_engines(&db, Duration::from_secs(1));
     e1.set(b"k", b"1").unwrap();
     e1.set(b"blob", &value(1, 5000)).unwrap();
     e1.checkpoint().unwrap();
@@ -777,19 +787,8 @@ fn a_cached_read_never_outlives_the_lease_it_was_cached_under() {
     }
     // e1 renews nothing (no flush): e2 takes both partitions once they
     // expire, and changes both keys.
-    let patience = common::Patience::new("the leases to expire");
-    for (key, v) in [(&b"k"[..], value(2, 10)), (&b"blob"[..], value(2, 6000))] {
-        loop {
-            match e2.set(key, &v) {
-                Ok(()) => break,
-                Err(Error::NotOwner { .. }) => {
-                    patience.check();
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
-            }
-        }
-    }
+    set_once_free(&e2, b"k", &value(2, 10));
+    set_once_free(&e2, b"blob", &value(2, 6000));
     e2.checkpoint().unwrap();
     assert_eq!(e1.get(b"k").unwrap().unwrap(), value(2, 10));
     assert_eq!(e1.get(b"blob").unwrap().unwrap(), value(2, 6000));
