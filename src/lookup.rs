@@ -190,32 +190,36 @@ impl<'k> Lookup<'k> {
     /// read to make first.
     pub(crate) fn probe(&mut self, shard: &mut Shard, s: &Shared) -> Result<Step> {
         let generation = shard.generation();
-        // Only this engine can change the key in storage while the token
-        // stays the same (`Backend::cache_token`).
-        let token = s.keeper.cache_token(self.key);
-        let cached = token.and_then(|t| shard.cached(self.key, t));
+        // The cache token, asked for only when storage answers: only this
+        // engine can change the key in storage while it stays the same
+        // (`Backend::cache_token`).
+        let mut token = None;
         // Whether the candidate is what storage holds, cacheable under the
         // current token.
         let mut clean = false;
         let (candidate, dirty_seq) = match shard.get(self.key) {
             Some(e) => (Found::from_entry(e), Some(e.seq)),
-            None => match (&self.stored, cached) {
-                (_, Some(hit)) => {
-                    clean = true;
-                    (hit.clone(), None)
-                }
-                (Some((g, record, read_under)), None) if *g == generation => {
-                    // Confirmed under the lock: what storage holds now.
-                    if let Some(t) = token.filter(|t| *read_under == Some(*t)) {
-                        shard.cache_clean(self.key, record.clone(), t);
+            None => {
+                token = s.keeper.cache_token(self.key);
+                let cached = token.and_then(|t| shard.cached(self.key, t));
+                match (&self.stored, cached) {
+                    (_, Some(hit)) => {
                         clean = true;
+                        (hit.clone(), None)
                     }
-                    (record.clone(), None)
+                    (Some((g, record, read_under)), None) if *g == generation => {
+                        // Confirmed under the lock: what storage holds now.
+                        if let Some(t) = token.filter(|t| *read_under == Some(*t)) {
+                            shard.cache_clean(self.key, record.clone(), t);
+                            clean = true;
+                        }
+                        (record.clone(), None)
+                    }
+                    _ => {
+                        return Ok(Step::Fetch(Fetch(Io::Record { generation, token })));
+                    }
                 }
-                _ => {
-                    return Ok(Step::Fetch(Fetch(Io::Record { generation, token })));
-                }
-            },
+            }
         };
         let mut loaded_clean = false;
         let found = match candidate.filter(|f| live(f.deadline, || s.now())) {
