@@ -374,6 +374,32 @@ fn keys_expire_and_deadlines_survive_reopen() {
     e.shutdown().unwrap();
 }
 
+/// A config for database `db` that flushes almost at once.
+fn eager(db: &str) -> Config {
+    Config::postgres(db)
+        .write_delay(Duration::from_millis(1))
+        .inline_threshold(common::BLOB_OVER)
+}
+
+/// Runs `f` until it no longer fails the way an engine does while its
+/// storage is being reopened after a server crash (I/O and storage errors,
+/// flushing failing); returns its first other outcome.
+fn after_reconnect<T>(
+    what: &str,
+    mut f: impl FnMut() -> millpond::Result<T>,
+) -> millpond::Result<T> {
+    let patience = common::Patience::new(what);
+    loop {
+        match f() {
+            Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Server crashes while an engine writes: every completed checkpoint
 /// survives, and the engine either goes on (nothing it flushed was lost) or
 /// is poisoned (the server lost flushed cycles that were not yet durable);
@@ -385,9 +411,7 @@ fn a_server_crash_never_loses_a_completed_checkpoint() {
         return;
     };
     let db = server.database();
-    let config = Config::postgres(&db)
-        .write_delay(Duration::from_millis(1))
-        .inline_threshold(common::BLOB_OVER);
+    let config = eager(&db);
     let mut next = 0u64;
     // Every key up to this was acknowledged before a checkpoint returned Ok.
     let mut checkpointed = 0u64;
@@ -424,23 +448,10 @@ fn a_server_crash_never_loses_a_completed_checkpoint() {
         // The first attempts fail (the storage is broken until the keeper
         // replaces it); they are retried until one succeeds or the engine
         // is poisoned.
-        let patience = common::Patience::new("a checkpoint after a server crash");
-        loop {
-            match e.checkpoint() {
-                Ok(_) => {
-                    checkpointed = next;
-                    break;
-                }
-                Err(Error::Poisoned { .. }) => {
-                    poisoned += 1;
-                    break;
-                }
-                Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
-                    patience.check();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(other) => panic!("round {round}: checkpoint failed with {other}"),
-            }
+        match after_reconnect("a checkpoint after a server crash", || e.checkpoint()) {
+            Ok(_) => checkpointed = next,
+            Err(Error::Poisoned { .. }) => poisoned += 1,
+            Err(other) => panic!("round {round}: checkpoint failed with {other}"),
         }
         drop(e);
     }
@@ -485,35 +496,64 @@ fn pg_child() {
     let Ok(conninfo) = std::env::var("MILLPOND_PG_CHILD") else {
         return;
     };
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
     let e = Engine::open(Config::postgres(&conninfo).write_delay(Duration::from_millis(2)))
         .expect("open");
+    println!("start {}", counter_total(&e));
+    count_and_report(e, "counter", COUNTERS, false)
+}
+
+/// The body of both children: two threads increment the counters
+/// `{prefix}-0` .. `{prefix}-{count - 1}` with `modify`, printing `acked <n>`
+/// after each increment returned (`n` increments so far), and a third
+/// checkpoints every 5 ms, printing `flushed <n>` after a checkpoint that
+/// began once `n` had returned. With `shared` (other engines hold some
+/// counters' partitions) a refused increment is passed over, and a failed
+/// checkpoint prints `fenced <n> (<error>)` and ends the process; without,
+/// either failure panics.
+fn count_and_report(e: Engine, prefix: &'static str, count: u64, shared: bool) -> ! {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
     let out = Arc::new(std::io::stdout());
-    writeln!(out.lock(), "start {}", counter_total(&e)).unwrap();
     let acked = Arc::new(AtomicU64::new(0));
     for t in 0..2u64 {
         let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
         std::thread::spawn(move || {
             for i in 0.. {
-                let key = format!("counter-{}", (i * 2 + t) % COUNTERS);
-                e.modify(key.as_bytes(), |v| {
+                let key = format!("{prefix}-{}", (i * 2 + t) % count);
+                let done = e.modify(key.as_bytes(), |v| {
                     let n = v.as_deref().map_or(0, common::u64_value);
                     *v = Some((n + 1).to_le_bytes().to_vec());
-                })
-                .expect("modify");
-                let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
-                // Printed under the lock, in the order the counts were
-                // taken by this thread; the parent keeps the largest.
-                writeln!(out.lock(), "acked {n}").unwrap();
+                });
+                match done {
+                    Ok(()) => {
+                        let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                        // Printed under the lock, in the order the counts
+                        // were taken by this thread; the parent keeps the
+                        // largest.
+                        writeln!(out.lock(), "acked {n}").unwrap();
+                    }
+                    Err(err) if !shared => panic!("modify: {err}"),
+                    Err(Error::NotOwner { .. }) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    // A fenced engine whose flushes keep failing: the
+                    // checkpoint thread reports it.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
             }
         });
     }
     loop {
         std::thread::sleep(Duration::from_millis(5));
         let n = acked.load(Ordering::SeqCst);
-        e.checkpoint().expect("checkpoint");
-        writeln!(out.lock(), "flushed {n}").unwrap();
+        match e.checkpoint() {
+            Ok(_) => writeln!(out.lock(), "flushed {n}").unwrap(),
+            Err(err) if !shared => panic!("checkpoint: {err}"),
+            Err(err) => {
+                writeln!(out.lock(), "fenced {n} ({err})").unwrap();
+                std::process::exit(0);
+            }
+        }
     }
 }
 
@@ -816,51 +856,13 @@ fn pg_lease_child() {
     let Ok(conninfo) = std::env::var("MILLPOND_PG_LEASE_CHILD") else {
         return;
     };
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
     let e = Engine::open(
         Config::postgres(&conninfo)
             .write_delay(Duration::from_millis(2))
             .lease_ttl(Duration::from_secs(1)),
     )
     .expect("open");
-    let out = Arc::new(std::io::stdout());
-    let acked = Arc::new(AtomicU64::new(0));
-    for t in 0..2u64 {
-        let (e, acked, out) = (e.clone(), acked.clone(), out.clone());
-        std::thread::spawn(move || {
-            for i in 0.. {
-                let key = format!("shared-{}", (i * 2 + t) % SHARED_COUNTERS);
-                let done = e.modify(key.as_bytes(), |v| {
-                    let n = v.as_deref().map_or(0, common::u64_value);
-                    *v = Some((n + 1).to_le_bytes().to_vec());
-                });
-                match done {
-                    Ok(()) => {
-                        let n = acked.fetch_add(1, Ordering::SeqCst) + 1;
-                        writeln!(out.lock(), "acked {n}").unwrap();
-                    }
-                    Err(Error::NotOwner { .. }) => {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    // A fenced engine whose flushes keep failing: the
-                    // checkpoint thread reports it.
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-    }
-    loop {
-        std::thread::sleep(Duration::from_millis(5));
-        let n = acked.load(Ordering::SeqCst);
-        match e.checkpoint() {
-            Ok(_) => writeln!(out.lock(), "flushed {n}").unwrap(),
-            Err(err) => {
-                writeln!(out.lock(), "fenced {n} ({err})").unwrap();
-                std::process::exit(0);
-            }
-        }
-    }
+    count_and_report(e, "shared", SHARED_COUNTERS, true)
 }
 
 /// What one child reported.
@@ -1085,9 +1087,7 @@ fn two_engines_survive_a_server_crash_and_a_lost_lane_is_refused() {
         return;
     };
     let db = server.database();
-    let config = Config::postgres(&db)
-        .write_delay(Duration::from_millis(1))
-        .inline_threshold(common::BLOB_OVER);
+    let config = eager(&db);
     let e1 = Engine::open(config.clone()).unwrap();
     let e2 = Engine::open(config.clone()).unwrap();
     // Keys each engine may write: the first wins a partition, the other
@@ -1120,20 +1120,12 @@ fn two_engines_survive_a_server_crash_and_a_lost_lane_is_refused() {
     // Each goes on once its storage is reopened (writes may be refused
     // meanwhile while the flusher's retries fail).
     for (n, e) in [&e1, &e2].into_iter().enumerate() {
-        let patience = common::Patience::new("a checkpoint after the server crash");
-        let key = own[n][0].clone();
-        loop {
-            let done = e
-                .set(key.as_bytes(), b"after")
-                .and_then(|()| e.checkpoint());
-            match done {
-                Ok(_) => break,
-                Err(Error::Io(_) | Error::Storage(_) | Error::FlushFailing { .. }) => {
-                    patience.check();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(other) => panic!("engine {n}: {other}"),
-            }
+        let key = own[n][0].as_bytes();
+        let done = after_reconnect("a checkpoint after the server crash", || {
+            e.set(key, b"after").and_then(|()| e.checkpoint())
+        });
+        if let Err(other) = done {
+            panic!("engine {n}: {other}");
         }
     }
     for (n, e) in [&e1, &e2].into_iter().enumerate() {
