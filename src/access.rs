@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::buffer::dirty::{cost_of, Inserted, Reservation, ENTRY_OVERHEAD, SHARDS};
+use crate::buffer::dirty::{cost_of, Inserted, Reservation, Shard, ENTRY_OVERHEAD, SHARDS};
 use crate::buffer::Slot;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
@@ -143,6 +143,19 @@ impl Shared {
         }
     }
 
+    /// [`crate::storage::Backend::admit_write`] for a write of `key` about
+    /// to go into `shard` (whose lock the caller holds: the freeze count
+    /// read here cannot move before the write is in the shard).
+    pub(crate) fn admit_write(
+        &self,
+        _shard: &Shard,
+        key: &[u8],
+        expected: Option<u64>,
+    ) -> Result<Option<u64>> {
+        self.keeper
+            .admit_write(key, self.buffer.freezes(), expected)
+    }
+
     /// A blind write (no read of the current value). It reserves its
     /// entry's whole cost, so it never needs more room under the lock.
     /// Returns the write's seq and journal ticket.
@@ -153,7 +166,7 @@ impl Shared {
         deadline: Option<UnixMillis>,
     ) -> Result<Inserted> {
         let cost = cost_of(key.len(), &slot);
-        self.keeper.claim(key)?;
+        self.keeper.claim(key, true)?;
         let mut reserved = self.admit(cost)?;
         let index = self.buffer.shard_of(key);
         let inserted = loop {
@@ -166,6 +179,11 @@ impl Shared {
                 drop(reserved);
                 self.buffer.wait_unheld(held, WAIT);
                 reserved = self.admit(cost)?;
+                continue;
+            }
+            if self.admit_write(&shard, key, None)?.is_none() {
+                drop(shard);
+                self.keeper.claim(key, true)?;
                 continue;
             }
             break self
@@ -228,11 +246,11 @@ impl Shared {
         need_bytes: bool,
         f: impl FnOnce(Option<Found>) -> Result<(Option<Change>, R)>,
     ) -> Result<R> {
-        self.keeper.claim(key)?;
+        self.keeper.claim(key, true)?;
         let mut reserved = self.admit(key.len() + ENTRY_OVERHEAD)?;
         let index = self.buffer.shard_of(key);
         let mut lookup = Lookup::new(key, need_bytes);
-        let (mut shard, seen) = loop {
+        let (mut shard, seen, epoch) = loop {
             let mut shard = self.buffer.lock(index);
             self.check_open()?;
             if let Some(held) = self.buffer.held(&shard, key) {
@@ -245,6 +263,13 @@ impl Shared {
                 reserved = self.admit(want)?;
                 continue;
             }
+            // The read, like the write, is made under the right to write
+            // the key.
+            let Some(epoch) = self.admit_write(&shard, key, None)? else {
+                drop(shard);
+                self.keeper.claim(key, true)?;
+                continue;
+            };
             let seen = match lookup.probe(&mut shard, self)? {
                 Step::Seen(seen) => seen,
                 Step::Fetch(fetch) => {
@@ -260,7 +285,7 @@ impl Shared {
                 reserved = self.admit(keep)?;
                 continue;
             }
-            break (shard, seen);
+            break (shard, seen, epoch);
         };
         let (change, r) = f(seen.found)?;
         let Some(change) = change else {
@@ -282,7 +307,7 @@ impl Shared {
             self.buffer.hold(&mut shard, key);
             drop(shard);
             drop(reserved);
-            self.insert_held(index, key, change, need)?
+            self.insert_held(index, key, change, need, epoch)?
         };
         self.acknowledge(&inserted)?;
         Ok(r)
@@ -292,21 +317,38 @@ impl Shared {
     /// `index`), once `need` bytes (more if a flush froze the key's entry
     /// meanwhile) fit in the buffer; then releases the key. Called without
     /// any lock or reservation. The change is still right: no write of the
-    /// key can be made while it is held, and a flush only moves the value
-    /// it was computed from. On an error (closed, failing) nothing is
-    /// written.
+    /// key can be made while it is held, a flush only moves the value it
+    /// was computed from, and the right to write it must still be at the
+    /// `epoch` it was read under (no other engine wrote it meanwhile). On
+    /// an error (closed, failing, the right lost) nothing is written.
     fn insert_held(
         &self,
         index: usize,
         key: &[u8],
         change: Change,
         mut need: usize,
+        epoch: u64,
     ) -> Result<Inserted> {
         loop {
             let admitted = self.admit(need);
             let mut shard = self.buffer.lock(index);
-            let mut reserved = match admitted.and_then(|r| self.check_open().map(|()| r)) {
-                Ok(reserved) => reserved,
+            let right = admitted.and_then(|r| {
+                self.check_open()?;
+                Ok((r, self.admit_write(&shard, key, Some(epoch))?))
+            });
+            let mut reserved = match right {
+                Ok((reserved, Some(_))) => reserved,
+                Ok((reserved, None)) => {
+                    // Renewed (at the same epoch, or refused) outside the
+                    // lock; the key stays held meanwhile.
+                    drop(shard);
+                    drop(reserved);
+                    if let Err(e) = self.keeper.claim(key, true) {
+                        self.buffer.unhold(&mut self.buffer.lock(index), key);
+                        return Err(e);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.buffer.unhold(&mut shard, key);
                     return Err(e);
@@ -370,7 +412,7 @@ impl Shared {
                     if self.buffer.held(&shard, &key).is_some() {
                         continue;
                     }
-                    if !self.keeper.owns(&key) {
+                    if !matches!(self.admit_write(&shard, &key, None), Ok(Some(_))) {
                         // Expiry runs only in the key's owner: claimed
                         // below, outside the shard lock.
                         unowned.push(key);
@@ -420,7 +462,7 @@ impl Shared {
         // either way).
         let mut claimed = false;
         for key in unowned {
-            match self.keeper.claim(&key) {
+            match self.keeper.claim(&key, false) {
                 Ok(()) => claimed = true,
                 Err(Error::NotOwner { .. }) => {
                     let index = self.buffer.shard_of(&key);

@@ -386,7 +386,7 @@ impl<'a> Transaction<'a> {
             });
         }
         for key in self.writes.keys() {
-            s.keeper.claim(key)?;
+            s.keeper.claim(key, true)?;
         }
         let mut reserved = s.admit(incoming)?;
         let mut indexes: Vec<usize> = self
@@ -415,7 +415,24 @@ impl<'a> Transaction<'a> {
                 .keys()
                 .find_map(|k| s.buffer.held(&guards[guard_of(&guards, k)].1, k));
             match held {
-                None => break guards,
+                None => {
+                    // Every key it writes must be this engine's to write
+                    // now (under the locks its writes go in under).
+                    let mut unclaimed = None;
+                    for k in self.writes.keys() {
+                        if s.admit_write(&guards[guard_of(&guards, k)].1, k, None)?
+                            .is_none()
+                        {
+                            unclaimed = Some(k);
+                            break;
+                        }
+                    }
+                    let Some(k) = unclaimed else {
+                        break guards;
+                    };
+                    drop(guards);
+                    s.keeper.claim(k, true)?;
+                }
                 Some(held) => {
                     drop(guards);
                     drop(reserved);

@@ -104,6 +104,9 @@ fn two_engines_share_a_database_and_a_bad_conninfo_is_a_config_error() {
     let db = server.database();
     let e1 = Engine::open(quiet(&db)).unwrap();
     let e2 = Engine::open(quiet(&db)).unwrap();
+    // Partitions pass only at e1's shutdown here (handovers on request:
+    // `a_partition_is_handed_over_on_request_and_back`).
+    no_handover_requests(&server, &db);
     // e1 takes the partitions of its keys at their first write.
     for i in 0..10u64 {
         e1.set(format!("a{i}").as_bytes(), &value(i, 100)).unwrap();
@@ -189,6 +192,7 @@ fn partition_by_keeps_a_session_in_one_partition_and_refuses_another_grouping() 
     let grouped = |db: &str| quiet(db).partition_by("session-id", session);
     let e1 = Engine::open(grouped(&db)).unwrap();
     let e2 = Engine::open(grouped(&db)).unwrap();
+    no_handover_requests(&server, &db);
     e1.set(b"sess:1:user", b"ann").unwrap();
     // Every other field of session 1 is e1's: e1 writes 100 of them, e2
     // none (by a hash of the whole key, 100 keys would spread over most of
@@ -755,6 +759,104 @@ fn two_engines(db: &str, ttl: Duration) -> (Engine, Engine) {
     (open(), open())
 }
 
+/// Makes every engine on `db` deaf to handover requests (a trigger drops
+/// them), as if each owner were paused: a partition then passes only at
+/// its lease's expiry or its owner's shutdown.
+fn no_handover_requests(server: &PgServer, db: &str) {
+    server.psql(
+        db,
+        "CREATE FUNCTION test_drop_request() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER test_drop_request BEFORE INSERT ON millpond_handover
+             FOR EACH ROW EXECUTE FUNCTION test_drop_request()",
+    );
+}
+
+/// Appends `tag` to `key`'s value on `e` with `modify`, retrying while
+/// another engine holds its partition. Returns the value written and how
+/// long it took from the first attempt.
+fn append_when_owned(e: &Engine, key: &[u8], tag: &str) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let patience = common::Patience::new("a handover");
+    loop {
+        let done = e.modify(key, |v| {
+            let mut s = v
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            s.push_str(tag);
+            *v = Some(s.clone().into_bytes());
+            s
+        });
+        match done {
+            Ok(s) => return (s, started.elapsed()),
+            Err(Error::NotOwner { reason, .. }) => {
+                assert!(
+                    reason.contains("holds it") || reason.contains("asked for"),
+                    "{reason}"
+                );
+                patience.check();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(other) => panic!("expected NotOwner until the handover, got {other}"),
+        }
+    }
+}
+
+/// A partition passes between live engines on request, long before its
+/// lease would expire: an engine refused a write asks the owner, which
+/// flushes the partition (its unflushed writes included) and releases it
+/// after its next cycle; nothing written on either side is lost, and the
+/// partition comes back the same way. Prints the handover latencies.
+#[test]
+fn a_partition_is_handed_over_on_request_and_back() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    // Leases far longer than the test: a partition can pass only by a
+    // handover. Quiet engines: nothing is flushed unless a handover (or a
+    // checkpoint) asks.
+    let ttl = Duration::from_secs(600);
+    let (e1, e2) = two_engines(&db, ttl);
+    e1.set(b"k", b"a").unwrap();
+    let mut latencies = Vec::new();
+    let mut expected = String::from("a");
+    for round in 0..6 {
+        let (to, from) = if round % 2 == 0 { (&e2, &e1) } else { (&e1, &e2) };
+        let tag = format!("{round}");
+        let (now, took) = append_when_owned(to, b"k", &tag);
+        expected.push_str(&tag);
+        // The new owner saw every write of the old one, flushed or not.
+        assert_eq!(now, expected, "round {round}");
+        assert!(took < ttl, "round {round}: {took:?}");
+        latencies.push(took);
+        // The old owner reads what the new one last flushed and may not
+        // write until it asks back.
+        assert!(from.get(b"k").unwrap().is_some());
+    }
+    e1.checkpoint().unwrap();
+    e2.checkpoint().unwrap();
+    assert_eq!(e1.get(b"k").unwrap().unwrap(), expected.as_bytes());
+    assert_eq!(e2.get(b"k").unwrap().unwrap(), expected.as_bytes());
+    latencies.sort();
+    eprintln!(
+        "handover on request (quiet owner with an unflushed write): min {:?}, median {:?}, max {:?} over {} handovers",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    e1.shutdown().unwrap();
+    e2.shutdown().unwrap();
+    drop((e1, e2));
+    let e = Engine::open(quiet(&db)).unwrap();
+    assert_eq!(e.get(b"k").unwrap().unwrap(), expected.as_bytes());
+    let report = e.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e.shutdown().unwrap();
+}
+
 /// Sets `key` on `e`, retrying while another engine holds its partition
 /// (until that lease expires).
 fn set_once_free(e: &Engine, key: &[u8], value: &[u8]) {
@@ -782,6 +884,8 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
     let db = server.database();
     let ttl = Duration::from_secs(1);
     let (e1, e2) = two_engines(&db, ttl);
+    // e1 does not answer requests, as if paused.
+    no_handover_requests(&server, &db);
     e1.set(b"k", b"1").unwrap();
     // Before the flush that renews the lease (its transaction's `now()`
     // is later than this).

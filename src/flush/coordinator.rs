@@ -45,6 +45,7 @@ fn backoff(shared: &Shared, failures: u32) -> Duration {
 /// final cycle ran (it is retried up to `SHUTDOWN_ATTEMPTS` times).
 pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
     let mut retry_at: Option<Instant> = None;
+    let mut next_poll = Instant::now();
     loop {
         let now = Instant::now();
         let backoff_over = retry_at.is_none_or(|t| now >= t);
@@ -65,9 +66,12 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         // so that truncation shrinks it (only with something to freeze).
         let journal_due =
             dirty_for.is_some() && shared.buffer.journal().is_some_and(|j| j.wants_sync());
+        // A partition another engine asked for is released by a cycle that
+        // froze after the request was seen (see `Backend::cycle_done`).
         let due = cycles.has_pending()
             || shared.flush.is_urgent()
-            || dirty_for.is_some_and(|d| d >= shared.config.write_delay);
+            || dirty_for.is_some_and(|d| d >= shared.config.write_delay)
+            || shared.keeper.handing_over();
 
         if shared.health().is_poisoned() {
             // Nothing more may be reported durable: answer every waiter with
@@ -126,6 +130,17 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
             continue;
         }
 
+        // Between cycles, other engines' requests for what this one holds
+        // are looked for now and then (a commit also sees them).
+        if let Some(every) = shared.keeper.handover_poll() {
+            if now >= next_poll {
+                next_poll = now + every;
+                if shared.keeper.poll_requests() {
+                    continue;
+                }
+            }
+        }
+
         // Sleep until something is due.
         let mut timeout = IDLE_WAIT;
         if let Some(d) = dirty_for {
@@ -133,6 +148,9 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         }
         if let Some(t) = retry_at {
             timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        if shared.keeper.handover_poll().is_some() {
+            timeout = timeout.min(next_poll.saturating_duration_since(now));
         }
         wait(shared, Some(timeout));
     }

@@ -178,6 +178,10 @@ impl Cycles {
             Counters::set_max(&shared.counters.durable_seq, self.synced.0);
             log::debug!("millpond: synced in {:?}", started.elapsed());
         }
+        // Every frozen map up to the last freeze is committed (the last
+        // freeze happened in this run, after every earlier one committed):
+        // a shared backend hands over what was asked for and is flushed.
+        shared.keeper.cycle_done(shared.buffer.freezes());
         Ok(Report {
             committed: if sync { self.synced } else { self.committed },
             entries,

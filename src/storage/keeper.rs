@@ -113,13 +113,38 @@ impl Keeper {
     }
 
     /// [`Backend::claim`]: may this engine write `key` (an internal key)?
-    pub(crate) fn claim(&self, key: &[u8]) -> Result<()> {
-        self.backend.claim(key)
+    pub(crate) fn claim(&self, key: &[u8], request: bool) -> Result<()> {
+        self.backend.claim(key, request)
     }
 
-    /// [`Backend::owns`], without blocking.
-    pub(crate) fn owns(&self, key: &[u8]) -> bool {
-        self.backend.owns(key)
+    /// [`Backend::admit_write`], under the key's shard lock.
+    pub(crate) fn admit_write(
+        &self,
+        key: &[u8],
+        freezes: u64,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>> {
+        self.backend.admit_write(key, freezes, expected)
+    }
+
+    /// [`Backend::cycle_done`], after a successful cycle.
+    pub(crate) fn cycle_done(&self, freezes: u64) -> bool {
+        self.backend.cycle_done(freezes)
+    }
+
+    /// [`Backend::handing_over`], without blocking.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.backend.handing_over()
+    }
+
+    /// [`Backend::handover_poll`].
+    pub(crate) fn handover_poll(&self) -> Option<std::time::Duration> {
+        self.backend.handover_poll()
+    }
+
+    /// [`Backend::poll_requests`], between cycles.
+    pub(crate) fn poll_requests(&self) -> bool {
+        self.backend.poll_requests()
     }
 
     /// [`Backend::ownership_changes`], without blocking.

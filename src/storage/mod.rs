@@ -49,6 +49,7 @@ pub(crate) mod sled;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -102,17 +103,60 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Makes sure this engine may write `key` (an internal key) before the
     /// write is made: a backend shared by many engines takes or renews the
     /// lease of the key's partition ([`crate::Error::NotOwner`] when another
-    /// engine holds it). Called without any engine lock held; may block on
-    /// the backend. Lasts across reopens of the storage. Default: always.
-    fn claim(&self, _key: &[u8]) -> Result<()> {
+    /// engine holds it; with `request`, that engine is also asked to hand
+    /// it over: a user's write asks, the purger does not). Called without
+    /// any engine lock held; may block on the backend. Lasts across reopens
+    /// of the storage. Default: always.
+    fn claim(&self, _key: &[u8], _request: bool) -> Result<()> {
         Ok(())
     }
 
-    /// Whether this engine may write `key` now, without blocking (the
-    /// purger asks under a shard lock; `false` sends it to
-    /// [`Backend::claim`] outside the lock). Default: always.
-    fn owns(&self, _key: &[u8]) -> bool {
-        true
+    /// Under the key's shard lock, just before a write of `key` goes into
+    /// the dirty map: may this engine make it now? Must not block.
+    /// `freezes` is the dirty map's freeze count read under that lock, so
+    /// the write lands in a frozen map numbered at most `freezes + 1`
+    /// (which [`Backend::cycle_done`] uses to know when it is committed).
+    /// `Ok(Some(epoch))`: yes, under the right `epoch`; `Ok(None)`: not
+    /// without [`Backend::claim`] first (outside the lock); `Err`: refused
+    /// ([`crate::Error::NotOwner`]), also when `expected` is given and the
+    /// right is no longer at that epoch (a read-modify-write whose change
+    /// is inserted after waiting for room must still be under the right it
+    /// read under). Default: always, epoch 0.
+    fn admit_write(
+        &self,
+        _key: &[u8],
+        _freezes: u64,
+        _expected: Option<u64>,
+    ) -> Result<Option<u64>> {
+        Ok(Some(0))
+    }
+
+    /// After a flush cycle succeeded, when every frozen map up to the
+    /// `freezes`-th is committed: a shared backend hands over the
+    /// partitions other engines asked for whose every admitted write is
+    /// now committed. Returns whether a handover still waits for a cycle.
+    /// May block. Default: nothing to hand over.
+    fn cycle_done(&self, _freezes: u64) -> bool {
+        false
+    }
+
+    /// Whether a handover waits for a cycle (the coordinator then runs one
+    /// even with nothing dirty). Must not block. Default: never.
+    fn handing_over(&self) -> bool {
+        false
+    }
+
+    /// How often the flush coordinator, between cycles, calls
+    /// [`Backend::poll_requests`]; `None`: never. Default: never.
+    fn handover_poll(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Between cycles: looks for other engines' requests for what this
+    /// engine holds. Returns whether a handover now waits for a cycle. May
+    /// block. Default: none.
+    fn poll_requests(&self) -> bool {
+        false
     }
 
     /// A count that moves whenever this engine's right to write some key

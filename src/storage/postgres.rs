@@ -96,6 +96,10 @@ const CREATE_ATTEMPTS: u32 = 5;
 /// Connections kept idle for reuse.
 const POOL_IDLE: usize = 8;
 
+/// How often an engine between cycles looks for other engines' requests
+/// for the partitions it holds ([`Leases::poll`]).
+const HANDOVER_POLL: Duration = Duration::from_millis(200);
+
 /// How long a connection attempt may take when the connection string does
 /// not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,16 +214,7 @@ impl PostgresBackend {
         partitioning: Partitioning,
     ) -> PostgresBackend {
         PostgresBackend {
-            leases: Arc::new(Leases {
-                target: Arc::clone(&target),
-                ttl,
-                partitioning,
-                changes: AtomicU64::new(0),
-                owner: Mutex::new(None),
-                state: Mutex::new(vec![Lease::Free; PARTITIONS as usize]),
-                conn: Mutex::new(None),
-                presence: Mutex::new(None),
-            }),
+            leases: Arc::new(Leases::new(Arc::clone(&target), ttl, partitioning)),
             target,
         }
     }
@@ -241,13 +236,30 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    fn claim(&self, key: &[u8]) -> Result<()> {
+    fn claim(&self, key: &[u8], request: bool) -> Result<()> {
         self.leases
-            .claim(self.leases.partitioning.partition_of(key))
+            .claim(self.leases.partitioning.partition_of(key), request)
     }
 
-    fn owns(&self, key: &[u8]) -> bool {
-        self.leases.owns(self.leases.partitioning.partition_of(key))
+    fn admit_write(&self, key: &[u8], freezes: u64, expected: Option<u64>) -> Result<Option<u64>> {
+        self.leases
+            .admit_write(self.leases.partitioning.partition_of(key), freezes, expected)
+    }
+
+    fn cycle_done(&self, freezes: u64) -> bool {
+        self.leases.cycle_done(freezes)
+    }
+
+    fn handing_over(&self) -> bool {
+        self.leases.handing_over()
+    }
+
+    fn handover_poll(&self) -> Option<Duration> {
+        Some(HANDOVER_POLL)
+    }
+
+    fn poll_requests(&self) -> bool {
+        self.leases.poll()
     }
 
     fn ownership_changes(&self) -> u64 {
@@ -331,17 +343,53 @@ fn check_partitioning(pool: &Pool, partitioning: &Partitioning) -> Result<()> {
 /// What this engine knows of one partition's lease.
 #[derive(Clone, Debug)]
 enum Lease {
-    /// Never taken by this engine.
+    /// Not held: never taken, handed over, or taken over while this engine
+    /// had nothing unflushed of it. A claim may take it.
     Free,
     /// Taken (or last renewed) at `epoch`; by this process's clock, no other
     /// engine can take it before `valid_until` (the instant before the
     /// renewing statement was sent, plus the TTL: the server's expiry is
-    /// later than that).
-    Held { epoch: i64, valid_until: Instant },
-    /// Taken over by another engine (or gone): refused for the life of this
-    /// engine, since its unflushed writes of it may be older than the new
-    /// owner's.
+    /// later than that). With `handing_over`, another engine asked for it:
+    /// no new write of it is admitted, and it is released once every write
+    /// admitted before is committed ([`Leases::cycle_done`]).
+    Held {
+        epoch: i64,
+        valid_until: Instant,
+        handing_over: bool,
+    },
+    /// Taken over by another engine while this one still had unflushed
+    /// writes of it: refused for the life of this engine, since those writes
+    /// may be older than the new owner's.
     Lost { reason: String },
+}
+
+/// One partition as this engine sees it.
+#[derive(Clone, Debug)]
+struct Part {
+    lease: Lease,
+    /// The dirty map's freeze count when this engine last admitted a write
+    /// of the partition ([`Leases::admit_write`]): that write is in a frozen
+    /// map numbered at most one more, so it is committed once a cycle that
+    /// froze past it has. `None`: never written.
+    last_write: Option<u64>,
+}
+
+impl Part {
+    /// Whether every write this engine admitted to the partition is
+    /// committed, given that every freeze up to `flushed` is.
+    fn all_flushed(&self, flushed: u64) -> bool {
+        self.last_write.is_none_or(|w| w < flushed)
+    }
+}
+
+/// The partitions, under one mutex.
+struct LeaseState {
+    parts: Vec<Part>,
+    /// Every freeze up to this count has committed ([`Leases::cycle_done`]).
+    flushed: u64,
+    /// When handing partitions over last failed: no cycle is asked for a
+    /// handover until [`HANDOVER_POLL`] has passed since.
+    release_failed: Option<Instant>,
 }
 
 /// This engine's owner id and leases (see DESIGN.md, "Leases").
@@ -351,14 +399,14 @@ struct Leases {
     /// Which partition each key is in.
     partitioning: Partitioning,
     /// Moves (under the `state` lock) whenever a lease is taken at a new
-    /// epoch, lost or released: while it stays, every lease held now was
-    /// held throughout, and no other engine wrote its partition.
+    /// epoch, lost, handed over or released: while it stays, every lease
+    /// held now was held throughout, and no other engine wrote its
+    /// partition.
     changes: AtomicU64,
     /// Taken from `millpond_owner` by the first open.
     owner: Mutex<Option<i64>>,
-    /// One per partition.
-    state: Mutex<Vec<Lease>>,
-    /// The connection claims and the release run on (one at a time).
+    state: Mutex<LeaseState>,
+    /// The connection claims, requests and releases run on (one at a time).
     conn: Mutex<Option<Client>>,
     /// This engine's presence connection and its server pid
     /// ([`Leases::presence`]).
@@ -433,7 +481,32 @@ fn not_owner(partition: u32, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Why a write of a partition being handed over is refused.
+const HANDING_OVER: &str = "another engine asked for this partition: this engine hands it \
+                            over after its next flush cycle and admits no new write of it";
+
 impl Leases {
+    fn new(target: Arc<Target>, ttl: Duration, partitioning: Partitioning) -> Leases {
+        let free = Part {
+            lease: Lease::Free,
+            last_write: None,
+        };
+        Leases {
+            target,
+            ttl,
+            partitioning,
+            changes: AtomicU64::new(0),
+            owner: Mutex::new(None),
+            state: Mutex::new(LeaseState {
+                parts: vec![free; PARTITIONS as usize],
+                flushed: 0,
+                release_failed: None,
+            }),
+            conn: Mutex::new(None),
+            presence: Mutex::new(None),
+        }
+    }
+
     fn owner(&self) -> Result<i64> {
         (*self.owner.lock()).ok_or(Error::Closed)
     }
@@ -443,10 +516,15 @@ impl Leases {
         self.ttl.as_secs_f64()
     }
 
-    /// Whether the lease of `p` is held with at least half its TTL left.
+    /// Whether the lease of `p` is held, not being handed over, with at
+    /// least half its TTL left.
     fn owns(&self, p: u32) -> bool {
-        match self.state.lock().get(p as usize) {
-            Some(Lease::Held { valid_until, .. }) => Instant::now() + self.ttl / 2 < *valid_until,
+        match self.state.lock().parts.get(p as usize).map(|part| &part.lease) {
+            Some(Lease::Held {
+                valid_until,
+                handing_over: false,
+                ..
+            }) => Instant::now() + self.ttl / 2 < *valid_until,
             _ => false,
         }
     }
@@ -457,7 +535,7 @@ impl Leases {
     /// [`Backend::cache_token`]).
     fn held_token(&self, p: u32) -> Option<u64> {
         let state = self.state.lock();
-        match state.get(p as usize) {
+        match state.parts.get(p as usize).map(|part| &part.lease) {
             Some(Lease::Held { valid_until, .. }) if Instant::now() < *valid_until => {
                 Some(self.changes.load(Ordering::SeqCst))
             }
@@ -465,44 +543,163 @@ impl Leases {
         }
     }
 
+    /// [`Backend::admit_write`] for partition `p`.
+    fn admit_write(&self, p: u32, freezes: u64, expected: Option<u64>) -> Result<Option<u64>> {
+        let mut state = self.state.lock();
+        let Some(part) = state.parts.get_mut(p as usize) else {
+            return Err(not_owner(p, "no such partition"));
+        };
+        match &part.lease {
+            Lease::Held {
+                handing_over: true,
+                ..
+            } => Err(not_owner(p, HANDING_OVER)),
+            Lease::Held {
+                epoch, valid_until, ..
+            } if expected.is_some_and(|e| i64::try_from(e) != Ok(*epoch)) => Err(not_owner(
+                p,
+                format!(
+                    "the partition changed hands (now at epoch {epoch}) while this \
+                     read-modify-write waited for room; nothing was written"
+                ),
+            )),
+            Lease::Held {
+                epoch, valid_until, ..
+            } if Instant::now() < *valid_until => {
+                let epoch = u64::try_from(*epoch).unwrap_or(0);
+                part.last_write = Some(freezes);
+                Ok(Some(epoch))
+            }
+            Lease::Lost { reason } => Err(not_owner(p, reason.clone())),
+            Lease::Held { .. } | Lease::Free => Ok(None),
+        }
+    }
+
     /// Ok when this engine may write partition `p`: held with at least half
     /// its TTL left, or renewed (held before) or taken (free, expired on the
     /// server, or held by an engine whose presence connection is gone) now.
-    fn claim(&self, p: u32) -> Result<()> {
+    /// When another engine holds it and `request`, asks that engine to hand
+    /// it over (`millpond_handover`).
+    fn claim(&self, p: u32, request: bool) -> Result<()> {
         if self.owns(p) {
             return Ok(());
         }
         let owner = self.owner()?;
         let mut conn = self.conn.lock();
-        // Another thread may have claimed it while this one waited.
-        let held = match self.state.lock().get(p as usize) {
-            Some(Lease::Held { epoch, valid_until }) => {
-                if Instant::now() + self.ttl / 2 < *valid_until {
-                    return Ok(());
+        // A lease found taken over while this engine had nothing unflushed
+        // of it becomes free, and is then taken again if it can be.
+        let mut renewals = 0;
+        loop {
+            // Another thread may have claimed it while this one waited.
+            let held = match self.state.lock().parts.get(p as usize).map(|part| &part.lease) {
+                Some(Lease::Held {
+                    handing_over: true,
+                    ..
+                }) => return Err(not_owner(p, HANDING_OVER)),
+                Some(Lease::Held {
+                    epoch, valid_until, ..
+                }) => {
+                    if Instant::now() + self.ttl / 2 < *valid_until {
+                        return Ok(());
+                    }
+                    Some(*epoch)
                 }
-                Some(*epoch)
+                Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
+                _ => None,
+            };
+            let (began, row) = self.run_take(&mut conn, p, owner, held)?;
+            if let Some(epoch) = row {
+                let mut state = self.state.lock();
+                if let Some(part) = state.parts.get_mut(p as usize) {
+                    if !matches!(part.lease, Lease::Held { epoch: e, .. } if e == epoch) {
+                        self.changes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    part.lease = Lease::Held {
+                        epoch,
+                        valid_until: began + self.ttl,
+                        handing_over: false,
+                    };
+                }
+                drop(state);
+                if held.is_none() {
+                    // Requests for it are answered (a failure only leaves a
+                    // request that lapses with the TTL).
+                    if let Some(client) = conn.as_mut() {
+                        if let Err(e) = client.execute(
+                            "DELETE FROM millpond_handover WHERE part = $1",
+                            &[&(p as i32)],
+                        ) {
+                            log::debug!("millpond: clearing handover requests failed: {e}");
+                        }
+                    }
+                }
+                return Ok(());
             }
-            Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
-            _ => None,
-        };
+            let who = conn
+                .as_mut()
+                .and_then(|client| holder(client, p))
+                .map_or_else(
+                    || "another engine holds it".to_owned(),
+                    |(o, e, left)| {
+                        format!("engine {o} holds it at epoch {e} for another {left:.1} s")
+                    },
+                );
+            match held {
+                Some(epoch) if renewals == 0 => {
+                    renewals += 1;
+                    let reason =
+                        format!("this engine's lease (epoch {epoch}) was taken over: {who}");
+                    if !self.lose(p, reason.clone()) {
+                        return Err(not_owner(p, reason));
+                    }
+                    // Free now: try to take it, or ask for it.
+                }
+                _ => {
+                    if !request {
+                        return Err(not_owner(p, who));
+                    }
+                    let asked = conn.as_mut().map(|client| {
+                        client.execute(
+                            "INSERT INTO millpond_handover (part, requester, requested)
+                             VALUES ($1, $2, now())
+                             ON CONFLICT (part) DO UPDATE
+                             SET requester = EXCLUDED.requester, requested = EXCLUDED.requested",
+                            &[&(p as i32), &owner],
+                        )
+                    });
+                    return Err(not_owner(
+                        p,
+                        match asked {
+                            Some(Ok(_)) => format!(
+                                "{who}; a handover was requested: that engine releases it \
+                                 after its next flush cycle"
+                            ),
+                            _ => who,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs [`take`] on the claim connection (a fresh one if it is gone;
+    /// once more on a fresh one if the connection was lost). Returns when
+    /// the statement was sent and its outcome.
+    fn run_take(
+        &self,
+        conn: &mut Option<Client>,
+        p: u32,
+        owner: i64,
+        held: Option<i64>,
+    ) -> Result<(Instant, Option<i64>)> {
         let pid = self.presence()?;
         let mut attempt = 0;
-        let (began, row) = loop {
+        loop {
             attempt += 1;
-            let client = match conn.take() {
-                Some(c) if !c.is_closed() => conn.insert(c),
-                _ => {
-                    let mut c = self.target.connect(self.ttl)?;
-                    // A claim never waits long behind another engine's
-                    // flush (which holds the lease row's lock).
-                    c.batch_execute(&format!("SET lock_timeout TO {}", CLAIM_LOCK_WAIT_MS))
-                        .map_err(|e| pg_error(&self.target.name, e))?;
-                    conn.insert(c)
-                }
-            };
+            let client = self.connection(conn)?;
             let began = Instant::now();
             match take(client, p, owner, held, self.ttl_secs(), pid) {
-                Ok(row) => break (began, row),
+                Ok(row) => return Ok((began, row)),
                 // The lease row is locked by its holder's flush in progress
                 // (or by a paused one): held, as far as this claim knows.
                 Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
@@ -520,34 +717,22 @@ impl Leases {
                     }
                 }
             }
-        };
-        if let Some(epoch) = row {
-            if let Some(l) = self.state.lock().get_mut(p as usize) {
-                if !matches!(l, Lease::Held { epoch: e, .. } if *e == epoch) {
-                    self.changes.fetch_add(1, Ordering::SeqCst);
-                }
-                *l = Lease::Held {
-                    epoch,
-                    valid_until: began + self.ttl,
-                };
-            }
-            return Ok(());
         }
-        let who = conn
-            .as_mut()
-            .and_then(|client| holder(client, p))
-            .map_or_else(
-                || "another engine holds it".to_owned(),
-                |(o, e, left)| format!("engine {o} holds it at epoch {e} for another {left:.1} s"),
-            );
-        match held {
-            Some(epoch) => {
-                let reason = format!("this engine's lease (epoch {epoch}) was taken over: {who}");
-                self.lose(p, reason.clone());
-                Err(not_owner(p, reason))
+    }
+
+    /// The claim connection, opened if it is gone.
+    fn connection<'c>(&self, conn: &'c mut Option<Client>) -> Result<&'c mut Client> {
+        Ok(match conn.take() {
+            Some(c) if !c.is_closed() => conn.insert(c),
+            _ => {
+                let mut c = self.target.connect(self.ttl)?;
+                // A claim never waits long behind another engine's flush
+                // (which holds the lease row's lock).
+                c.batch_execute(&format!("SET lock_timeout TO {}", CLAIM_LOCK_WAIT_MS))
+                    .map_err(|e| pg_error(&self.target.name, e))?;
+                conn.insert(c)
             }
-            None => Err(not_owner(p, who)),
-        }
+        })
     }
 
     /// The server pid of this engine's presence connection: a connection
@@ -571,62 +756,230 @@ impl Leases {
         Ok(pid)
     }
 
-    fn lose(&self, p: u32, reason: String) {
-        if let Some(l) = self.state.lock().get_mut(p as usize) {
-            if !matches!(l, Lease::Lost { .. }) {
-                log::warn!("millpond: lost the lease of partition {p}: {reason}");
+    /// Partition `p` was taken over by another engine. If every write this
+    /// engine admitted to it is committed, it becomes free (this engine may
+    /// take it again later) and this returns `true`; otherwise it is lost
+    /// for the life of the engine.
+    fn lose(&self, p: u32, reason: String) -> bool {
+        let mut state = self.state.lock();
+        let flushed = state.flushed;
+        let Some(part) = state.parts.get_mut(p as usize) else {
+            return false;
+        };
+        match part.lease {
+            Lease::Lost { .. } => false,
+            Lease::Free => true,
+            Lease::Held { .. } => {
                 self.changes.fetch_add(1, Ordering::SeqCst);
-                *l = Lease::Lost { reason };
+                if part.all_flushed(flushed) {
+                    log::info!("millpond: partition {p} passed to another engine: {reason}");
+                    part.lease = Lease::Free;
+                    true
+                } else {
+                    log::warn!(
+                        "millpond: lost the lease of partition {p} with writes not yet \
+                         flushed: {reason}"
+                    );
+                    part.lease = Lease::Lost { reason };
+                    false
+                }
             }
         }
     }
 
-    /// The partitions held, with their epochs.
+    /// The partitions held (being handed over or not), with their epochs.
     fn held(&self) -> (Vec<i32>, Vec<i64>) {
         self.state
             .lock()
+            .parts
             .iter()
             .enumerate()
-            .filter_map(|(p, l)| match l {
-                Lease::Held { epoch, .. } => Some((p as i32, *epoch)),
+            .filter_map(|(p, part)| match part.lease {
+                Lease::Held { epoch, .. } => Some((p as i32, epoch)),
                 _ => None,
             })
             .unzip()
     }
 
-    /// Marks every lease this engine holds expired on the server (the next
-    /// claim by another engine takes it at once), and forgets them.
-    fn release(&self) -> Result<()> {
-        let Ok(owner) = self.owner() else {
-            return Ok(());
-        };
-        let (parts, epochs) = self.held();
-        if parts.is_empty() {
-            return Ok(());
+    /// After a commit renewed the leases of `renewed` (from `began`): their
+    /// validity moves on, and those another engine asked for (`wanted`)
+    /// start being handed over.
+    fn renewed(&self, renewed: &BTreeSet<u32>, wanted: &BTreeSet<u32>, began: Instant) {
+        let mut state = self.state.lock();
+        for &p in renewed {
+            if let Some(Lease::Held {
+                valid_until,
+                handing_over,
+                ..
+            }) = state.parts.get_mut(p as usize).map(|part| &mut part.lease)
+            {
+                *valid_until = began + self.ttl;
+                if wanted.contains(&p) && !*handing_over {
+                    log::debug!("millpond: handing partition {p} over on request");
+                    *handing_over = true;
+                }
+            }
         }
-        let mut conn = self.conn.lock();
-        let client = match conn.take() {
-            Some(c) if !c.is_closed() => conn.insert(c),
-            _ => conn.insert(self.target.connect(self.ttl)?),
+    }
+
+    /// Whether a partition is being handed over (a cycle will release it),
+    /// unless releasing failed a moment ago.
+    fn handing_over(&self) -> bool {
+        let state = self.state.lock();
+        if state
+            .release_failed
+            .is_some_and(|t| t.elapsed() < HANDOVER_POLL)
+        {
+            return false;
+        }
+        state.parts.iter().any(|part| {
+            matches!(
+                part.lease,
+                Lease::Held {
+                    handing_over: true,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Between cycles: marks the held partitions another engine asked for
+    /// as being handed over. Returns whether any is.
+    fn poll(&self) -> bool {
+        let Ok(owner) = self.owner() else {
+            return false;
         };
-        let outcome = client.execute(
-            "UPDATE millpond_lease l SET expires = '-infinity'
-             FROM unnest($1::int[], $2::bigint[]) AS m(part, epoch)
-             WHERE l.part = m.part AND l.epoch = m.epoch AND l.owner = $3",
-            &[&parts, &epochs, &owner],
-        );
+        let (parts, _) = self.held();
+        if !parts.is_empty() {
+            let mut conn = self.conn.lock();
+            let wanted = self.connection(&mut conn).and_then(|client| {
+                client
+                    .query(
+                        "SELECT part FROM millpond_handover
+                         WHERE part = ANY($1) AND requester <> $2
+                           AND requested > now() - make_interval(secs => $3)",
+                        &[&parts, &owner, &self.ttl_secs()],
+                    )
+                    .and_then(|rows| {
+                        rows.into_iter()
+                            .map(|row| row.try_get::<_, i32>(0).map(|p| p as u32))
+                            .collect::<std::result::Result<BTreeSet<u32>, _>>()
+                    })
+                    .map_err(|e| pg_error(&self.target.name, e))
+            });
+            match wanted {
+                Ok(wanted) if !wanted.is_empty() => {
+                    let mut state = self.state.lock();
+                    for p in wanted {
+                        if let Some(Lease::Held { handing_over, .. }) =
+                            state.parts.get_mut(p as usize).map(|part| &mut part.lease)
+                        {
+                            *handing_over = true;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    *conn = None;
+                    log::debug!("millpond: looking for handover requests failed: {e}");
+                }
+            }
+        }
+        self.handing_over()
+    }
+
+    /// After a successful cycle: every freeze up to `freezes` is committed.
+    /// Releases the partitions being handed over whose every admitted write
+    /// is committed. Returns whether any is still being handed over.
+    fn cycle_done(&self, freezes: u64) -> bool {
+        let ready: Vec<(i32, i64)> = {
+            let mut state = self.state.lock();
+            state.flushed = state.flushed.max(freezes);
+            let flushed = state.flushed;
+            state
+                .parts
+                .iter()
+                .enumerate()
+                .filter_map(|(p, part)| match part.lease {
+                    Lease::Held {
+                        epoch,
+                        handing_over: true,
+                        ..
+                    } if part.all_flushed(flushed) => Some((p as i32, epoch)),
+                    _ => None,
+                })
+                .collect()
+        };
+        if !ready.is_empty() {
+            let (parts, epochs): (Vec<i32>, Vec<i64>) = ready.into_iter().unzip();
+            match self.release_parts(&parts, &epochs) {
+                Ok(()) => {
+                    let mut state = self.state.lock();
+                    state.release_failed = None;
+                    for &p in &parts {
+                        if let Some(part) = state.parts.get_mut(p as usize) {
+                            log::debug!("millpond: handed partition {p} over");
+                            part.lease = Lease::Free;
+                        }
+                    }
+                    self.changes.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.state.lock().release_failed = Some(Instant::now());
+                    log::warn!("millpond: handing partitions over failed: {e}");
+                }
+            }
+        }
+        self.handing_over()
+    }
+
+    /// Marks the leases of `parts` (at `epochs`) expired on the server (the
+    /// next claim by another engine takes them at once) and clears the
+    /// requests for them.
+    fn release_parts(&self, parts: &[i32], epochs: &[i64]) -> Result<()> {
+        let owner = self.owner()?;
+        let mut conn = self.conn.lock();
+        let client = self.connection(&mut conn)?;
+        let outcome = client.batch_execute("BEGIN").and_then(|()| {
+            client.execute(
+                "UPDATE millpond_lease l SET expires = '-infinity'
+                 FROM unnest($1::int[], $2::bigint[]) AS m(part, epoch)
+                 WHERE l.part = m.part AND l.epoch = m.epoch AND l.owner = $3",
+                &[&parts, &epochs, &owner],
+            )?;
+            client.execute(
+                "DELETE FROM millpond_handover WHERE part = ANY($1)",
+                &[&parts],
+            )?;
+            client.batch_execute("COMMIT")
+        });
         if let Err(e) = outcome {
             *conn = None;
             return Err(pg_error(&self.target.name, e));
         }
-        for l in self.state.lock().iter_mut() {
-            if matches!(l, Lease::Held { .. }) {
-                self.changes.fetch_add(1, Ordering::SeqCst);
-                *l = Lease::Lost {
+        Ok(())
+    }
+
+    /// Releases every lease this engine holds, and forgets them (at
+    /// shutdown, after the final flush).
+    fn release(&self) -> Result<()> {
+        if self.owner().is_err() {
+            return Ok(());
+        }
+        let (parts, epochs) = self.held();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.release_parts(&parts, &epochs)?;
+        let mut state = self.state.lock();
+        for part in state.parts.iter_mut() {
+            if matches!(part.lease, Lease::Held { .. }) {
+                part.lease = Lease::Lost {
                     reason: "released at shutdown".into(),
                 };
             }
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -1063,7 +1416,10 @@ fn try_create_tables(pool: &Pool) -> Result<Option<i32>> {
         // database created by an earlier build gets it too.
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS millpond_partitioning (
-                 id integer PRIMARY KEY CHECK (id = 1), name text NOT NULL);",
+                 id integer PRIMARY KEY CHECK (id = 1), name text NOT NULL);
+             CREATE TABLE IF NOT EXISTS millpond_handover (
+                 part integer PRIMARY KEY, requester bigint NOT NULL,
+                 requested timestamptz NOT NULL);",
         )?;
         tx.commit()?;
         Ok(version)
@@ -1299,7 +1655,7 @@ impl Storage for PostgresStorage {
         {
             let state = self.leases.state.lock();
             for &p in &written {
-                match state.get(p as usize) {
+                match state.parts.get(p as usize).map(|part| &part.lease) {
                     Some(Lease::Held { .. }) => {}
                     Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
                     _ => return Err(not_owner(p, "this engine never took its lease")),
@@ -1310,21 +1666,34 @@ impl Storage for PostgresStorage {
         let owner = self.owner;
         let ttl = self.leases.ttl_secs();
         let began = Instant::now();
+        let mut wanted = BTreeSet::new();
         let renewed = self.pool.write(|c| {
+            wanted.clear();
             let mut tx = c.transaction()?;
             let renewed: BTreeSet<u32> = if parts.is_empty() {
                 BTreeSet::new()
             } else {
-                tx.query(
+                // Each renewed row says whether another engine asked for
+                // its partition (a request younger than a TTL).
+                let rows = tx.query(
                     "UPDATE millpond_lease l SET expires = now() + make_interval(secs => $4)
                      FROM unnest($1::int[], $2::bigint[]) AS m(part, epoch)
                      WHERE l.part = m.part AND l.epoch = m.epoch AND l.owner = $3
-                     RETURNING l.part",
+                     RETURNING l.part, EXISTS (
+                         SELECT 1 FROM millpond_handover h
+                         WHERE h.part = l.part AND h.requester <> $3
+                           AND h.requested > now() - make_interval(secs => $4))",
                     &[&parts, &epochs, &owner, &ttl],
-                )?
-                .into_iter()
-                .map(|row| row.try_get::<_, i32>(0).map(|p| p as u32))
-                .collect::<std::result::Result<_, _>>()?
+                )?;
+                let mut renewed = BTreeSet::new();
+                for row in rows {
+                    let p = row.try_get::<_, i32>(0)? as u32;
+                    renewed.insert(p);
+                    if row.try_get::<_, bool>(1)? {
+                        wanted.insert(p);
+                    }
+                }
+                renewed
             };
             if !written.is_subset(&renewed) {
                 tx.rollback()?;
@@ -1351,12 +1720,7 @@ impl Storage for PostgresStorage {
                  the flush was rolled back",
             ));
         }
-        let mut state = self.leases.state.lock();
-        for &p in &renewed {
-            if let Some(Lease::Held { valid_until, .. }) = state.get_mut(p as usize) {
-                *valid_until = began + self.leases.ttl;
-            }
-        }
+        self.leases.renewed(&renewed, &wanted, began);
         Ok(())
     }
 
