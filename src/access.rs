@@ -401,6 +401,8 @@ impl Shared {
         let mut first_dirty = false;
         let mut reserved = self.buffer.no_reservation();
         let mut unowned = Vec::new();
+        let exclusive = self.keeper.exclusive();
+        let mut unverified = Vec::new();
         'shards: for index in 0..SHARDS {
             loop {
                 let mut shard = self.buffer.lock(index);
@@ -416,6 +418,12 @@ impl Shared {
                         // Expiry runs only in the key's owner: claimed
                         // below, outside the shard lock.
                         unowned.push(key);
+                        continue;
+                    }
+                    if !exclusive && shard.get(&key).is_none() {
+                        // A stored deadline another engine may have changed
+                        // since it was indexed: checked below.
+                        unverified.push((index, key, shard.generation()));
                         continue;
                     }
                     let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
@@ -453,6 +461,48 @@ impl Shared {
                     Err(_) => break 'shards,
                 }
             }
+        }
+        // Stored deadlines on a store other engines write: the key is
+        // purged only if its stored record still has a deadline that has
+        // passed; otherwise its index entry is corrected. Skipped (left for
+        // a later tick) if the key's shard released a cycle or the key was
+        // written since it was seen.
+        for (index, key, generation) in unverified {
+            let Ok(stored) = self.read_record(&key) else {
+                continue;
+            };
+            let mut shard = self.buffer.lock(index);
+            if shard.generation() != generation
+                || shard.get(&key).is_some()
+                || self.buffer.held(&shard, &key).is_some()
+            {
+                continue;
+            }
+            match stored.and_then(|found| found.deadline) {
+                Some(d) if d <= now => {}
+                deadline => {
+                    shard.index_deadline(&key, deadline);
+                    continue;
+                }
+            }
+            if !matches!(self.admit_write(&shard, &key, None), Ok(Some(_))) {
+                continue;
+            }
+            let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
+            if !self.buffer.reserve_up_to(&mut reserved, need) {
+                self.flush.request_urgent();
+                break;
+            }
+            let ins = self.buffer.insert(
+                &mut shard,
+                &key,
+                Slot::Tombstone,
+                None,
+                false,
+                &mut reserved,
+            );
+            first_dirty |= ins.first_dirty;
+            purged += 1;
         }
         drop(reserved);
         // Keys of partitions this engine does not own (a database shared by

@@ -106,7 +106,7 @@ fn two_engines_share_a_database_and_a_bad_conninfo_is_a_config_error() {
     let e2 = Engine::open(quiet(&db)).unwrap();
     // Partitions pass only at e1's shutdown here (handovers on request:
     // `a_partition_is_handed_over_on_request_and_back`).
-    no_handover_requests(&server, &db);
+    no_handover_requests(server, &db);
     // e1 takes the partitions of its keys at their first write.
     for i in 0..10u64 {
         e1.set(format!("a{i}").as_bytes(), &value(i, 100)).unwrap();
@@ -192,7 +192,7 @@ fn partition_by_keeps_a_session_in_one_partition_and_refuses_another_grouping() 
     let grouped = |db: &str| quiet(db).partition_by("session-id", session);
     let e1 = Engine::open(grouped(&db)).unwrap();
     let e2 = Engine::open(grouped(&db)).unwrap();
-    no_handover_requests(&server, &db);
+    no_handover_requests(server, &db);
     e1.set(b"sess:1:user", b"ann").unwrap();
     // Every other field of session 1 is e1's: e1 writes 100 of them, e2
     // none (by a hash of the whole key, 100 keys would spread over most of
@@ -823,7 +823,11 @@ fn a_partition_is_handed_over_on_request_and_back() {
     let mut latencies = Vec::new();
     let mut expected = String::from("a");
     for round in 0..6 {
-        let (to, from) = if round % 2 == 0 { (&e2, &e1) } else { (&e1, &e2) };
+        let (to, from) = if round % 2 == 0 {
+            (&e2, &e1)
+        } else {
+            (&e1, &e2)
+        };
         let tag = format!("{round}");
         let (now, took) = append_when_owned(to, b"k", &tag);
         expected.push_str(&tag);
@@ -857,10 +861,65 @@ fn a_partition_is_handed_over_on_request_and_back() {
     e.shutdown().unwrap();
 }
 
+/// A deadline an engine indexed goes stale when another engine rewrites
+/// the key while holding its partition: once the partition comes back, the
+/// purge checks the stored record and never deletes the rewritten key (it
+/// corrects its index instead), while a key whose stored deadline has
+/// passed is still purged.
+#[test]
+fn a_key_rewritten_by_another_engine_is_not_purged_by_a_stale_deadline() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.database();
+    let clock = Arc::new(MockClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let config = || {
+        quiet(&db)
+            .lease_ttl(Duration::from_secs(600))
+            .partition_by("session-id", session)
+            .clock(clock.clone())
+    };
+    let e1 = Engine::open(config()).unwrap();
+    let e2 = Engine::open(config()).unwrap();
+    e1.set_with_ttl(b"sess:1:a", b"old", Duration::from_secs(10))
+        .unwrap();
+    // Handed over to e2 on request, which rewrites the key without a TTL.
+    set_once_free(&e2, b"sess:1:a", b"new");
+    e2.checkpoint().unwrap();
+    // And back to e1, through another key of the session.
+    set_once_free(&e1, b"sess:1:b", b"b");
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(e1.purge_expired().unwrap(), 0);
+    assert_eq!(e1.get(b"sess:1:a").unwrap().unwrap(), b"new");
+    // A flushed key whose stored deadline passed is purged.
+    e1.set_with_ttl(b"sess:1:c", b"c", Duration::from_secs(10))
+        .unwrap();
+    e1.checkpoint().unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(e1.purge_expired().unwrap(), 1);
+    assert_eq!(e1.purge_expired().unwrap(), 0);
+    e1.shutdown().unwrap();
+    e2.shutdown().unwrap();
+    drop((e1, e2));
+    let e = Engine::open(config()).unwrap();
+    assert_eq!(e.get(b"sess:1:a").unwrap().unwrap(), b"new");
+    assert_eq!(e.get(b"sess:1:b").unwrap().unwrap(), b"b");
+    assert!(e.get(b"sess:1:c").unwrap().is_none());
+    assert_eq!(
+        server.psql(&db, "SELECT count(*) FROM millpond_deadline"),
+        "0"
+    );
+    let report = e.verify().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    e.shutdown().unwrap();
+}
+
 /// Sets `key` on `e`, retrying while another engine holds its partition
-/// (until that lease expires).
+/// (until that lease expires, or its owner hands it over on request).
 fn set_once_free(e: &Engine, key: &[u8], value: &[u8]) {
-    let patience = common::Patience::new("the lease to expire");
+    let patience = common::Patience::new("the partition to be free");
     loop {
         match e.set(key, value) {
             Ok(()) => return,
@@ -868,7 +927,7 @@ fn set_once_free(e: &Engine, key: &[u8], value: &[u8]) {
                 patience.check();
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(other) => panic!("expected NotOwner until the expiry, got {other}"),
+            Err(other) => panic!("expected NotOwner until the partition is free, got {other}"),
         }
     }
 }
@@ -885,7 +944,7 @@ fn an_expired_lease_is_taken_over_and_its_old_owner_fenced() {
     let ttl = Duration::from_secs(1);
     let (e1, e2) = two_engines(&db, ttl);
     // e1 does not answer requests, as if paused.
-    no_handover_requests(&server, &db);
+    no_handover_requests(server, &db);
     e1.set(b"k", b"1").unwrap();
     // Before the flush that renews the lease (its transaction's `now()`
     // is later than this).

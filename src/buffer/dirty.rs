@@ -178,6 +178,14 @@ impl Shard {
         self.expiry.set(key, None);
     }
 
+    /// Sets the indexed deadline of `key`, which has no dirty entry, to
+    /// what its stored record says (`None`: no deadline, or no record).
+    pub(crate) fn index_deadline(&mut self, key: &[u8], deadline: Option<UnixMillis>) {
+        if self.get(key).is_none() {
+            self.expiry.set(key, deadline);
+        }
+    }
+
     pub(crate) fn expiry(&self) -> &ExpiryIndex {
         &self.expiry
     }

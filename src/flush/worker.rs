@@ -136,6 +136,17 @@ fn prepare_entry(
     let deadline = match (entry.deadline, entry.rewrite_deadline) {
         (Some(d), _) => DeadlineOp::Set(codec::encode_deadline(d.0)?),
         (None, true) => DeadlineOp::Clear,
+        // On a store other engines write, this engine's expiry index may
+        // not know the deadline another engine stored: the record replaced
+        // says (an unreadable one is cleared after, which is harmless).
+        (None, false)
+            if !shared.keeper.exclusive()
+                && old.as_deref().is_some_and(|raw| {
+                    codec::decode_meta(key, raw).map_or(true, |r| r.deadline.is_some())
+                }) =>
+        {
+            DeadlineOp::Clear
+        }
         (None, false) => DeadlineOp::Keep,
     };
     let value = match &entry.slot {

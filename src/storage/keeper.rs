@@ -127,6 +127,11 @@ impl Keeper {
         self.backend.admit_write(key, freezes, expected)
     }
 
+    /// [`Backend::exclusive`].
+    pub(crate) fn exclusive(&self) -> bool {
+        self.backend.exclusive()
+    }
+
     /// [`Backend::cycle_done`], after a successful cycle.
     pub(crate) fn cycle_done(&self, freezes: u64) -> bool {
         self.backend.cycle_done(freezes)

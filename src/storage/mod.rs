@@ -159,6 +159,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether this engine is the only one writing the store, so that what
+    /// it indexed of the store (stored deadlines) stays true while it does
+    /// not change it. Default: yes.
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     /// A count that moves whenever this engine's right to write some key
     /// changes (on a shared store: a lease taken at a new epoch, lost, or
     /// released). Must not block. Default: 0, a store no other engine

@@ -242,8 +242,11 @@ impl Backend for PostgresBackend {
     }
 
     fn admit_write(&self, key: &[u8], freezes: u64, expected: Option<u64>) -> Result<Option<u64>> {
-        self.leases
-            .admit_write(self.leases.partitioning.partition_of(key), freezes, expected)
+        self.leases.admit_write(
+            self.leases.partitioning.partition_of(key),
+            freezes,
+            expected,
+        )
     }
 
     fn cycle_done(&self, freezes: u64) -> bool {
@@ -260,6 +263,10 @@ impl Backend for PostgresBackend {
 
     fn poll_requests(&self) -> bool {
         self.leases.poll()
+    }
+
+    fn exclusive(&self) -> bool {
+        false
     }
 
     fn ownership_changes(&self) -> u64 {
@@ -519,7 +526,13 @@ impl Leases {
     /// Whether the lease of `p` is held, not being handed over, with at
     /// least half its TTL left.
     fn owns(&self, p: u32) -> bool {
-        match self.state.lock().parts.get(p as usize).map(|part| &part.lease) {
+        match self
+            .state
+            .lock()
+            .parts
+            .get(p as usize)
+            .map(|part| &part.lease)
+        {
             Some(Lease::Held {
                 valid_until,
                 handing_over: false,
@@ -551,8 +564,7 @@ impl Leases {
         };
         match &part.lease {
             Lease::Held {
-                handing_over: true,
-                ..
+                handing_over: true, ..
             } => Err(not_owner(p, HANDING_OVER)),
             Lease::Held {
                 epoch, valid_until, ..
@@ -591,10 +603,15 @@ impl Leases {
         let mut renewals = 0;
         loop {
             // Another thread may have claimed it while this one waited.
-            let held = match self.state.lock().parts.get(p as usize).map(|part| &part.lease) {
+            let held = match self
+                .state
+                .lock()
+                .parts
+                .get(p as usize)
+                .map(|part| &part.lease)
+            {
                 Some(Lease::Held {
-                    handing_over: true,
-                    ..
+                    handing_over: true, ..
                 }) => return Err(not_owner(p, HANDING_OVER)),
                 Some(Lease::Held {
                     epoch, valid_until, ..
