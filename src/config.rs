@@ -137,13 +137,26 @@ impl Config {
     ///   they are missing; a database holds one store, which **many engines**
     ///   (in one or many processes, on one or many machines) may have open
     ///   at once. The keyspace is split into 64 partitions by a hash of the
-    ///   key (or of a part of it: [`Config::partition_by`]); an engine takes a partition's lease at its first write to it
-    ///   (or fails with [`Error::NotOwner`] while another engine holds it),
-    ///   renews it with every flush, and lets it go at shutdown; a lease not
-    ///   renewed for [`Config::lease_ttl`] may be taken by another engine,
-    ///   and the engine that lost it is fenced: its flush is rolled back,
-    ///   and its writes to that partition fail with [`Error::NotOwner`]. A
-    ///   read of a key another engine owns returns what that engine last
+    ///   key (or of a part of it: [`Config::partition_by`]); an engine takes
+    ///   a partition's lease at its first write to it, renews it with every
+    ///   flush, and lets it go at shutdown.
+    /// - A write to a partition another engine holds fails with
+    ///   [`Error::NotOwner`] and **asks that engine to hand it over**: the
+    ///   owner stops admitting writes to it, flushes it (its unflushed
+    ///   writes included) and releases it after its next flush cycle (at
+    ///   once if nothing is dirty; it looks for requests every 200 ms
+    ///   between cycles), so a retry succeeds after about that long. An
+    ///   engine that handed a partition over may ask for it back the same
+    ///   way. Retry `NotOwner` from a write with a short sleep; route the
+    ///   keys of one session (or task) to one process where you can, since
+    ///   two engines writing one partition pass it back and forth.
+    /// - A lease not renewed for [`Config::lease_ttl`] (its engine paused,
+    ///   or cut off) may be taken by another engine. If the engine that
+    ///   lost it had unflushed writes to it, it is fenced: its flush is
+    ///   rolled back, its writes to that partition fail with
+    ///   [`Error::NotOwner`] for the rest of its life, and so do its
+    ///   checkpoints. If it had none, it may ask for the partition back.
+    /// - A read of a key another engine owns returns what that engine last
     ///   flushed (at most its `write_delay` plus one cycle old); the read
     ///   cache holds only keys of partitions this engine holds, while it
     ///   holds them.

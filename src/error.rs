@@ -148,11 +148,16 @@ pub enum Error {
 
     /// With many engines on one PostgreSQL database
     /// (`Config::postgres`, feature `postgres`): this engine does not
-    /// hold the lease of the key's partition. Another engine holds it, or
-    /// this engine's lease was taken over (it expired while the engine was
-    /// paused or cut off); a partition whose lease was lost stays refused for
-    /// the life of the engine, and a flush that held writes of it was rolled
-    /// back whole (those writes are lost, as in a crash of this engine).
+    /// hold the lease of the key's partition, and nothing was written.
+    /// - Another engine holds it: that engine was asked to hand it over and
+    ///   does so after its next flush cycle; retry shortly.
+    /// - This engine is handing it over at another engine's request:
+    ///   retry shortly (the write then asks for it back).
+    /// - This engine's lease was taken over (it expired while the engine
+    ///   was paused or cut off) while it had unflushed writes of the
+    ///   partition: the partition stays refused for the life of the
+    ///   engine, and a flush that held writes of it was rolled back whole
+    ///   (those writes are lost, as in a crash of this engine).
     #[error("this engine does not own partition {partition}: {reason}")]
     NotOwner {
         /// The partition (a hash of the key; see DESIGN.md, "Leases").
