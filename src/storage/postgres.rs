@@ -100,6 +100,13 @@ const POOL_IDLE: usize = 8;
 /// for the partitions it holds ([`Leases::poll`]).
 const HANDOVER_POLL: Duration = Duration::from_millis(200);
 
+/// Attempts at a claim refused with a serialization failure or deadlock
+/// (SQLSTATE 40001, 40P01).
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// How long the request poll waits after it failed.
+const POLL_BACKOFF: Duration = Duration::from_secs(2);
+
 /// How long a connection attempt may take when the connection string does
 /// not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -397,6 +404,10 @@ struct LeaseState {
     /// When handing partitions over last failed: no cycle is asked for a
     /// handover until [`HANDOVER_POLL`] has passed since.
     release_failed: Option<Instant>,
+    /// When looking for requests last failed (the server unreachable, say):
+    /// the next look waits [`POLL_BACKOFF`], so that the coordinator does
+    /// not spend its time connecting.
+    poll_failed: Option<Instant>,
 }
 
 /// This engine's owner id and leases (see DESIGN.md, "Leases").
@@ -508,6 +519,7 @@ impl Leases {
                 parts: vec![free; PARTITIONS as usize],
                 flushed: 0,
                 release_failed: None,
+                poll_failed: None,
             }),
             conn: Mutex::new(None),
             presence: Mutex::new(None),
@@ -725,6 +737,14 @@ impl Leases {
                         "another engine holds it (its lease row is locked by a flush in progress)",
                     ));
                 }
+                // A serializable engine (CockroachDB) may refuse a claim
+                // that raced another one's transaction: try again.
+                Err(e)
+                    if attempt < CLAIM_ATTEMPTS
+                        && (e.code()
+                            == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+                            || e.code()
+                                == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)) => {}
                 Err(e) => {
                     *conn = None;
                     // One more try on a fresh connection (the server may
@@ -867,7 +887,12 @@ impl Leases {
             return false;
         };
         let (parts, _) = self.held();
-        if !parts.is_empty() {
+        let backing_off = self
+            .state
+            .lock()
+            .poll_failed
+            .is_some_and(|t| t.elapsed() < POLL_BACKOFF);
+        if !parts.is_empty() && !backing_off {
             let mut conn = self.conn.lock();
             let wanted = self.connection(&mut conn).and_then(|client| {
                 client
@@ -898,6 +923,7 @@ impl Leases {
                 Ok(_) => {}
                 Err(e) => {
                     *conn = None;
+                    self.state.lock().poll_failed = Some(Instant::now());
                     log::debug!("millpond: looking for handover requests failed: {e}");
                 }
             }
