@@ -444,9 +444,10 @@ fn bench_journal_modes_runs_and_checks_every_side() {
     }
 }
 
-/// `bench --backend postgres` at a tiny size on a temporary server: every
-/// side runs, is checked after reopening (all 10,000 session keys), and has
-/// its row and ratio; the figures themselves are not looked at.
+/// `bench --backend postgres` at a tiny size on a temporary server (the
+/// sessions workload, its default): every side runs, is checked after
+/// reopening (all 10,000 session keys), and has its row and ratio; the
+/// figures themselves are not looked at.
 #[cfg(feature = "postgres")]
 #[test]
 fn bench_postgres_runs_and_checks_every_side() {
@@ -485,10 +486,21 @@ fn bench_postgres_runs_and_checks_every_side() {
         );
     }
     assert!(text.contains("millpond / naive"), "{text}");
-    // A workload it does not run is refused.
-    let out = millpond(&["bench", "--backend", "postgres", "--workload", "tasks"]);
+    // Without --workload, sessions only, under its own header.
+    assert!(text.starts_with("sessions on PostgreSQL"), "{text}");
+    assert_eq!(text.matches(" on PostgreSQL ").count(), 1, "{text}");
+    // ttl-churn (the naive sides have no TTLs) is refused, before anything
+    // runs.
+    let out = millpond(&[
+        "bench",
+        "--backend",
+        "postgres",
+        "--workload",
+        "sessions,ttl-churn",
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sessions workload only"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not run ttl-churn"), "{err}");
 }
 
 /// Without the feature, `bench --backend postgres` says how to get it.

@@ -116,7 +116,8 @@ impl RunOptions {
 /// `millpond bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run, comma-separated [default: all].
+    /// Workloads to run, comma-separated [default: all; with --backend
+    /// postgres, sessions].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub workload: Vec<WorkloadKind>,
     /// Stores to run them against, comma-separated [default: all].
@@ -168,9 +169,10 @@ pub struct BenchArgs {
     #[arg(long, requires = "journal_modes")]
     pub keys: Option<u64>,
     /// Which storage millpond runs on: `sled` (the embedded default, the
-    /// workloads above) or `postgres` (the sessions workload on millpond's
+    /// workloads above) or `postgres` (the workloads on millpond's
     /// PostgreSQL backend beside one `INSERT ... ON CONFLICT DO UPDATE` per
-    /// write, throughput and WAL bytes; needs the CLI's `postgres` feature).
+    /// write, throughput and WAL bytes; sessions unless --workload names
+    /// others, every one but ttl-churn; needs the CLI's `postgres` feature).
     #[arg(long, value_enum, default_value = "sled", conflicts_with_all = ["soak", "journal_modes"])]
     pub backend: Backend,
     /// With --backend postgres: the server to use (a libpq connection

@@ -4,27 +4,37 @@
 //! The sides, each run in its own child process (`bench-pg-child`) against
 //! its own, new database of the same server, one after the other:
 //! - `millpond`: the engine with `Config::postgres` (default settings but
-//!   `write_delay`, as the other benches set it); the durable point is its
-//!   checkpoint and shutdown.
+//!   `write_delay`, as the other benches set it, and the buffer a workload
+//!   asks for: read-heavy's 4 MiB `max_dirty_bytes`, as on the embedded
+//!   store); the durable point is its checkpoint and shutdown.
 //! - `naive`: one `INSERT INTO kv(k, v) VALUES ($1, $2) ON CONFLICT (k) DO
 //!   UPDATE SET v = excluded.v` per write, straight to the server over one
 //!   connection per thread, `synchronous_commit = on` (the server's
 //!   default: every write durable when it returns). A read-modify-write is
-//!   one transaction: `SELECT v ... FOR UPDATE`, then that upsert.
+//!   one transaction: `SELECT v ... FOR UPDATE`, then that upsert; a
+//!   multi-key change is one transaction that locks and checks every key,
+//!   then writes them.
 //! - `naive-async`: the same with `synchronous_commit = off`.
 //!
-//! The workload is `sessions` (the same code as on the embedded stores). Its
-//! untimed preload goes in with `synchronous_commit = off` on the naive
-//! sides, then one synchronous commit makes it durable. The WAL a side
-//! writes is measured over its timed phase (which ends with its durable
-//! point) as the difference of `pg_current_wal_insert_lsn()`, and as the
-//! difference of `pg_stat_wal.wal_bytes` (read a second after the side's
-//! connections closed, so that their counters have been reported). Both
-//! count the whole server's WAL (nothing else runs on a temporary server
-//! but its own background processes); a `CHECKPOINT` before each timed
-//! phase gives every side the same full-page-image start. After its durable
-//! point a side is opened again and every key compared with what the
-//! workload wrote.
+//! The workloads are those of the embedded bench, the same code: sessions,
+//! tasks, journal, uniform-insert, read-heavy and the YCSB phases
+//! (ycsb-load, ycsb-a, ycsb-b, ycsb-c, ycsb-f), each run on the three sides
+//! in turn, with one table and one table of millpond's ratios per
+//! workload. ttl-churn is refused: the naive sides have no TTLs. Without
+//! `--workload` only sessions runs (the naive side with `synchronous_commit
+//! = on` does a few thousand writes a second, so every workload at the
+//! default scale would take an hour or more). A workload's untimed preload
+//! goes in with `synchronous_commit = off` on the naive sides, then one
+//! synchronous commit makes it durable. The WAL a side writes is measured
+//! over its timed phase (which ends with its durable point) as the
+//! difference of `pg_current_wal_insert_lsn()`, and as the difference of
+//! `pg_stat_wal.wal_bytes` (read a second after the side's connections
+//! closed, so that their counters have been reported). Both count the whole
+//! server's WAL (nothing else runs on a temporary server but its own
+//! background processes); a `CHECKPOINT` before each timed phase gives
+//! every side the same full-page-image start. After its durable point a
+//! side is opened again and every key compared with what the workload
+//! wrote.
 //!
 //! Without `--conninfo`, a temporary server is started as the tests do
 //! (PostgreSQL 15 of the Debian package `postgresql`: `initdb` as the
@@ -76,9 +86,11 @@ impl Side {
     }
 }
 
-/// `millpond bench-pg-child`: one side, one JSON line.
+/// `millpond bench-pg-child`: one side of one workload, one JSON line.
 #[derive(clap::Args, Debug)]
 pub struct ChildArgs {
+    #[arg(long, value_enum)]
+    pub workload: WorkloadKind,
     #[arg(long, value_enum)]
     pub side: Side,
     /// The side's own (empty) database.
@@ -91,14 +103,16 @@ pub struct ChildArgs {
 /// What `bench --backend postgres` was asked to do.
 pub struct Plan {
     pub conninfo: Option<String>,
+    /// As given on the command line (empty: sessions only).
     pub workloads: Vec<WorkloadKind>,
     pub json: bool,
     pub options: RunOptions,
 }
 
-/// One side's results.
+/// One side's results on one workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SideReport {
+    pub workload: WorkloadKind,
     pub side: Side,
     pub ok: bool,
     pub error: Option<String>,
@@ -119,8 +133,9 @@ pub struct SideReport {
 }
 
 impl SideReport {
-    fn failed(side: Side, error: String) -> SideReport {
+    fn failed(workload: WorkloadKind, side: Side, error: String) -> SideReport {
         SideReport {
+            workload,
             side,
             ok: false,
             error: Some(error),
@@ -147,19 +162,49 @@ pub struct PgOutput {
     pub scale: f64,
     pub seed: u64,
     pub write_delay_ms: u64,
+    /// The workloads run, in order.
+    pub workloads: Vec<WorkloadKind>,
+    /// Every side of every workload, in the order they ran (workload by
+    /// workload, the sides of one workload together).
     pub sides: Vec<SideReport>,
 }
 
-/// The tables.
+/// The tables: per workload, one of its sides and one of millpond's ratios.
 pub fn render(out: &PgOutput) -> String {
     let mut s = String::new();
-    let description = out
-        .sides
+    for (i, &workload) in out.workloads.iter().enumerate() {
+        if i > 0 {
+            // One blank line before the next workload's header.
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s.push('\n');
+        }
+        let reports: Vec<&SideReport> = out
+            .sides
+            .iter()
+            .filter(|r| r.workload == workload)
+            .collect();
+        render_workload(&mut s, out, workload, &reports);
+    }
+    s.push('\n');
+    s
+}
+
+/// One workload's header, tables, failures and notes.
+fn render_workload(s: &mut String, out: &PgOutput, workload: WorkloadKind, sides: &[&SideReport]) {
+    // A failed side still describes the workload unless its child died.
+    let described = sides
         .iter()
         .find(|r| r.ok)
-        .map_or("", |r| r.description.as_str());
+        .or_else(|| sides.iter().find(|r| !r.description.is_empty()));
+    let description = described.map_or("", |r| r.description.as_str());
+    let threads = match described.map_or(0, |r| r.threads) {
+        1 => "1 thread".to_owned(),
+        n => format!("{n} threads"),
+    };
     s.push_str(&format!(
-        "sessions on PostgreSQL {} ({description}, 2 threads); millpond write_delay {} ms, \
+        "{workload} on PostgreSQL {} ({description}, {threads}); millpond write_delay {} ms, \
          scale {}, seed {}\n\n",
         out.server, out.write_delay_ms, out.scale, out.seed
     ));
@@ -174,7 +219,7 @@ pub fn render(out: &PgOutput) -> String {
         ("pg_stat_wal", true),
         ("keys checked", true),
     ]);
-    for r in &out.sides {
+    for r in sides {
         if !r.ok {
             t.row(vec![
                 r.side.label().into(),
@@ -202,18 +247,14 @@ pub fn render(out: &PgOutput) -> String {
         ]);
     }
     s.push_str(&t.render());
-    let millpond = out.sides.iter().find(|r| r.ok && r.side == Side::Millpond);
+    let millpond = sides.iter().find(|r| r.ok && r.side == Side::Millpond);
     let mut ratios = Table::new(&[
         ("millpond / naive", false),
         ("throughput", true),
         ("WAL bytes", true),
     ]);
     if let Some(m) = millpond {
-        for r in out
-            .sides
-            .iter()
-            .filter(|r| r.ok && r.side != Side::Millpond)
-        {
+        for r in sides.iter().filter(|r| r.ok && r.side != Side::Millpond) {
             ratios.row(vec![
                 format!("vs {}", r.side.label()),
                 fmt_ratio(m.ops_per_sec / r.ops_per_sec),
@@ -225,7 +266,7 @@ pub fn render(out: &PgOutput) -> String {
         s.push('\n');
         s.push_str(&ratios.render());
     }
-    for r in &out.sides {
+    for r in sides {
         if let Some(e) = &r.error {
             s.push_str(&format!("\n{}: FAILED: {e}\n", r.side.name()));
         }
@@ -233,8 +274,6 @@ pub fn render(out: &PgOutput) -> String {
             s.push_str(&format!("\n{}: {n}", r.side.name()));
         }
     }
-    s.push('\n');
-    s
 }
 
 impl super::ChildReport for SideReport {
@@ -247,18 +286,29 @@ impl super::ChildReport for SideReport {
 }
 
 /// Runs this program with `args` and reads the report it prints last.
-fn child_report(side: Side, args: &[OsString]) -> SideReport {
+fn child_report(workload: WorkloadKind, side: Side, args: &[OsString]) -> SideReport {
+    let failed = |e| SideReport::failed(workload, side, e);
     match std::env::current_exe() {
-        Ok(exe) => super::child_report(&exe, args, |e| SideReport::failed(side, e)),
-        Err(e) => SideReport::failed(side, format!("finding this program: {e}")),
+        Ok(exe) => super::child_report(&exe, args, failed),
+        Err(e) => failed(format!("finding this program: {e}")),
     }
 }
 
+/// Why ttl-churn does not run here.
+const NO_TTLS: &str = "--backend postgres does not run ttl-churn: the naive sides have no TTLs \
+     (run it with --backend sled)";
+
 fn check_workloads(workloads: &[WorkloadKind]) -> Result<()> {
-    if workloads.iter().any(|&w| w != WorkloadKind::Sessions) {
-        bail!("--backend postgres runs the sessions workload only");
+    if workloads.contains(&WorkloadKind::TtlChurn) {
+        bail!("{NO_TTLS}");
     }
     Ok(())
+}
+
+/// The workloads to run: those asked for, in order, each once; sessions
+/// when none was.
+fn selected(plan: &Plan) -> Vec<WorkloadKind> {
+    super::selection(&plan.workloads, &[WorkloadKind::Sessions])
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -295,11 +345,12 @@ mod imp {
     use postgres::{Client, NoTls, Statement};
 
     use super::super::targets::{
-        Atomicity, Change, Closed, Expect, MillpondTarget, Target, Tuning, Unsupported,
+        Atomicity, Change, Closed, Expect, MillpondTarget, Target, TargetKind, Tuning, Unsupported,
     };
-    use super::super::workloads::{Sessions, Workload};
-    use super::{check_workloads, child_report, render, ChildArgs, PgOutput, Plan};
-    use super::{Side, SideReport};
+    use super::super::workloads::{Journal, Phase, ReadHeavy, Sessions, Tasks, UniformInsert};
+    use super::super::workloads::{Workload, WorkloadKind, Ycsb};
+    use super::{check_workloads, child_report, render, selected, ChildArgs, PgOutput, Plan};
+    use super::{Side, SideReport, NO_TTLS};
 
     // -----------------------------------------------------------------------
     // A temporary server
@@ -481,6 +532,7 @@ mod imp {
     /// `bench --backend postgres`.
     pub fn run(plan: &Plan) -> Result<ExitCode> {
         check_workloads(&plan.workloads)?;
+        let workloads = selected(plan);
         super::super::check_options(&plan.options)?;
         if let Some(c) = &plan.conninfo {
             if c.contains("://") {
@@ -500,42 +552,24 @@ mod imp {
             Client::connect(&admin, NoTls).with_context(|| format!("connecting to {admin}"))?;
         let version: String = client.query_one("SHOW server_version", &[])?.get(0);
         let mut sides = Vec::new();
-        for side in Side::ALL {
-            let db = format!(
-                "millpond_bench_{}_{}",
-                side.name().replace('-', "_"),
-                std::process::id()
-            );
-            client.batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))?;
-            client
-                .batch_execute(&format!("CREATE DATABASE {db}"))
-                .with_context(|| format!("creating the database {db}"))?;
-            let mut args: Vec<std::ffi::OsString> = vec![
-                "bench-pg-child".into(),
-                "--side".into(),
-                side.name().into(),
-                "--conninfo".into(),
-                with_dbname(&admin, &db).into(),
-            ];
-            args.extend(plan.options.as_args().into_iter().map(Into::into));
-            let report = child_report(side, &args);
-            eprintln!(
-                "{}: {}",
-                side.name(),
-                if report.ok {
-                    format!(
-                        "{} ops/s, {} WAL bytes",
-                        report.ops_per_sec.round(),
-                        report.wal_bytes
-                    )
-                } else {
-                    format!("FAILED: {}", report.error.as_deref().unwrap_or("?"))
-                }
-            );
-            sides.push(report);
-            client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-                .with_context(|| format!("dropping the database {db}"))?;
+        for &workload in &workloads {
+            for side in Side::ALL {
+                let report = run_side(&mut client, &admin, workload, side, &plan.options)?;
+                eprintln!(
+                    "{workload} on {}: {}",
+                    side.name(),
+                    if report.ok {
+                        format!(
+                            "{} ops/s, {} WAL bytes",
+                            report.ops_per_sec.round(),
+                            report.wal_bytes
+                        )
+                    } else {
+                        format!("FAILED: {}", report.error.as_deref().unwrap_or("?"))
+                    }
+                );
+                sides.push(report);
+            }
         }
         drop(client);
         drop(server);
@@ -545,6 +579,7 @@ mod imp {
             scale: plan.options.scale,
             seed: plan.options.seed,
             write_delay_ms: plan.options.write_delay_ms,
+            workloads,
             sides,
         };
         if plan.json {
@@ -554,10 +589,46 @@ mod imp {
         }
         let failed = out.sides.iter().filter(|r| !r.ok).count();
         if failed > 0 {
-            eprintln!("millpond bench: {failed} side(s) FAILED");
+            eprintln!("millpond bench: {failed} run(s) FAILED");
             return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// One side of one workload in a child process, in a new database of
+    /// its own (dropped afterwards).
+    fn run_side(
+        client: &mut Client,
+        admin: &str,
+        workload: WorkloadKind,
+        side: Side,
+        options: &super::super::RunOptions,
+    ) -> Result<SideReport> {
+        let db = format!(
+            "millpond_bench_{}_{}_{}",
+            workload.name().replace('-', "_"),
+            side.name().replace('-', "_"),
+            std::process::id()
+        );
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .with_context(|| format!("creating the database {db}"))?;
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "bench-pg-child".into(),
+            "--workload".into(),
+            workload.name().into(),
+            "--side".into(),
+            side.name().into(),
+            "--conninfo".into(),
+            with_dbname(admin, &db).into(),
+        ];
+        args.extend(options.as_args().into_iter().map(Into::into));
+        let report = child_report(workload, side, &args);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            .with_context(|| format!("dropping the database {db}"))?;
+        Ok(report)
     }
 
     // -----------------------------------------------------------------------
@@ -566,17 +637,52 @@ mod imp {
     /// `bench-pg-child`.
     pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
         super::super::check_options(&args.options)?;
-        let mut report = SideReport::failed(args.side, String::new());
-        let tuning = args.options.tuning();
-        let mut w = Sessions::new(args.options.params());
+        let p = args.options.params();
+        let report = match args.workload {
+            WorkloadKind::Sessions => on_side(Sessions::new(p), &args),
+            WorkloadKind::Tasks => on_side(Tasks::new(p), &args),
+            WorkloadKind::Journal => on_side(Journal::new(p), &args),
+            WorkloadKind::UniformInsert => on_side(UniformInsert::new(p), &args),
+            WorkloadKind::ReadHeavy => on_side(ReadHeavy::new(p), &args),
+            WorkloadKind::TtlChurn => bail!("{NO_TTLS}"),
+            WorkloadKind::YcsbLoad => on_side(Ycsb::new(p, Phase::Load), &args),
+            WorkloadKind::YcsbA => on_side(Ycsb::new(p, Phase::A), &args),
+            WorkloadKind::YcsbB => on_side(Ycsb::new(p, Phase::B), &args),
+            WorkloadKind::YcsbC => on_side(Ycsb::new(p, Phase::C), &args),
+            WorkloadKind::YcsbF => on_side(Ycsb::new(p, Phase::F), &args),
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        Ok(if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        })
+    }
+
+    /// Workload `w` on the side `args` names.
+    fn on_side<W: Workload>(mut w: W, args: &ChildArgs) -> SideReport {
+        let mut report = SideReport::failed(args.workload, args.side, String::new());
         report.description = w.describe();
         report.threads = w.threads();
         let conninfo = args.conninfo.as_str();
         let result = match args.side {
             Side::Millpond => {
+                // Default settings but write_delay, and the buffer the
+                // workload asks millpond for (read-heavy: smaller than its
+                // working set), as on the embedded store.
+                let base = Tuning {
+                    max_dirty_bytes: None,
+                    ..args.options.tuning()
+                };
+                let (tuning, note) = w.tuning(base, TargetKind::Millpond);
+                report.notes.extend(note);
                 let open = || {
                     let config =
                         millpond::Config::postgres(conninfo).write_delay(tuning.write_delay);
+                    let config = match tuning.max_dirty_bytes {
+                        Some(bytes) => config.max_dirty_bytes(bytes),
+                        None => config,
+                    };
                     MillpondTarget::open_config(config)
                 };
                 measured(&mut w, open, conninfo, &mut report)
@@ -598,12 +704,7 @@ mod imp {
             }
             Err(e) => report.error = Some(format!("{e:#}")),
         }
-        println!("{}", serde_json::to_string(&report)?);
-        Ok(if report.ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(2)
-        })
+        report
     }
 
     /// The whole server's WAL position and `pg_stat_wal.wal_bytes`.
