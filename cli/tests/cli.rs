@@ -489,6 +489,24 @@ fn bench_postgres_runs_and_checks_every_side() {
     // Without --workload, sessions only, under its own header.
     assert!(text.starts_with("sessions on PostgreSQL"), "{text}");
     assert_eq!(text.matches(" on PostgreSQL ").count(), 1, "{text}");
+    // Handovers between two engines, each timed (two groups of 16 may
+    // share a partition: those are not counted).
+    for owner in [
+        "idle (nothing dirty)",
+        "busy (writing every partition it holds)",
+    ] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(owner))
+            .unwrap_or_else(|| panic!("no handover row for {owner}:\n{text}"));
+        let count: usize = row[owner.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no handover count: {row}"));
+        assert!(count > 0 && row.contains(" ms"), "{row}");
+    }
+    assert!(!text.contains("handover: FAILED"), "{text}");
     // ttl-churn (the naive sides have no TTLs) is refused, before anything
     // runs.
     let out = millpond(&[

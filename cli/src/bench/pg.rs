@@ -167,6 +167,21 @@ pub struct PgOutput {
     /// Every side of every workload, in the order they ran (workload by
     /// workload, the sides of one workload together).
     pub sides: Vec<SideReport>,
+    /// Partitions handed over on request between two engines.
+    pub handover: HandoverReport,
+}
+
+/// How long a write to a partition another engine holds takes to succeed
+/// (retrying `NotOwner` every millisecond): the request, the owner's cycle
+/// and release, and the take. Milliseconds, one per handover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandoverReport {
+    /// The owner wrote its keys, checkpointed, and does nothing since.
+    pub idle_ms: Vec<f64>,
+    /// The owner keeps writing keys of every partition it still holds
+    /// (from one thread, with the bench's `write_delay`).
+    pub busy_ms: Vec<f64>,
+    pub error: Option<String>,
 }
 
 /// The tables: per workload, one of its sides and one of millpond's ratios.
@@ -188,7 +203,48 @@ pub fn render(out: &PgOutput) -> String {
         render_workload(&mut s, out, workload, &reports);
     }
     s.push('\n');
+    render_handover(&mut s, out);
     s
+}
+
+/// The handover table.
+fn render_handover(s: &mut String, out: &PgOutput) {
+    let h = &out.handover;
+    s.push_str(&format!(
+        "\nhandover on request (two engines, one process; the asker retries NotOwner every \
+         ms; owner write_delay {} ms)\n\n",
+        out.write_delay_ms
+    ));
+    let mut t = Table::new(&[
+        ("owner", false),
+        ("handovers", true),
+        ("min", true),
+        ("median", true),
+        ("max", true),
+    ]);
+    for (what, ms) in [
+        ("idle (nothing dirty)", &h.idle_ms),
+        ("busy (writing every partition it holds)", &h.busy_ms),
+    ] {
+        let mut sorted = ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+                .map_or_else(String::new, |v| format!("{v:.1} ms"))
+        };
+        t.row(vec![
+            what.into(),
+            sorted.len().to_string(),
+            at(0.0),
+            at(0.5),
+            at(1.0),
+        ]);
+    }
+    s.push_str(&t.render());
+    if let Some(e) = &h.error {
+        s.push_str(&format!("\nhandover: FAILED: {e}\n"));
+    }
 }
 
 /// One workload's header, tables, failures and notes.
@@ -349,6 +405,7 @@ mod imp {
     };
     use super::super::workloads::{Journal, Phase, ReadHeavy, Sessions, Tasks, UniformInsert};
     use super::super::workloads::{Workload, WorkloadKind, Ycsb};
+    use super::HandoverReport;
     use super::{check_workloads, child_report, render, selected, ChildArgs, PgOutput, Plan};
     use super::{Side, SideReport, NO_TTLS};
 
@@ -571,6 +628,16 @@ mod imp {
                 sides.push(report);
             }
         }
+        let handover = handover(&mut client, &admin, plan.options.write_delay_ms);
+        eprintln!(
+            "handover: {} idle, {} busy{}",
+            handover.idle_ms.len(),
+            handover.busy_ms.len(),
+            handover
+                .error
+                .as_deref()
+                .map_or_else(String::new, |e| format!(", FAILED: {e}"))
+        );
         drop(client);
         drop(server);
         let out = PgOutput {
@@ -581,18 +648,143 @@ mod imp {
             write_delay_ms: plan.options.write_delay_ms,
             workloads,
             sides,
+            handover,
         };
         if plan.json {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             print!("{}", render(&out));
         }
-        let failed = out.sides.iter().filter(|r| !r.ok).count();
+        let failed =
+            out.sides.iter().filter(|r| !r.ok).count() + usize::from(out.handover.error.is_some());
         if failed > 0 {
             eprintln!("millpond bench: {failed} run(s) FAILED");
             return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Handovers measured per kind of owner.
+    const HANDOVERS: usize = 16;
+
+    /// The group of a handover key `g<i>:<who>`: `g<i>` (every key of a
+    /// group is in one partition).
+    fn handover_group(key: &[u8]) -> &[u8] {
+        match key.iter().position(|&b| b == b':') {
+            Some(end) => &key[..end],
+            None => key,
+        }
+    }
+
+    /// Two engines on a new database: the owner takes the partitions of
+    /// [`HANDOVERS`] groups, the asker then writes a key of each, retrying
+    /// `NotOwner` every millisecond, timed from its first attempt. Groups
+    /// whose partition the asker already holds (two groups in one
+    /// partition) are not counted.
+    fn handover(client: &mut Client, admin: &str, write_delay_ms: u64) -> HandoverReport {
+        let db = format!("millpond_bench_handover_{}", std::process::id());
+        let mut report = HandoverReport::default();
+        let created = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            .and_then(|()| client.batch_execute(&format!("CREATE DATABASE {db}")))
+            .with_context(|| format!("creating the database {db}"));
+        let outcome = created.and_then(|()| {
+            handovers(
+                &with_dbname(admin, &db),
+                Duration::from_millis(write_delay_ms),
+                &mut report,
+            )
+        });
+        if let Err(e) = outcome {
+            report.error = Some(format!("{e:#}"));
+        }
+        if let Err(e) = client.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")) {
+            report.error.get_or_insert(format!("dropping {db}: {e}"));
+        }
+        report
+    }
+
+    fn handovers(conninfo: &str, write_delay: Duration, report: &mut HandoverReport) -> Result<()> {
+        use millpond::{Config, Engine, Error};
+        use std::sync::Arc;
+        let config = || {
+            Config::postgres(conninfo)
+                .write_delay(write_delay)
+                .partition_by("handover-bench", handover_group)
+        };
+        let owner = Engine::open(config()).context("opening the owner")?;
+        let asker = Engine::open(config()).context("opening the asker")?;
+        // One write by `e`, retried while another engine holds the
+        // partition: the milliseconds it took, or `None` if it was `e`'s
+        // already.
+        let when_owned = |e: &Engine, key: &[u8]| -> Result<Option<f64>> {
+            let started = Instant::now();
+            let mut first = true;
+            loop {
+                match e.set(key, b"written") {
+                    Ok(()) if first => return Ok(None),
+                    Ok(()) => return Ok(Some(started.elapsed().as_secs_f64() * 1e3)),
+                    Err(Error::NotOwner { .. }) if started.elapsed() < Duration::from_secs(60) => {
+                        first = false;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(e).context("a write"),
+                }
+            }
+        };
+        let ask = |key: &[u8]| when_owned(&asker, key);
+        // An idle owner.
+        for i in 0..HANDOVERS {
+            owner.set(format!("i{i}:owner").as_bytes(), b"owner")?;
+        }
+        owner.checkpoint()?;
+        for i in 0..HANDOVERS {
+            if let Some(ms) = ask(format!("i{i}:asker").as_bytes())? {
+                report.idle_ms.push(ms);
+            }
+        }
+        // A busy owner: one thread keeps writing a key of every group it
+        // still holds (a group refused once is dropped, so that the owner
+        // does not ask for it back).
+        for i in 0..HANDOVERS {
+            // The asker may hold the group's partition since the idle
+            // round: the owner asks for it back.
+            when_owned(&owner, format!("b{i}:owner").as_bytes())?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (owner, stop) = (owner.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || -> Result<u64> {
+                let mut held: Vec<usize> = (0..HANDOVERS).collect();
+                let mut writes = 0u64;
+                while !stop.load(Ordering::Relaxed) && !held.is_empty() {
+                    let i = held[(writes as usize) % held.len()];
+                    match owner.set(format!("b{i}:owner").as_bytes(), &writes.to_le_bytes()) {
+                        Ok(()) => writes += 1,
+                        Err(Error::NotOwner { .. }) => held.retain(|&g| g != i),
+                        Err(e) => return Err(e).context("the owner's write"),
+                    }
+                }
+                Ok(writes)
+            })
+        };
+        let asked: Result<()> = (0..HANDOVERS).try_for_each(|i| {
+            if let Some(ms) = ask(format!("b{i}:asker").as_bytes())? {
+                report.busy_ms.push(ms);
+            }
+            Ok(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        let writes = writer
+            .join()
+            .map_err(|_| anyhow!("the owner's writer panicked"))??;
+        asked?;
+        if writes == 0 {
+            bail!("the busy owner wrote nothing");
+        }
+        owner.shutdown().context("the owner's shutdown")?;
+        asker.shutdown().context("the asker's shutdown")?;
+        Ok(())
     }
 
     /// One side of one workload in a child process, in a new database of
