@@ -414,16 +414,16 @@ impl Shared {
                     if self.buffer.held(&shard, &key).is_some() {
                         continue;
                     }
-                    if !matches!(self.admit_write(&shard, &key, None), Ok(Some(_))) {
+                    let Ok(Some(epoch)) = self.admit_write(&shard, &key, None) else {
                         // Expiry runs only in the key's owner: claimed
                         // below, outside the shard lock.
                         unowned.push(key);
                         continue;
-                    }
+                    };
                     if !exclusive && shard.get(&key).is_none() {
                         // A stored deadline another engine may have changed
                         // since it was indexed: checked below.
-                        unverified.push((index, key, shard.generation()));
+                        unverified.push((index, key, shard.generation(), epoch));
                         continue;
                     }
                     let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
@@ -467,7 +467,7 @@ impl Shared {
         // passed; otherwise its index entry is corrected. Skipped (left for
         // a later tick) if the key's shard released a cycle or the key was
         // written since it was seen.
-        for (index, key, generation) in unverified {
+        for (index, key, generation, epoch) in unverified {
             let Ok(stored) = self.read_record(&key) else {
                 continue;
             };
@@ -485,7 +485,9 @@ impl Shared {
                     continue;
                 }
             }
-            if !matches!(self.admit_write(&shard, &key, None), Ok(Some(_))) {
+            // Still this engine's at the epoch of the read (no other
+            // engine can have written the key since).
+            if !matches!(self.admit_write(&shard, &key, Some(epoch)), Ok(Some(_))) {
                 continue;
             }
             let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
@@ -514,7 +516,8 @@ impl Shared {
         for key in unowned {
             match self.keeper.claim(&key, false) {
                 Ok(()) => claimed = true,
-                Err(Error::NotOwner { .. }) => {
+                // Another engine holds it (not this one, handing it over).
+                Err(Error::NotOwner { .. }) if self.keeper.cache_token(&key).is_none() => {
                     let index = self.buffer.shard_of(&key);
                     self.buffer.lock(index).forget_deadline(&key);
                 }

@@ -123,6 +123,13 @@ pub(crate) struct Seen {
     /// The shard's generation at the final probe. A storage answer is valid
     /// for exactly this generation.
     pub generation: u64,
+    /// The cache token (`Backend::cache_token`) at the final probe, under
+    /// which a storage answer was read and confirmed: asked for when storage
+    /// answered, or always with [`Lookup::tokened`]; `None` otherwise, or
+    /// when no token was given (another engine may write the key). On a
+    /// store other engines write, a storage answer is valid only while the
+    /// token stays.
+    pub token: Option<u64>,
 }
 
 impl Seen {
@@ -173,6 +180,8 @@ pub(crate) struct Lookup<'k> {
     blob: Option<(u64, Bytes)>,
     /// The version and blob id of a blob found missing.
     missing: Option<(Seq, u64)>,
+    /// Whether [`Seen::token`] is asked for even when a dirty entry answers.
+    tokened: bool,
 }
 
 impl<'k> Lookup<'k> {
@@ -183,7 +192,15 @@ impl<'k> Lookup<'k> {
             stored: None,
             blob: None,
             missing: None,
+            tokened: false,
         }
+    }
+
+    /// The lookup with [`Seen::token`] always given (a transaction's reads,
+    /// which its commit checks against the token of then).
+    pub(crate) fn tokened(mut self) -> Lookup<'k> {
+        self.tokened = true;
+        self
     }
 
     /// Looks at the key under its shard's lock (`shard`): the answer, or the
@@ -198,7 +215,12 @@ impl<'k> Lookup<'k> {
         // current token.
         let mut clean = false;
         let (candidate, dirty_seq) = match shard.get(self.key) {
-            Some(e) => (Found::from_entry(e), Some(e.seq)),
+            Some(e) => {
+                if self.tokened {
+                    token = s.keeper.cache_token(self.key);
+                }
+                (Found::from_entry(e), Some(e.seq))
+            }
             None => {
                 token = s.keeper.cache_token(self.key);
                 let cached = token.and_then(|t| shard.cached(self.key, t));
@@ -207,7 +229,14 @@ impl<'k> Lookup<'k> {
                         clean = true;
                         (hit.clone(), None)
                     }
-                    (Some((g, record, read_under)), None) if *g == generation => {
+                    // On a store other engines write, the record must also
+                    // have been read under the token of now: a partition
+                    // that left this engine and came back since may hold
+                    // another engine's write (the generation moves only
+                    // with this engine's releases).
+                    (Some((g, record, read_under)), None)
+                        if *g == generation && (*read_under == token || s.keeper.exclusive()) =>
+                    {
                         // Confirmed under the lock: what storage holds now.
                         if let Some(t) = token.filter(|t| *read_under == Some(*t)) {
                             shard.cache_clean(self.key, record.clone(), t);
@@ -252,6 +281,7 @@ impl<'k> Lookup<'k> {
             found,
             dirty_seq,
             generation,
+            token,
         }))
     }
 
@@ -275,8 +305,17 @@ impl Shared {
     /// with `load`, a blob value loaded). Takes the key's shard lock for each
     /// probe, never across a storage read.
     pub(crate) fn lookup(&self, key: &[u8], load: bool) -> Result<Seen> {
-        let index = self.buffer.shard_of(key);
-        let mut lookup = Lookup::new(key, load);
+        self.run_lookup(Lookup::new(key, load))
+    }
+
+    /// [`Shared::lookup`] with the cache token always given
+    /// ([`Lookup::tokened`]).
+    pub(crate) fn lookup_tokened(&self, key: &[u8], load: bool) -> Result<Seen> {
+        self.run_lookup(Lookup::new(key, load).tokened())
+    }
+
+    fn run_lookup(&self, mut lookup: Lookup<'_>) -> Result<Seen> {
+        let index = self.buffer.shard_of(lookup.key);
         loop {
             let step = lookup.probe(&mut self.buffer.lock(index), self)?;
             match step {

@@ -69,6 +69,10 @@ struct Read {
     deadline: Option<UnixMillis>,
     /// Read from storage, with the shard at this generation.
     stored: Option<u64>,
+    /// The cache token at the read (`Seen::token`): on a store other
+    /// engines write, a read the commit finds answered by storage holds only
+    /// if the token is the same then.
+    token: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,7 +323,7 @@ impl<'a> Transaction<'a> {
     /// Reads `key` from the engine (the read path, `Shared::lookup`),
     /// recording what it saw.
     fn read(&self, key: &[u8]) -> Result<Read> {
-        let seen = self.shared.lookup(key, true)?;
+        let seen = self.shared.lookup_tokened(key, true)?;
         let (version, deadline) = match &seen.found {
             Some(f) => (Version::Live(f.seq), f.deadline),
             None => (
@@ -331,11 +335,13 @@ impl<'a> Transaction<'a> {
             ),
         };
         let stored = seen.dirty_seq.is_none().then_some(seen.generation);
+        let token = seen.token;
         Ok(Read {
             value: seen.into_value(),
             version,
             deadline,
             stored,
+            token,
         })
     }
 
@@ -471,6 +477,15 @@ fn still_valid(s: &Shared, shard: &Shard, key: &[u8], read: &Read) -> Result<boo
         (Some(e), Version::Absent { seq, .. }) => {
             *seq == Some(e.seq) && (matches!(e.slot, Slot::Tombstone) || !live(e.deadline, || now))
         }
+        // On a store other engines write, a storage answer holds only under
+        // the cache token it was read under: the key's partition may have
+        // left this engine and come back since (another engine's write in
+        // between), or been taken since (the read was another engine's
+        // data). A transaction retried reads under the token of now. (A
+        // read of a partition this engine did not hold then and does not
+        // now keeps the generation check: not serializable across
+        // engines, see DESIGN.md, "Leases".)
+        (None, _) if !s.keeper.exclusive() && s.keeper.cache_token(key) != read.token => false,
         // Nothing in memory: storage changed only if the shard's generation
         // moved. For an absent key that is taken as a change.
         (None, Version::Absent { generation, .. }) => shard.generation() == *generation,

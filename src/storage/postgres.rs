@@ -404,6 +404,8 @@ struct LeaseState {
     /// When handing partitions over last failed: no cycle is asked for a
     /// handover until [`HANDOVER_POLL`] has passed since.
     release_failed: Option<Instant>,
+    /// Set by [`Leases::release`] at shutdown: no lease is taken after.
+    closed: bool,
     /// When looking for requests last failed (the server unreachable, say):
     /// the next look waits [`POLL_BACKOFF`], so that the coordinator does
     /// not spend its time connecting.
@@ -520,6 +522,7 @@ impl Leases {
                 flushed: 0,
                 release_failed: None,
                 poll_failed: None,
+                closed: false,
             }),
             conn: Mutex::new(None),
             presence: Mutex::new(None),
@@ -608,6 +611,9 @@ impl Leases {
         if self.owns(p) {
             return Ok(());
         }
+        if self.state.lock().closed {
+            return Err(Error::Closed);
+        }
         let owner = self.owner()?;
         let mut conn = self.conn.lock();
         // A lease found taken over while this engine had nothing unflushed
@@ -678,7 +684,7 @@ impl Leases {
                     renewals += 1;
                     let reason =
                         format!("this engine's lease (epoch {epoch}) was taken over: {who}");
-                    if !self.lose(p, reason.clone()) {
+                    if !self.lose(p, epoch, reason.clone()) {
                         return Err(not_owner(p, reason));
                     }
                     // Free now: try to take it, or ask for it.
@@ -730,8 +736,12 @@ impl Leases {
             match take(client, p, owner, held, self.ttl_secs(), pid) {
                 Ok(row) => return Ok((began, row)),
                 // The lease row is locked by its holder's flush in progress
-                // (or by a paused one): held, as far as this claim knows.
+                // (or by a paused one): held, as far as this claim knows (a
+                // take then asks for it).
                 Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                    if held.is_none() {
+                        return Ok((began, None));
+                    }
                     return Err(not_owner(
                         p,
                         "another engine holds it (its lease row is locked by a flush in progress)",
@@ -797,7 +807,9 @@ impl Leases {
     /// engine admitted to it is committed, it becomes free (this engine may
     /// take it again later) and this returns `true`; otherwise it is lost
     /// for the life of the engine.
-    fn lose(&self, p: u32, reason: String) -> bool {
+    /// Only a lease still held at `epoch` (the one found taken over)
+    /// changes: a claim may have taken the partition again meanwhile.
+    fn lose(&self, p: u32, epoch: i64, reason: String) -> bool {
         let mut state = self.state.lock();
         let flushed = state.flushed;
         let Some(part) = state.parts.get_mut(p as usize) else {
@@ -805,6 +817,7 @@ impl Leases {
         };
         match part.lease {
             Lease::Lost { .. } => false,
+            Lease::Held { epoch: now, .. } if now != epoch => true,
             Lease::Free => true,
             Lease::Held { .. } => {
                 self.changes.fetch_add(1, Ordering::SeqCst);
@@ -838,18 +851,34 @@ impl Leases {
             .unzip()
     }
 
-    /// After a commit renewed the leases of `renewed` (from `began`): their
+    /// After a commit renewed the leases of `renewed` (from `began`; of
+    /// `parts` at `epochs`, as they were held when it began): their
     /// validity moves on, and those another engine asked for (`wanted`)
-    /// start being handed over.
-    fn renewed(&self, renewed: &BTreeSet<u32>, wanted: &BTreeSet<u32>, began: Instant) {
+    /// start being handed over. A lease held at another epoch by now is
+    /// left alone.
+    fn renewed(
+        &self,
+        parts: &[i32],
+        epochs: &[i64],
+        renewed: &BTreeSet<u32>,
+        wanted: &BTreeSet<u32>,
+        began: Instant,
+    ) {
         let mut state = self.state.lock();
-        for &p in renewed {
+        for (&p, &epoch) in parts.iter().zip(epochs) {
+            let p = p as u32;
+            if !renewed.contains(&p) {
+                continue;
+            }
             if let Some(Lease::Held {
+                epoch: now,
                 valid_until,
                 handing_over,
-                ..
             }) = state.parts.get_mut(p as usize).map(|part| &mut part.lease)
             {
+                if *now != epoch {
+                    continue;
+                }
                 *valid_until = began + self.ttl;
                 if wanted.contains(&p) && !*handing_over {
                     log::debug!("millpond: handing partition {p} over on request");
@@ -892,8 +921,12 @@ impl Leases {
             .lock()
             .poll_failed
             .is_some_and(|t| t.elapsed() < POLL_BACKOFF);
-        if !parts.is_empty() && !backing_off {
-            let mut conn = self.conn.lock();
+        // A claim using the connection now: the next poll (or a commit)
+        // sees the requests.
+        let conn = (!parts.is_empty() && !backing_off)
+            .then(|| self.conn.try_lock())
+            .flatten();
+        if let Some(mut conn) = conn {
             let wanted = self.connection(&mut conn).and_then(|client| {
                 client
                     .query(
@@ -959,10 +992,12 @@ impl Leases {
                 Ok(()) => {
                     let mut state = self.state.lock();
                     state.release_failed = None;
-                    for &p in &parts {
+                    for (&p, &epoch) in parts.iter().zip(&epochs) {
                         if let Some(part) = state.parts.get_mut(p as usize) {
-                            log::debug!("millpond: handed partition {p} over");
-                            part.lease = Lease::Free;
+                            if matches!(part.lease, Lease::Held { epoch: e, .. } if e == epoch) {
+                                log::debug!("millpond: handed partition {p} over");
+                                part.lease = Lease::Free;
+                            }
                         }
                     }
                     self.changes.fetch_add(1, Ordering::SeqCst);
@@ -1006,6 +1041,7 @@ impl Leases {
     /// Releases every lease this engine holds, and forgets them (at
     /// shutdown, after the final flush).
     fn release(&self) -> Result<()> {
+        self.state.lock().closed = true;
         if self.owner().is_err() {
             return Ok(());
         }
@@ -1748,12 +1784,16 @@ impl Storage for PostgresStorage {
             tx.commit()?;
             Ok(renewed)
         })?;
-        // Whatever was held and not renewed is another engine's now.
-        for &p in &parts {
+        // Whatever was held (at the epoch the renewal named) and not
+        // renewed is another engine's now.
+        for (&p, &epoch) in parts.iter().zip(&epochs) {
             let p = p as u32;
             if !renewed.contains(&p) {
-                self.leases
-                    .lose(p, "taken over by another engine (found at a flush)".into());
+                self.leases.lose(
+                    p,
+                    epoch,
+                    "taken over by another engine (found at a flush)".into(),
+                );
             }
         }
         if let Some(&p) = written.iter().find(|p| !renewed.contains(p)) {
@@ -1763,7 +1803,8 @@ impl Storage for PostgresStorage {
                  the flush was rolled back",
             ));
         }
-        self.leases.renewed(&renewed, &wanted, began);
+        self.leases
+            .renewed(&parts, &epochs, &renewed, &wanted, began);
         Ok(())
     }
 
