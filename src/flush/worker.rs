@@ -114,24 +114,55 @@ pub(crate) fn prepare(shared: &Shared, frozen: &Frozen, part: usize, parts: usiz
     };
     let shards = frozen.shards.iter().skip(part).step_by(parts).flatten();
     for shard in shards {
-        for (key, entry) in &shard.entries {
-            if let Err(e) = prepare_entry(shared, &*storage, key, entry, &mut out) {
-                out.error = Some(e);
-                return out;
-            }
+        if let Err(e) = prepare_shard(shared, &*storage, &shard.entries, &mut out) {
+            out.error = Some(e);
+            return out;
         }
     }
     out
 }
 
-fn prepare_entry(
+/// One frozen shard: the records its keys hold now, read together; the
+/// entries prepared; their new blobs written together.
+fn prepare_shard(
     shared: &Shared,
     storage: &dyn Storage,
-    key: &[u8],
-    entry: &Entry,
+    entries: &std::collections::HashMap<crate::buffer::dirty::Key, Entry>,
     out: &mut Prepared,
 ) -> Result<()> {
-    let old = storage.get_meta(key)?;
+    let entries: Vec<(&[u8], &Entry)> = entries.iter().map(|(k, e)| (&k[..], e)).collect();
+    let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
+    let olds = storage.get_metas(&keys)?;
+    if olds.len() != entries.len() {
+        return Err(Error::Storage(format!(
+            "{} records read back for {} keys",
+            olds.len(),
+            entries.len()
+        )));
+    }
+    let mut blobs = Vec::new();
+    for ((key, entry), old) in entries.into_iter().zip(olds) {
+        prepare_entry(shared, key, entry, old, &mut blobs, out)?;
+    }
+    if !blobs.is_empty() {
+        // Listed first: an error may leave any of them written.
+        out.written.extend(blobs.iter().map(|(id, _)| *id));
+        storage.put_blobs(&blobs)?;
+        Counters::add(&shared.counters.blobs_written, blobs.len() as u64);
+    }
+    Ok(())
+}
+
+/// One entry: its op, the record it replaces, its digest change; a long
+/// value gets a fresh blob id and goes to `blobs` (written by the caller).
+fn prepare_entry(
+    shared: &Shared,
+    key: &[u8],
+    entry: &Entry,
+    old: Option<Bytes>,
+    blobs: &mut Vec<(BlobId, Bytes)>,
+    out: &mut Prepared,
+) -> Result<()> {
     let old_blob = old.as_deref().and_then(|raw| stored_blob(key, raw));
     let deadline = match (entry.deadline, entry.rewrite_deadline) {
         (Some(d), _) => DeadlineOp::Set(codec::encode_deadline(d.0)?),
@@ -153,9 +184,7 @@ fn prepare_entry(
         Slot::Value(v) if v.len() <= shared.config.inline_threshold => ValueRef::Inline(v),
         Slot::Value(v) => {
             let id = shared.keeper.blobs().allocate();
-            out.written.push(id);
-            storage.put_blob(id, v)?;
-            Counters::add(&shared.counters.blobs_written, 1);
+            blobs.push((id, v.clone()));
             ValueRef::Blob(BlobRef::for_value(id, v))
         }
         // A metadata-only change: the record points at the stored blob.

@@ -258,6 +258,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// The metadata record stored under a user key.
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>>;
 
+    /// [`Storage::get_meta`] of each of `keys`, in their order. A backend
+    /// whose reads are round trips (PostgreSQL) reads them together; the
+    /// default reads them one by one.
+    fn get_metas(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        keys.iter().map(|key| self.get_meta(key)).collect()
+    }
+
     /// Up to `limit` metadata records with user keys `>= from`, in key order:
     /// `(key, encoded record)`.
     fn scan_meta(&self, from: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>>;
@@ -284,6 +291,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Writes a value to the blob tree. Not visible through any metadata
     /// record until a later [`Storage::commit`] points at it.
     fn put_blob(&self, id: BlobId, value: &[u8]) -> Result<()>;
+
+    /// [`Storage::put_blob`] of each of `blobs`: together where that saves
+    /// round trips (PostgreSQL), one by one by default. On an error, any
+    /// of them may have been written.
+    fn put_blobs(&self, blobs: &[(BlobId, Bytes)]) -> Result<()> {
+        blobs.iter().try_for_each(|(id, v)| self.put_blob(*id, v))
+    }
 
     /// Removes blobs (missing ones are ignored).
     fn remove_blobs(&self, ids: &[BlobId]) -> Result<()>;

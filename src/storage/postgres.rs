@@ -59,7 +59,7 @@
 //! crashed server may have lost commits made with `synchronous_commit =
 //! off`: the keeper then poisons the engine).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Row, Statement};
 
 use super::{Backend, BlobId, Commit, DeadlineOp, MetaOp, Storage, SysKey};
 use crate::codec::{self, Digest, DurableRecord, StateRecord};
@@ -92,6 +92,13 @@ const CLAIM_LOCK_WAIT_MS: u32 = 1000;
 /// How many times open tries to create the tables when a concurrent open of
 /// another engine makes the attempt fail.
 const CREATE_ATTEMPTS: u32 = 5;
+
+/// Keys read by one statement of [`Storage::get_metas`].
+const BATCH_KEYS: usize = 4096;
+
+/// Blob bytes written by one statement of [`Storage::put_blobs`] (a blob
+/// larger than this goes alone).
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Connections kept idle for reuse.
 const POOL_IDLE: usize = 8;
@@ -1079,9 +1086,25 @@ fn connection_lost(e: &postgres::Error) -> bool {
 
 /// Idle connections to one database, and whether the connection to the
 /// server was lost since the storage opened.
+/// A pooled connection and the statements prepared on it (by
+/// [`Pool::query_prepared`]).
+struct Pooled {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Pooled {
+    fn new(client: Client) -> Pooled {
+        Pooled {
+            client,
+            prepared: HashMap::new(),
+        }
+    }
+}
+
 struct Pool {
     target: Arc<Target>,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Pooled>>,
     /// When the server last started, as seen by open: a connection to a
     /// server that started since then (it crashed, or was restarted) marks
     /// the storage broken.
@@ -1101,26 +1124,54 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
+        self.with_pooled(|c| f(&mut c.client))
+    }
+
+    /// [`Pool::with`], with the connection's prepared statements.
+    fn with_pooled<T>(
+        &self,
+        f: impl FnOnce(&mut Pooled) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
         let idle = self.idle.lock().pop();
-        let mut client = match idle {
-            Some(c) if !c.is_closed() => c,
+        let mut conn = match idle {
+            Some(c) if !c.client.is_closed() => c,
             Some(_) => {
                 self.break_off("a connection to the server was closed".into());
-                self.connect()?
+                Pooled::new(self.connect()?)
             }
-            None => self.connect()?,
+            None => Pooled::new(self.connect()?),
         };
-        let out = f(&mut client).map_err(|e| {
-            if connection_lost(&e) || client.is_closed() {
+        let out = f(&mut conn).map_err(|e| {
+            if connection_lost(&e) || conn.client.is_closed() {
                 self.break_off(format!("a connection to the server was lost: {e}"));
             }
             pg_error(&self.target.name, e)
         })?;
         let mut idle = self.idle.lock();
-        if idle.len() < POOL_IDLE && !client.is_closed() {
-            idle.push(client);
+        if idle.len() < POOL_IDLE && !conn.client.is_closed() {
+            idle.push(conn);
         }
         Ok(out)
+    }
+
+    /// Runs the read `sql` with a statement prepared once per connection
+    /// (a plain query is two round trips: prepare, then execute).
+    fn query_prepared(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        self.with_pooled(|c| {
+            let statement = match c.prepared.get(sql) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = c.client.prepare(sql)?;
+                    c.prepared.insert(sql, s.clone());
+                    s
+                }
+            };
+            c.client.query(&statement, params)
+        })
     }
 
     /// [`Pool::with`] for a write: refused once the storage is broken.
@@ -1209,7 +1260,7 @@ impl PostgresStorage {
         let started = server_started(&mut first).map_err(|e| pg_error(name, e))?;
         let pool = Pool {
             target: Arc::clone(target),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![Pooled::new(first)]),
             started,
             broken: Mutex::new(None),
             ttl: leases.ttl,
@@ -1405,6 +1456,20 @@ impl PostgresStorage {
         })
     }
 
+    /// The first column of the first row of the read `sql`, run with a
+    /// prepared statement ([`Pool::query_prepared`]).
+    fn prepared_bytes(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Bytes>> {
+        let rows = self.pool.query_prepared(sql, params)?;
+        rows.first()
+            .map(|row| row.try_get::<_, Vec<u8>>(0).map(Bytes::from))
+            .transpose()
+            .map_err(|e| pg_error(&self.pool.target.name, e))
+    }
+
     fn exists(&self, sql: &str) -> Result<bool> {
         self.pool
             .with(|c| c.query_one(sql, &[])?.try_get::<_, bool>(0))
@@ -1566,7 +1631,24 @@ impl<'a> Changes<'a> {
 
 impl Storage for PostgresStorage {
     fn get_meta(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.one_bytes("SELECT record FROM millpond_meta WHERE key = $1", &[&key])
+        self.prepared_bytes("SELECT record FROM millpond_meta WHERE key = $1", &[&key])
+    }
+
+    fn get_metas(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        let mut found: HashMap<Bytes, Bytes> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_KEYS) {
+            let rows = self.pool.query_prepared(
+                "SELECT key, record FROM millpond_meta WHERE key = ANY($1)",
+                &[&chunk],
+            )?;
+            for row in rows {
+                let pair = (|| Ok::<_, postgres::Error>((row.try_get(0)?, row.try_get(1)?)))();
+                let (k, v): (Vec<u8>, Vec<u8>) =
+                    pair.map_err(|e| pg_error(&self.pool.target.name, e))?;
+                found.insert(Bytes::from(k), Bytes::from(v));
+            }
+        }
+        Ok(keys.iter().map(|key| found.get(*key).cloned()).collect())
     }
 
     fn scan_meta(&self, from: &[u8], n: usize) -> Result<Vec<(Bytes, Bytes)>> {
@@ -1628,7 +1710,7 @@ impl Storage for PostgresStorage {
 
     fn get_blob(&self, id: BlobId) -> Result<Option<Bytes>> {
         let id = blob_id(id)?;
-        self.one_bytes("SELECT bytes FROM millpond_blob WHERE id = $1", &[&id])
+        self.prepared_bytes("SELECT bytes FROM millpond_blob WHERE id = $1", &[&id])
     }
 
     fn put_blob(&self, id: BlobId, value: &[u8]) -> Result<()> {
@@ -1641,6 +1723,37 @@ impl Storage for PostgresStorage {
             )
             .map(drop)
         })
+    }
+
+    fn put_blobs(&self, blobs: &[(BlobId, Bytes)]) -> Result<()> {
+        // One statement (its own transaction) per batch of at most
+        // `BATCH_BYTES`, so that no message grows without bound.
+        let mut start = 0;
+        while start < blobs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < blobs.len() && (end == start || bytes + blobs[end].1.len() <= BATCH_BYTES) {
+                bytes += blobs[end].1.len();
+                end += 1;
+            }
+            let batch = &blobs[start..end];
+            let ids = batch
+                .iter()
+                .map(|(id, _)| blob_id(*id))
+                .collect::<Result<Vec<i64>>>()?;
+            let values: Vec<&[u8]> = batch.iter().map(|(_, v)| &v[..]).collect();
+            self.pool.write(|c| {
+                c.execute(
+                    "INSERT INTO millpond_blob (id, bytes)
+                     SELECT * FROM unnest($1::bigint[], $2::bytea[])
+                     ON CONFLICT (id) DO UPDATE SET bytes = EXCLUDED.bytes",
+                    &[&ids, &values],
+                )
+                .map(drop)
+            })?;
+            start = end;
+        }
+        Ok(())
     }
 
     fn remove_blobs(&self, ids: &[BlobId]) -> Result<()> {
