@@ -370,6 +370,24 @@ impl Shared {
         }
     }
 
+    /// The purger's tombstone for `key` in `shard` (whose lock the caller
+    /// holds), if the room it needs can be reserved now; else `Err` with
+    /// the room needed.
+    fn tombstone(
+        &self,
+        shard: &mut Shard,
+        key: &[u8],
+        reserved: &mut Reservation<'_>,
+    ) -> std::result::Result<Inserted, usize> {
+        let need = self.buffer.growth(shard, key, &Slot::Tombstone);
+        if !self.buffer.reserve_up_to(reserved, need) {
+            return Err(need);
+        }
+        Ok(self
+            .buffer
+            .insert(shard, key, Slot::Tombstone, None, false, reserved))
+    }
+
     /// Deletes expired keys: for each shard, the keys its expiry index shows
     /// past their deadline (at most `slice` per shard, if given) get a
     /// tombstone, which the next flush persists (record, blob and deadline
@@ -426,20 +444,13 @@ impl Shared {
                         unverified.push((index, key, shard.generation(), epoch));
                         continue;
                     }
-                    let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
-                    if !self.buffer.reserve_up_to(&mut reserved, need) {
-                        short = Some(need);
-                        break;
+                    match self.tombstone(&mut shard, &key, &mut reserved) {
+                        Ok(ins) => first_dirty |= ins.first_dirty,
+                        Err(need) => {
+                            short = Some(need);
+                            break;
+                        }
                     }
-                    let ins = self.buffer.insert(
-                        &mut shard,
-                        &key,
-                        Slot::Tombstone,
-                        None,
-                        false,
-                        &mut reserved,
-                    );
-                    first_dirty |= ins.first_dirty;
                     purged += 1;
                 }
                 drop(shard);
@@ -490,20 +501,13 @@ impl Shared {
             if !matches!(self.admit_write(&shard, &key, Some(epoch)), Ok(Some(_))) {
                 continue;
             }
-            let need = self.buffer.growth(&shard, &key, &Slot::Tombstone);
-            if !self.buffer.reserve_up_to(&mut reserved, need) {
-                self.flush.request_urgent();
-                break;
+            match self.tombstone(&mut shard, &key, &mut reserved) {
+                Ok(ins) => first_dirty |= ins.first_dirty,
+                Err(_) => {
+                    self.flush.request_urgent();
+                    break;
+                }
             }
-            let ins = self.buffer.insert(
-                &mut shard,
-                &key,
-                Slot::Tombstone,
-                None,
-                false,
-                &mut reserved,
-            );
-            first_dirty |= ins.first_dirty;
             purged += 1;
         }
         drop(reserved);

@@ -772,14 +772,30 @@ fn no_handover_requests(server: &PgServer, db: &str) {
     );
 }
 
-/// Appends `tag` to `key`'s value on `e` with `modify`, retrying while
-/// another engine holds its partition. Returns the value written and how
-/// long it took from the first attempt.
-fn append_when_owned(e: &Engine, key: &[u8], tag: &str) -> (String, Duration) {
+/// Runs `op` until it succeeds, retrying while another engine holds the
+/// partition of the key it writes (until that lease expires, or its owner
+/// hands it over on request). Returns its result and how long it took from
+/// the first attempt.
+fn when_owned<T>(mut op: impl FnMut() -> millpond::Result<T>) -> (T, Duration) {
     let started = std::time::Instant::now();
-    let patience = common::Patience::new("a handover");
+    let patience = common::Patience::new("the partition to be this engine's");
     loop {
-        let done = e.modify(key, |v| {
+        match op() {
+            Ok(v) => return (v, started.elapsed()),
+            Err(Error::NotOwner { .. }) => {
+                patience.check();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(other) => panic!("expected NotOwner until the partition is free, got {other}"),
+        }
+    }
+}
+
+/// Appends `tag` to `key`'s value on `e` with `modify` ([`when_owned`]).
+/// Returns the value written and how long it took.
+fn append_when_owned(e: &Engine, key: &[u8], tag: &str) -> (String, Duration) {
+    when_owned(|| {
+        e.modify(key, |v| {
             let mut s = v
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -787,20 +803,8 @@ fn append_when_owned(e: &Engine, key: &[u8], tag: &str) -> (String, Duration) {
             s.push_str(tag);
             *v = Some(s.clone().into_bytes());
             s
-        });
-        match done {
-            Ok(s) => return (s, started.elapsed()),
-            Err(Error::NotOwner { reason, .. }) => {
-                assert!(
-                    reason.contains("holds it") || reason.contains("asked for"),
-                    "{reason}"
-                );
-                patience.check();
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(other) => panic!("expected NotOwner until the handover, got {other}"),
-        }
-    }
+        })
+    })
 }
 
 /// A partition passes between live engines on request, long before its
@@ -966,20 +970,9 @@ fn a_transaction_read_does_not_survive_its_partition_passing_away_and_back() {
     e2.shutdown().unwrap();
 }
 
-/// Sets `key` on `e`, retrying while another engine holds its partition
-/// (until that lease expires, or its owner hands it over on request).
+/// Sets `key` on `e` ([`when_owned`]).
 fn set_once_free(e: &Engine, key: &[u8], value: &[u8]) {
-    let patience = common::Patience::new("the partition to be free");
-    loop {
-        match e.set(key, value) {
-            Ok(()) => return,
-            Err(Error::NotOwner { .. }) => {
-                patience.check();
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(other) => panic!("expected NotOwner until the partition is free, got {other}"),
-        }
-    }
+    when_owned(|| e.set(key, value));
 }
 
 /// A lease not renewed for `lease_ttl` (its engine alive but not flushing,

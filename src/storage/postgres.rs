@@ -419,6 +419,13 @@ struct LeaseState {
     poll_failed: Option<Instant>,
 }
 
+impl LeaseState {
+    /// What this engine knows of partition `p`'s lease.
+    fn lease(&self, p: u32) -> Option<&Lease> {
+        self.parts.get(p as usize).map(|part| &part.lease)
+    }
+}
+
 /// This engine's owner id and leases (see DESIGN.md, "Leases").
 struct Leases {
     target: Arc<Target>,
@@ -548,13 +555,7 @@ impl Leases {
     /// Whether the lease of `p` is held, not being handed over, with at
     /// least half its TTL left.
     fn owns(&self, p: u32) -> bool {
-        match self
-            .state
-            .lock()
-            .parts
-            .get(p as usize)
-            .map(|part| &part.lease)
-        {
+        match self.state.lock().lease(p) {
             Some(Lease::Held {
                 valid_until,
                 handing_over: false,
@@ -570,7 +571,7 @@ impl Leases {
     /// [`Backend::cache_token`]).
     fn held_token(&self, p: u32) -> Option<u64> {
         let state = self.state.lock();
-        match state.parts.get(p as usize).map(|part| &part.lease) {
+        match state.lease(p) {
             Some(Lease::Held { valid_until, .. }) if Instant::now() < *valid_until => {
                 Some(self.changes.load(Ordering::SeqCst))
             }
@@ -628,13 +629,7 @@ impl Leases {
         let mut renewals = 0;
         loop {
             // Another thread may have claimed it while this one waited.
-            let held = match self
-                .state
-                .lock()
-                .parts
-                .get(p as usize)
-                .map(|part| &part.lease)
-            {
+            let held = match self.state.lock().lease(p) {
                 Some(Lease::Held {
                     handing_over: true, ..
                 }) => return Err(not_owner(p, HANDING_OVER)),
@@ -1847,7 +1842,7 @@ impl Storage for PostgresStorage {
         {
             let state = self.leases.state.lock();
             for &p in &written {
-                match state.parts.get(p as usize).map(|part| &part.lease) {
+                match state.lease(p) {
                     Some(Lease::Held { .. }) => {}
                     Some(Lease::Lost { reason }) => return Err(not_owner(p, reason.clone())),
                     _ => return Err(not_owner(p, "this engine never took its lease")),
