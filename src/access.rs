@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::buffer::dirty::{cost_of, Inserted, Reservation, Shard, ENTRY_OVERHEAD, SHARDS};
 use crate::buffer::Slot;
 use crate::clock::UnixMillis;
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::journal::format::JournalWrite;
 use crate::lookup::{Found, Lookup, Step};
@@ -370,6 +371,28 @@ impl Shared {
         }
     }
 
+    /// Indexes the deadlines other engines stored for keys of partitions
+    /// this engine took from them since the last call
+    /// ([`crate::storage::Backend::taken_deadlines`]): keys with no dirty
+    /// entry only; the purge checks each against its stored record before
+    /// it deletes anything (invariant 16). A failure is logged and the
+    /// entries are not indexed (reads still see the keys expired).
+    fn index_taken_deadlines(&self) {
+        let entries = match self.keeper.taken_deadlines() {
+            Ok(entries) => entries,
+            Err(e) => {
+                log::warn!("millpond: reading the deadlines of partitions taken over failed: {e}");
+                return;
+            }
+        };
+        for (key, raw) in entries {
+            match codec::decode_deadline(&key, &raw) {
+                Ok(d) => self.buffer.index_stored_deadline(&key, UnixMillis(d)),
+                Err(e) => log::warn!("millpond: {e}; its key is not indexed for expiry"),
+            }
+        }
+    }
+
     /// The purger's tombstone for `key` in `shard` (whose lock the caller
     /// holds), if the room it needs can be reserved now; else `Err` with
     /// the room needed.
@@ -414,6 +437,7 @@ impl Shared {
         if self.check_open().is_err() || self.health().is_poisoned() {
             return (0, false);
         }
+        self.index_taken_deadlines();
         let now = self.now();
         let mut purged = 0;
         let mut first_dirty = false;

@@ -21,6 +21,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::faulty::{Faults, FaultyStorage};
@@ -125,6 +126,11 @@ impl Keeper {
         expected: Option<u64>,
     ) -> Result<Option<u64>> {
         self.backend.admit_write(key, freezes, expected)
+    }
+
+    /// [`Backend::taken_deadlines`].
+    pub(crate) fn taken_deadlines(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        self.backend.taken_deadlines()
     }
 
     /// [`Backend::exclusive`].

@@ -159,6 +159,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// The deadline index entries (`(key, encoded deadline record)`) of the
+    /// keys of what this engine took from other engines since the last call
+    /// (a shared store: the partitions taken at a new epoch), so that the
+    /// purger indexes deadlines another engine stored. May block. Default:
+    /// none.
+    fn taken_deadlines(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        Ok(Vec::new())
+    }
+
     /// Whether this engine is the only one writing the store, so that what
     /// it indexed of the store (stored deadlines) stays true while it does
     /// not change it. Default: yes.

@@ -283,6 +283,10 @@ impl Backend for PostgresBackend {
         false
     }
 
+    fn taken_deadlines(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        self.leases.taken_deadlines()
+    }
+
     fn ownership_changes(&self) -> u64 {
         self.leases.changes.load(Ordering::SeqCst)
     }
@@ -361,6 +365,38 @@ fn check_partitioning(pool: &Pool, partitioning: &Partitioning) -> Result<()> {
     }
 }
 
+/// Gives every deadline entry without a partition (written by an earlier
+/// build) its key's, in batches; nothing to do once done.
+fn fill_deadline_parts(pool: &Pool, partitioning: &Partitioning) -> Result<()> {
+    loop {
+        let keys: Vec<Vec<u8>> = pool.with(|c| {
+            c.query(
+                "SELECT key FROM millpond_deadline WHERE part IS NULL LIMIT $1",
+                &[&(BATCH_KEYS as i64)],
+            )?
+            .into_iter()
+            .map(|row| row.try_get(0))
+            .collect()
+        })?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<i32> = keys
+            .iter()
+            .map(|key| partitioning.partition_of(key) as i32)
+            .collect();
+        pool.write(|c| {
+            c.execute(
+                "UPDATE millpond_deadline d SET part = m.part
+                 FROM unnest($1::bytea[], $2::int[]) AS m(key, part)
+                 WHERE d.key = m.key",
+                &[&keys, &parts],
+            )
+            .map(drop)
+        })?;
+    }
+}
+
 /// What this engine knows of one partition's lease.
 #[derive(Clone, Debug)]
 enum Lease {
@@ -413,6 +449,9 @@ struct LeaseState {
     release_failed: Option<Instant>,
     /// Set by [`Leases::release`] at shutdown: no lease is taken after.
     closed: bool,
+    /// Partitions taken at a new epoch whose stored deadlines the purger has
+    /// not indexed yet ([`Leases::taken_deadlines`]).
+    taken: Vec<u32>,
     /// When looking for requests last failed (the server unreachable, say):
     /// the next look waits [`POLL_BACKOFF`], so that the coordinator does
     /// not spend its time connecting.
@@ -537,6 +576,7 @@ impl Leases {
                 release_failed: None,
                 poll_failed: None,
                 closed: false,
+                taken: Vec::new(),
             }),
             conn: Mutex::new(None),
             presence: Mutex::new(None),
@@ -647,6 +687,9 @@ impl Leases {
             let (began, row) = self.run_take(&mut conn, p, owner, held)?;
             if let Some(epoch) = row {
                 let mut state = self.state.lock();
+                if held.is_none() {
+                    state.taken.push(p);
+                }
                 if let Some(part) = state.parts.get_mut(p as usize) {
                     if !matches!(part.lease, Lease::Held { epoch: e, .. } if e == epoch) {
                         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -1013,6 +1056,55 @@ impl Leases {
         self.handing_over()
     }
 
+    /// [`Backend::taken_deadlines`]: the stored deadline entries of the
+    /// partitions taken since the last call, read on the claim connection.
+    /// On an error the partitions are kept for the next call.
+    fn taken_deadlines(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        let taken: Vec<i32> = {
+            let mut state = self.state.lock();
+            state.taken.sort_unstable();
+            state.taken.dedup();
+            state.taken.iter().map(|&p| p as i32).collect()
+        };
+        if taken.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.lock();
+        let client = self.connection(&mut conn)?;
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let rows = client.query(
+                "SELECT key, record FROM millpond_deadline
+                 WHERE part = ANY($1) AND key >= $2 ORDER BY key LIMIT $3",
+                &[&taken, &from, &(BATCH_KEYS as i64)],
+            );
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    *conn = None;
+                    return Err(pg_error(&self.target.name, e));
+                }
+            };
+            let full = rows.len() == BATCH_KEYS;
+            for row in rows {
+                let pair = (|| Ok::<_, postgres::Error>((row.try_get(0)?, row.try_get(1)?)))();
+                let (k, v): (Vec<u8>, Vec<u8>) =
+                    pair.map_err(|e| pg_error(&self.target.name, e))?;
+                from.clone_from(&k);
+                out.push((Bytes::from(k), Bytes::from(v)));
+            }
+            if !full {
+                break;
+            }
+            // The next key after the last one read.
+            from.push(0);
+        }
+        let mut state = self.state.lock();
+        state.taken.retain(|p| !taken.contains(&(*p as i32)));
+        Ok(out)
+    }
+
     /// Marks the leases of `parts` (at `epochs`) expired on the server (the
     /// next claim by another engine takes them at once) and clears the
     /// requests for them.
@@ -1119,12 +1211,17 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
-        self.with_pooled(|c| f(&mut c.client))
+        self.with_pooled(false, |c| f(&mut c.client))
     }
 
-    /// [`Pool::with`], with the connection's prepared statements.
+    /// [`Pool::with`], with the connection's prepared statements. For a
+    /// `write`, the storage is checked again once the connection is had: a
+    /// new connection may just have found the server restarted (and broken
+    /// the storage), and nothing may be written to a server that may have
+    /// lost what this engine flushed before the keeper's reopen checked it.
     fn with_pooled<T>(
         &self,
+        write: bool,
         f: impl FnOnce(&mut Pooled) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
         let idle = self.idle.lock().pop();
@@ -1136,6 +1233,15 @@ impl Pool {
             }
             None => Pooled::new(self.connect()?),
         };
+        if write {
+            if let Err(e) = self.check() {
+                let mut idle = self.idle.lock();
+                if idle.len() < POOL_IDLE && !conn.client.is_closed() {
+                    idle.push(conn);
+                }
+                return Err(e);
+            }
+        }
         let out = f(&mut conn).map_err(|e| {
             if connection_lost(&e) || conn.client.is_closed() {
                 self.break_off(format!("a connection to the server was lost: {e}"));
@@ -1156,7 +1262,7 @@ impl Pool {
         sql: &'static str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>> {
-        self.with_pooled(|c| {
+        self.with_pooled(false, |c| {
             let statement = match c.prepared.get(sql) {
                 Some(s) => s.clone(),
                 None => {
@@ -1175,7 +1281,7 @@ impl Pool {
         f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
         self.check()?;
-        self.with(f)
+        self.with_pooled(true, |c| f(&mut c.client))
     }
 
     /// A new connection, checked to be to the server open saw.
@@ -1262,6 +1368,7 @@ impl PostgresStorage {
         };
         create_tables(&pool)?;
         check_partitioning(&pool, &leases.partitioning)?;
+        fill_deadline_parts(&pool, &leases.partitioning)?;
         let owner = {
             let mut owner = leases.owner.lock();
             match *owner {
@@ -1560,6 +1667,26 @@ fn try_create_tables(pool: &Pool) -> Result<Option<i32>> {
                  part integer PRIMARY KEY, requester bigint NOT NULL,
                  requested timestamptz NOT NULL);",
         )?;
+        // The partition of each deadline entry, so that an engine that takes
+        // a partition indexes its keys' deadlines (`Leases::taken_deadlines`).
+        // Checked first: `ALTER TABLE` and `CREATE INDEX` lock the table
+        // even when there is nothing to do. Rows of an earlier build get
+        // theirs at open (`PostgresStorage::fill_deadline_parts`).
+        let has_part: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema()
+                   AND table_name = 'millpond_deadline' AND column_name = 'part')",
+                &[],
+            )?
+            .try_get(0)?;
+        if !has_part {
+            tx.batch_execute(
+                "ALTER TABLE millpond_deadline ADD COLUMN IF NOT EXISTS part integer;
+                 CREATE INDEX IF NOT EXISTS millpond_deadline_part
+                     ON millpond_deadline (part, key);",
+            )?;
+        }
         tx.commit()?;
         Ok(version)
     })
@@ -1618,6 +1745,32 @@ impl<'a> Changes<'a> {
                      ON CONFLICT (key) DO UPDATE SET {column} = EXCLUDED.{column}"
                 ),
                 &[&self.put_keys, &self.put_values],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Changes<'_> {
+    /// Applies them to `millpond_deadline`, each put with its key's
+    /// partition (`parts`, one per put).
+    fn apply_deadlines(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        parts: &[i32],
+    ) -> std::result::Result<(), postgres::Error> {
+        if !self.removed.is_empty() {
+            tx.execute(
+                "DELETE FROM millpond_deadline WHERE key = ANY($1)",
+                &[&self.removed],
+            )?;
+        }
+        if !self.put_keys.is_empty() {
+            tx.execute(
+                "INSERT INTO millpond_deadline (key, record, part)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int[])
+                 ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, part = EXCLUDED.part",
+                &[&self.put_keys, &self.put_values, &parts],
             )?;
         }
         Ok(())
@@ -1853,6 +2006,11 @@ impl Storage for PostgresStorage {
         let owner = self.owner;
         let ttl = self.leases.ttl_secs();
         let began = Instant::now();
+        let deadline_parts: Vec<i32> = deadlines
+            .put_keys
+            .iter()
+            .map(|key| self.leases.partitioning.partition_of(key) as i32)
+            .collect();
         let mut wanted = BTreeSet::new();
         let renewed = self.pool.write(|c| {
             wanted.clear();
@@ -1887,7 +2045,7 @@ impl Storage for PostgresStorage {
                 return Ok(renewed);
             }
             meta.apply(&mut tx, "millpond_meta", "record")?;
-            deadlines.apply(&mut tx, "millpond_deadline", "record")?;
+            deadlines.apply_deadlines(&mut tx, &deadline_parts)?;
             sys.apply(&mut tx, "millpond_sys", "value")?;
             tx.commit()?;
             Ok(renewed)
