@@ -879,6 +879,23 @@ fn a_partition_is_handed_over_on_request_and_back() {
     e.shutdown().unwrap();
 }
 
+/// A clock stopped at a fixed instant, moved by the test.
+fn mock_clock() -> Arc<MockClock> {
+    Arc::new(MockClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ))
+}
+
+/// A quiet config for `db` that groups keys by session, with leases far
+/// longer than a test (partitions pass only by handovers), seeing time
+/// through `clock`.
+fn grouped_with_clock(db: &str, clock: &Arc<MockClock>) -> Config {
+    quiet(db)
+        .lease_ttl(Duration::from_secs(600))
+        .partition_by("session-id", session)
+        .clock(clock.clone())
+}
+
 /// A deadline an engine indexed goes stale when another engine rewrites
 /// the key while holding its partition: once the partition comes back, the
 /// purge checks the stored record and never deletes the rewritten key (it
@@ -890,15 +907,8 @@ fn a_key_rewritten_by_another_engine_is_not_purged_by_a_stale_deadline() {
         return;
     };
     let db = server.database();
-    let clock = Arc::new(MockClock::new(
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-    ));
-    let config = || {
-        quiet(&db)
-            .lease_ttl(Duration::from_secs(600))
-            .partition_by("session-id", session)
-            .clock(clock.clone())
-    };
+    let clock = mock_clock();
+    let config = || grouped_with_clock(&db, &clock);
     let e1 = Engine::open(config()).unwrap();
     let e2 = Engine::open(config()).unwrap();
     e1.set_with_ttl(b"sess:1:a", b"old", Duration::from_secs(10))
@@ -947,15 +957,8 @@ fn keys_another_engine_stored_with_a_ttl_expire_in_the_engine_that_took_them() {
         return;
     };
     let db = server.database();
-    let clock = Arc::new(MockClock::new(
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-    ));
-    let config = || {
-        quiet(&db)
-            .lease_ttl(Duration::from_secs(600))
-            .partition_by("session-id", session)
-            .clock(clock.clone())
-    };
+    let clock = mock_clock();
+    let config = || grouped_with_clock(&db, &clock);
     let e1 = Engine::open(config()).unwrap();
     let e2 = Engine::open(config()).unwrap();
     for field in ["a", "b", "c"] {
