@@ -132,7 +132,8 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
 
         // Between cycles, other engines' requests for what this one holds
         // are looked for now and then (a commit also sees them).
-        if let Some(every) = shared.keeper.handover_poll() {
+        let poll = shared.keeper.handover_poll();
+        if let Some(every) = poll {
             if now >= next_poll {
                 next_poll = now + every;
                 if shared.keeper.poll_requests() {
@@ -149,7 +150,7 @@ pub(crate) fn run(shared: &Shared, pool: &Pool, mut cycles: Cycles) {
         if let Some(t) = retry_at {
             timeout = timeout.min(t.saturating_duration_since(now));
         }
-        if shared.keeper.handover_poll().is_some() {
+        if poll.is_some() {
             timeout = timeout.min(next_poll.saturating_duration_since(now));
         }
         wait(shared, Some(timeout));

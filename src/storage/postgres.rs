@@ -1087,12 +1087,11 @@ impl Leases {
                 }
             };
             let full = rows.len() == BATCH_KEYS;
-            for row in rows {
-                let pair = (|| Ok::<_, postgres::Error>((row.try_get(0)?, row.try_get(1)?)))();
-                let (k, v): (Vec<u8>, Vec<u8>) =
-                    pair.map_err(|e| pg_error(&self.target.name, e))?;
-                from.clone_from(&k);
-                out.push((Bytes::from(k), Bytes::from(v)));
+            for row in &rows {
+                let (k, v) = bytes_pair(row).map_err(|e| pg_error(&self.target.name, e))?;
+                from.clear();
+                from.extend_from_slice(&k);
+                out.push((k, v));
             }
             if !full {
                 break;
@@ -1155,6 +1154,13 @@ impl Leases {
         self.changes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// The first two columns of `row`, both `bytea`.
+fn bytes_pair(row: &Row) -> std::result::Result<(Bytes, Bytes), postgres::Error> {
+    let k: Vec<u8> = row.try_get(0)?;
+    let v: Vec<u8> = row.try_get(1)?;
+    Ok((Bytes::from(k), Bytes::from(v)))
 }
 
 /// Whether a postgres error means the connection (or the server) was lost,
@@ -1534,16 +1540,8 @@ impl PostgresStorage {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        self.pool.with(|c| {
-            c.query(sql, params)?
-                .into_iter()
-                .map(|row| {
-                    let k: Vec<u8> = row.try_get(0)?;
-                    let v: Vec<u8> = row.try_get(1)?;
-                    Ok((Bytes::from(k), Bytes::from(v)))
-                })
-                .collect()
-        })
+        self.pool
+            .with(|c| c.query(sql, params)?.iter().map(bytes_pair).collect())
     }
 
     fn one_bytes(
@@ -1789,11 +1787,9 @@ impl Storage for PostgresStorage {
                 "SELECT key, record FROM millpond_meta WHERE key = ANY($1)",
                 &[&chunk],
             )?;
-            for row in rows {
-                let pair = (|| Ok::<_, postgres::Error>((row.try_get(0)?, row.try_get(1)?)))();
-                let (k, v): (Vec<u8>, Vec<u8>) =
-                    pair.map_err(|e| pg_error(&self.pool.target.name, e))?;
-                found.insert(Bytes::from(k), Bytes::from(v));
+            for row in &rows {
+                let (k, v) = bytes_pair(row).map_err(|e| pg_error(&self.pool.target.name, e))?;
+                found.insert(k, v);
             }
         }
         Ok(keys.iter().map(|key| found.get(*key).cloned()).collect())
