@@ -12,7 +12,7 @@
 //! record, a checksum mismatch, an unknown tag or a body that does not decode
 //! (or leaves bytes over) is an [`Error::Corrupt`].
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
@@ -43,7 +43,7 @@ const CRC_LEN: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ValueRef<'a> {
     /// Inside the metadata record itself (values up to `inline_threshold`).
-    Inline(#[serde(borrow)] &'a [u8]),
+    Inline(#[serde(borrow, serialize_with = "bytes")] &'a [u8]),
     /// In the blob tree, under `id`.
     Blob(BlobRef),
 }
@@ -235,14 +235,47 @@ pub(crate) struct GcRecord {
     pub blobs: Vec<u64>,
 }
 
-fn frame<T: Serialize>(tag: u8, body: &T) -> Result<Vec<u8>> {
+/// Serializes a byte string as one run of bytes. postcard writes a
+/// sequence of `u8` (serde's default for `&[u8]`) the same way, a length
+/// then the bytes, but element by element: this is the same encoding
+/// without a call per byte (unit test `byte_fields_encode_as_before`).
+fn bytes<S: Serializer>(v: &&[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
+/// [`bytes`] for an optional byte string.
+fn optional_bytes<S: Serializer>(v: &Option<&[u8]>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&Run(v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A byte string serialized as one run of bytes.
+struct Run<'a>(&'a [u8]);
+
+impl Serialize for Run<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Encodes `body` framed under `tag`; `hint` is roughly how many bytes the
+/// body takes (the buffer is made that big at once).
+fn frame_sized<T: Serialize>(tag: u8, body: &T, hint: usize) -> Result<Vec<u8>> {
+    let mut start = Vec::with_capacity(hint + 1 + 16 + CRC_LEN);
+    start.push(tag);
     // postcard fails only on shapes these records do not have, or when its
     // writer fails (a Vec never does); the error is still passed on.
-    let mut out = postcard::to_extend(body, vec![tag])
+    let mut out = postcard::to_extend(body, start)
         .map_err(|e| Error::Encode(format!("record does not encode: {e}")))?;
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
+}
+
+fn frame<T: Serialize>(tag: u8, body: &T) -> Result<Vec<u8>> {
+    frame_sized(tag, body, 0)
 }
 
 /// Checks frame and checksum; returns the tag and the body.
@@ -285,7 +318,11 @@ fn expect_tag(key: Option<&[u8]>, what: &str, found: u8, want: u8) -> Result<()>
 }
 
 pub(crate) fn encode_meta(rec: &MetaRecord<'_>) -> Result<Vec<u8>> {
-    frame(TAG_META_V1, rec)
+    let hint = match rec.value {
+        ValueRef::Inline(v) => v.len() + 32,
+        ValueRef::Blob(_) => 48,
+    };
+    frame_sized(TAG_META_V1, rec, hint)
 }
 
 /// Decodes the metadata record stored for `key`. Inline values borrow from
@@ -360,7 +397,7 @@ pub(crate) fn decode_state(raw: &[u8]) -> Result<StateRecord> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum LoggedDeadline<'a> {
     Keep,
-    Set(#[serde(borrow)] &'a [u8]),
+    Set(#[serde(borrow, serialize_with = "bytes")] &'a [u8]),
     Clear,
 }
 
@@ -412,7 +449,9 @@ pub(crate) fn decode_commit_log(raw: &[u8]) -> Result<CommitLog<'_>> {
 /// when it was absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Prior<'a> {
+    #[serde(serialize_with = "bytes")]
     pub key: &'a [u8],
+    #[serde(serialize_with = "optional_bytes")]
     pub value: Option<&'a [u8]>,
 }
 
@@ -427,7 +466,12 @@ pub(crate) struct UndoLog<'a> {
 }
 
 pub(crate) fn encode_undo_log(log: &UndoLog<'_>) -> Result<Vec<u8>> {
-    frame(TAG_UNDO_LOG_V1, log)
+    let hint = log
+        .priors
+        .iter()
+        .map(|p| p.key.len() + p.value.map_or(0, <[u8]>::len) + 8)
+        .sum();
+    frame_sized(TAG_UNDO_LOG_V1, log, hint)
 }
 
 pub(crate) fn decode_undo_log(raw: &[u8]) -> Result<UndoLog<'_>> {
@@ -549,6 +593,53 @@ mod tests {
             value: ValueRef::Inline(b"hello"),
         })
         .unwrap()
+    }
+
+    /// The byte fields written with `serialize_bytes` encode exactly as
+    /// serde's default for `&[u8]` (a sequence of `u8`), which earlier
+    /// builds wrote: stores stay readable both ways.
+    #[test]
+    fn byte_fields_encode_as_before() {
+        #[derive(Serialize)]
+        enum OldValue<'a> {
+            Inline(&'a [u8]),
+        }
+        #[derive(Serialize)]
+        struct OldMeta<'a> {
+            seq: u64,
+            deadline: Option<u64>,
+            value: OldValue<'a>,
+        }
+        #[derive(Serialize)]
+        struct OldPrior<'a> {
+            key: &'a [u8],
+            value: Option<&'a [u8]>,
+        }
+        let long: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for v in [&b""[..], b"hello", &long] {
+            let old = postcard::to_allocvec(&OldMeta {
+                seq: 7,
+                deadline: Some(9),
+                value: OldValue::Inline(v),
+            })
+            .unwrap();
+            let new = postcard::to_allocvec(&MetaRecord {
+                seq: 7,
+                deadline: Some(9),
+                value: ValueRef::Inline(v),
+            })
+            .unwrap();
+            assert_eq!(old, new);
+            for value in [None, Some(v)] {
+                let old = postcard::to_allocvec(&OldPrior { key: v, value }).unwrap();
+                let new = postcard::to_allocvec(&Prior { key: v, value }).unwrap();
+                assert_eq!(old, new);
+            }
+        }
+        assert_eq!(
+            postcard::to_allocvec(&&b"ab"[..]).unwrap(),
+            postcard::to_allocvec(&LoggedDeadline::Set(b"ab")).unwrap()[1..]
+        );
     }
 
     #[test]
