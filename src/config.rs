@@ -334,7 +334,10 @@ impl Config {
     /// Values up to this length are stored inside their metadata record (one
     /// lookup per read); longer ones are written once to the blob tree, so
     /// that neither a flush's commit log nor a metadata-only change (a new
-    /// deadline) rewrites them. Default: 1 KiB. At most 64 KiB.
+    /// deadline) rewrites them. Default: 1 KiB. At most 6 KiB: sled writes
+    /// a page of records over about 128 KiB to a file of its own, and a
+    /// failed write of one (a full disk) stops sled 0.34.7 for good (see
+    /// DESIGN.md, "On-disk format").
     pub fn inline_threshold(mut self, bytes: usize) -> Config {
         self.inline_threshold = bytes;
         self
@@ -505,15 +508,22 @@ impl Config {
                 self.max_dirty_bytes
             )
         })?;
-        check(self.inline_threshold <= 64 * KIB, || {
+        check(self.inline_threshold <= MAX_INLINE, || {
             format!(
-                "inline_threshold is {}, more than 64 KiB",
-                self.inline_threshold
+                "inline_threshold is {}, more than {} KiB",
+                self.inline_threshold,
+                MAX_INLINE / KIB
             )
         })?;
         Ok(())
     }
 }
+
+/// The most `inline_threshold` may be: a leaf of the metadata tree (up to 20
+/// records) stays under sled's ~128 KiB limit for pages kept in its log,
+/// as a blob tree leaf does with values in parts of 6 KiB
+/// (`storage::sled::BLOB_PART`).
+const MAX_INLINE: usize = 6 * KIB;
 
 /// The default `max_dirty_bytes`: a share of physical memory, with a floor
 /// and a cap. A buffer that holds the hot set twice keeps coalescing under
@@ -618,6 +628,7 @@ mod tests {
             Config::new("x").max_key_len(0),
             Config::new("x").max_dirty_bytes(MIB).max_value_len(MIB),
             Config::new("x").inline_threshold(MIB),
+            Config::new("x").inline_threshold(6 * KIB + 1),
         ];
         for c in bad {
             assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");

@@ -112,9 +112,17 @@ fn config(store: &Path) -> Config {
         .inline_threshold(common::BLOB_OVER)
 }
 
-/// A value of 1-4 KiB, distinct per key.
+/// A value distinct per key: half of them of 1-4 KiB, half of 8-32 KiB
+/// (long values, whose blob tree leaves sled would write to files of their
+/// own if millpond did not store them in parts: a failed write of one, on
+/// this full disk, hung the engine in its flush for good in one of three
+/// runs with values of 8-32 KiB only).
 fn value(rng: &mut Rng, key: &[u8]) -> Vec<u8> {
-    let len = 1024 + rng.below(3 * 1024) as usize;
+    let len = if rng.below(2) == 0 {
+        8 * 1024 + rng.below(24 * 1024) as usize
+    } else {
+        1024 + rng.below(3 * 1024) as usize
+    };
     let mut v = key.to_vec();
     v.extend((v.len()..len).map(|_| rng.next() as u8));
     v
