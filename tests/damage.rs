@@ -3,8 +3,9 @@
 //! silently at an older state or empty.
 //!
 //! A template store is built once: a few hundred keys (small inline values,
-//! values over 1 KiB in the blob tree, two values large enough that sled keeps
-//! them in files under `blobs/`, some with TTLs far in the future, some
+//! values over 1 KiB in the blob tree, two values of 200 KiB stored in parts,
+//! 60 keys of 15.5 KiB whose leaves sled keeps in files under `blobs/`, some
+//! with TTLs far in the future, some
 //! deleted), over several checkpoints with writes between them so that sled's
 //! log has history, then a last `checkpoint()` and `shutdown()`. Its expected
 //! contents are the state at that last checkpoint.
@@ -82,14 +83,26 @@ struct Template {
     files: Vec<(PathBuf, u64)>,
 }
 
+/// Keys from `KEYS` up are the long keys.
+const LONG_KEYS: usize = 60;
+
 fn key(i: usize) -> Vec<u8> {
-    format!("key-{i:04}").into_bytes()
+    let mut k = format!("key-{i:04}").into_bytes();
+    if i >= KEYS {
+        // Long keys: a leaf of them is over sled's ~128 KiB limit, so sled
+        // keeps it in a file under `blobs/` (the one way a millpond store
+        // still gets such files: DESIGN.md, invariant 28).
+        k.resize(15 * 1024 + 512, b'~');
+    }
+    k
 }
 
 /// A value for key `i` in round `round`: distinct per key and round.
 fn value(rng: &mut Rng, i: usize, round: usize) -> Vec<u8> {
-    let len = if i >= KEYS {
-        // Large enough for sled to keep its page in a file under `blobs/`.
+    let len = if i >= KEYS + 2 {
+        8 + rng.below(300) as usize
+    } else if i >= KEYS {
+        // Long values: stored in parts.
         200 * 1024 + round
     } else if i % 3 == 0 {
         common::BLOB_OVER + 1 + rng.below(4000) as usize
@@ -138,7 +151,7 @@ fn build_template(seed: u64) -> Template {
     let e = Engine::open(config(&path)).expect("open the template");
     let mut rng = Rng::new(seed);
     let mut m = Model::default();
-    // Round 0 writes every key (but the two large ones); later rounds rewrite some, delete some and
+    // Round 0 writes every key (but the long ones); later rounds rewrite some, delete some and
     // bring some deleted ones back, each round ending in a checkpoint.
     for i in 0..KEYS {
         m.set(&e, &mut rng, i, 0);
@@ -156,11 +169,13 @@ fn build_template(seed: u64) -> Template {
         }
         e.checkpoint().expect("checkpoint");
     }
-    // Two values large enough for sled to keep their page in a file under
-    // `blobs/`, written last: the more often such a page is rewritten, the
-    // more of those files sled leaves (and removes) at moments of its own.
-    m.set(&e, &mut rng, KEYS, 6);
-    m.set(&e, &mut rng, KEYS + 1, 6);
+    // Long keys, whose leaves sled keeps in files under `blobs/`, written
+    // last: the more often such a page is rewritten, the more of those
+    // files sled leaves (and removes) at moments of its own. The first two
+    // hold long values (in parts).
+    for i in KEYS..KEYS + LONG_KEYS {
+        m.set(&e, &mut rng, i, 6);
+    }
     e.checkpoint().expect("last checkpoint");
     e.shutdown().expect("shutdown");
     drop(e);

@@ -29,7 +29,7 @@ fn on_disk(store: &Store) -> (usize, usize, usize) {
     let blobs = db.open_tree("blob").unwrap();
     let counts = (
         meta.scan_prefix([1u8]).count(),
-        blobs.len(),
+        common::distinct_blobs(&blobs),
         meta.scan_prefix(b"\x00ttl").count(),
     );
     drop((meta, blobs, db));

@@ -23,7 +23,7 @@ fn open(store: &Store, faults: &Arc<Faults>, delay_ms: u64) -> Engine {
 
 fn blob_count(store: &Store) -> usize {
     let db = common::open_raw_sled(&store.path);
-    let n = db.open_tree("blob").unwrap().len();
+    let n = common::distinct_blobs(&db.open_tree("blob").unwrap());
     drop(db);
     n
 }

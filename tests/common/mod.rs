@@ -177,3 +177,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The blobs in a store's raw blob tree: a value's parts (12-byte keys: id
+/// then part) count once.
+#[allow(dead_code)]
+pub fn distinct_blobs(blobs: &sled::Tree) -> usize {
+    let mut ids: Vec<[u8; 8]> = blobs
+        .iter()
+        .map(|kv| {
+            let k = kv.expect("blob key").0;
+            k[..8].try_into().expect("a blob key of at least 8 bytes")
+        })
+        .collect();
+    ids.dedup();
+    ids.len()
+}
