@@ -23,6 +23,12 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 /// first tree is opened, so that a build that knows no trees refuses the
 /// store instead of missing their records. This build reads both.
 pub(crate) const FORMAT_VERSION_TREES: u32 = 2;
+/// The format version of a sled store that may hold a long value in parts
+/// (blob keys `id ++ part`, see `storage::sled::BLOB_PART`): written before
+/// the first part, so that a build that knows no parts refuses the store
+/// instead of reporting its long values missing. Such a store may hold
+/// trees too. This build reads versions 1 to 3.
+pub(crate) const FORMAT_VERSION_PARTS: u32 = 3;
 
 /// First bytes of the format record: marks a directory as a millpond store.
 pub(crate) const MAGIC: [u8; 8] = *b"millpond";

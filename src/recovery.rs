@@ -277,10 +277,10 @@ fn check_format(storage: &dyn Storage) -> Result<Format> {
                     reason: "its format record has a foreign marker".into(),
                 });
             }
-            if format.version != FORMAT_VERSION && format.version != codec::FORMAT_VERSION_TREES {
+            if !(FORMAT_VERSION..=codec::FORMAT_VERSION_PARTS).contains(&format.version) {
                 return Err(Error::UnsupportedFormat {
                     found: format.version,
-                    supported: codec::FORMAT_VERSION_TREES,
+                    supported: codec::FORMAT_VERSION_PARTS,
                 });
             }
             Ok(Format::Present)

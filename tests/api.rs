@@ -333,7 +333,7 @@ fn a_store_from_an_unknown_format_version_is_refused() {
             r,
             Err(Error::UnsupportedFormat {
                 found: 99,
-                supported: 2
+                supported: 3
             })
         ),
         "{r:?}"

@@ -280,6 +280,8 @@ fn long_values_never_become_files_of_sleds_own() {
     let r = e.verify().unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
     assert_eq!(r.blobs, 60);
+    // A build that knows no parts refuses the store by its version.
+    assert_eq!(r.format_version, 3);
     e.shutdown().unwrap();
     drop(e);
     let files = std::fs::read_dir(store.path.join("blobs"))

@@ -88,6 +88,9 @@ pub(crate) struct SledStorage {
     unsettled: Mutex<bool>,
     /// The durable record's file.
     durable: Mutex<DurableFile>,
+    /// The format record says the store may hold values in parts (version
+    /// 3): checked, and written if needed, before the first part.
+    parts_marked: std::sync::atomic::AtomicBool,
     /// Test hook: the next commit fails half way through its changes.
     #[cfg(test)]
     fail_next_apply: std::sync::atomic::AtomicBool,
@@ -671,6 +674,7 @@ impl SledStorage {
             next_log: AtomicU64::new(0),
             unsettled: Mutex::new(false),
             durable: Mutex::new(DurableFile::open(dir)?),
+            parts_marked: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             fail_next_apply: std::sync::atomic::AtomicBool::new(false),
         };
@@ -851,6 +855,31 @@ impl SledStorage {
         Ok(out)
     }
 
+    /// Marks the store as one that may hold values in parts (format version
+    /// 3) before the first part is written, so that a build that knows no
+    /// parts refuses the store (`UnsupportedFormat`) instead of reporting
+    /// its long values missing. A store that never held a value over
+    /// [`BLOB_PART`] keeps its version. Concurrent callers write the same
+    /// record; `Engine::tree`'s mark (version 2) runs only between cycles
+    /// and never lowers the version.
+    fn mark_parts(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.parts_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let key = sys_key(SysKey::Format);
+        let current = match self.meta.get(&key).map_err(storage_error)? {
+            Some(raw) => codec::decode_format(&raw)?.version,
+            None => codec::FORMAT_VERSION,
+        };
+        if current < codec::FORMAT_VERSION_PARTS {
+            let raw = codec::encode_format_version(codec::FORMAT_VERSION_PARTS)?;
+            self.meta.insert(key, raw).map_err(storage_error)?;
+        }
+        self.parts_marked.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// The keys of blob `id` (its own key, or its parts').
     fn blob_keys(&self, id: BlobId) -> Result<Vec<::sled::IVec>> {
         let mut keys = Vec::new();
@@ -1014,6 +1043,7 @@ impl Storage for SledStorage {
                 .map(drop)
                 .map_err(storage_error);
         }
+        self.mark_parts()?;
         for (i, part) in value.chunks(BLOB_PART).enumerate() {
             let i = u32::try_from(i).map_err(|_| {
                 Error::Storage(format!(
