@@ -154,6 +154,8 @@ pub struct VerifyReport {
     pub format_version: u32,
     /// Stored metadata records (one per stored key).
     pub records: u64,
+    /// Of those, records of named trees ([`Engine::tree`](crate::Engine::tree)).
+    pub tree_records: u64,
     /// Of those, values stored inline in the record.
     pub inline_values: u64,
     /// Bytes of keys and records in the metadata tree.
@@ -206,6 +208,9 @@ impl Shared {
             let full = page.len() == PAGE;
             for (key, raw) in &page {
                 r.records += 1;
+                if key.first() == Some(&crate::tree::TREE_TAG) {
+                    r.tree_records += 1;
+                }
                 r.metadata_bytes += (key.len() + raw.len()) as u64;
                 digest.add(key, raw);
                 let rec = match codec::decode_meta(key, raw) {

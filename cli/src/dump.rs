@@ -18,7 +18,8 @@
 //! skipped. The `End` frame carries the number of records: a dump cut
 //! short, or with a damaged frame, is refused rather than loaded in part
 //! silently. Keys come in key order. Only the default keyspace is dumped: a
-//! store in which named trees were opened (format version 2) is refused.
+//! store with records in named trees, or marked as one in which trees were
+//! opened (format version 2), is refused.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -125,14 +126,17 @@ fn time_left(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
 /// Writes every live key to stdout.
 pub fn dump(args: DumpArgs) -> Result<ExitCode> {
     let e = store::open(&args.dir, Create::No)?;
-    // Format version 2 marks a store in which named trees were opened: the
-    // dump format holds only the default keyspace, so an incomplete dump is
-    // refused rather than written.
-    if e.verify()?.format_version >= 2 {
+    // The dump format holds only the default keyspace, so an incomplete
+    // dump is refused rather than written: a store with records in named
+    // trees, or marked as one in which trees were opened (format version 2;
+    // version 3, a store with values in parts, may have trees too, and
+    // then has their records if they hold anything).
+    let report = e.verify()?;
+    if report.format_version == 2 || report.tree_records > 0 {
         e.shutdown()?;
         bail!(
-            "{} has named trees (format version 2), which the dump format does not \
-             hold yet; refusing to write a dump that would leave them out",
+            "{} has named trees, which the dump format does not hold yet; refusing \
+             to write a dump that would leave them out",
             args.dir.display()
         );
     }
