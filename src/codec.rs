@@ -246,15 +246,12 @@ pub(crate) struct GcRecord {
 /// then the bytes, but element by element: this is the same encoding
 /// without a call per byte (unit test `byte_fields_encode_as_before`).
 fn bytes<S: Serializer>(v: &&[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_bytes(v)
+    Run(v).serialize(s)
 }
 
 /// [`bytes`] for an optional byte string.
 fn optional_bytes<S: Serializer>(v: &Option<&[u8]>, s: S) -> std::result::Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.serialize_some(&Run(v)),
-        None => s.serialize_none(),
-    }
+    v.map(Run).serialize(s)
 }
 
 /// A byte string serialized as one run of bytes.
