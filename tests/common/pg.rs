@@ -10,8 +10,9 @@
 //! server dies without a checkpoint: what is not in its WAL on disk is
 //! lost), [`PgServer::restart`] starts it again on the same port, and drop
 //! crashes it and removes the directory. A guard process stops the server
-//! when the test process exits, however it exits (so the shared server of
-//! [`PgServer::shared`], which is never dropped, does not outlive its tests).
+//! and removes its directory when the test process exits, however it exits
+//! (so the shared server of [`PgServer::shared`], which is never dropped,
+//! neither outlives its tests nor leaves its data behind).
 //!
 //! Where the binaries are missing, or this is not root with `runuser` and a
 //! `postgres` user, `start` prints why and returns `None`: the tests that
@@ -154,7 +155,9 @@ impl PgServer {
     }
 
     /// A process that waits for this test process to end, then crashes the
-    /// server (it is a no-op if the server is stopped already).
+    /// server (a no-op if it is stopped already) and removes its directory:
+    /// the shared server is never dropped, so nothing else would, and a
+    /// leaked data directory is a quarter of a gigabyte of a shared disk.
     #[expect(
         clippy::zombie_processes,
         reason = "the guard outlives this process on purpose: it stops the server when it ends"
@@ -162,7 +165,8 @@ impl PgServer {
     fn guard(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             runuser -u postgres -- {pg_ctl} -D {dir} stop -m immediate >/dev/null 2>&1",
+             runuser -u postgres -- {pg_ctl} -D '{dir}' stop -m immediate >/dev/null 2>&1; \
+             rm -rf '{dir}'",
             pid = std::process::id(),
             pg_ctl = bin("pg_ctl").display(),
             dir = self.data(),

@@ -955,9 +955,11 @@ mod tests {
 
     #[test]
     fn a_run_checks_its_store_and_a_lost_write_fails_it() {
-        let base =
-            std::env::temp_dir().join(format!("millpond-journal-modes-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
+        let tmp = tempfile::Builder::new()
+            .prefix("millpond-journal-modes-")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path();
         let shape = Shape {
             seed: 3,
             keys: 300,
@@ -998,7 +1000,6 @@ mod tests {
         assert_eq!(r.status, Status::Failed);
         let error = r.error.unwrap_or_default();
         assert!(error.contains("keys differ"), "{error}");
-        fs::remove_dir_all(&base).unwrap();
     }
 
     fn run(side: Side, threads: usize, ops_per_sec: f64) -> RunReport {

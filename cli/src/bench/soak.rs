@@ -765,8 +765,11 @@ mod tests {
 
     #[test]
     fn a_short_soak_runs_and_checks_its_store() {
-        let dir = std::env::temp_dir().join(format!("millpond-soak-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::Builder::new()
+            .prefix("millpond-soak-test-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().join("soak");
         let args = SoakArgs {
             duration: Duration::from_millis(1500),
             stall_after: Duration::from_secs(30),
@@ -782,6 +785,5 @@ mod tests {
             seed: 1,
         };
         assert_eq!(run(&args).unwrap(), ExitCode::SUCCESS);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1193,11 +1193,12 @@ mod tests {
         t.close().unwrap();
     }
 
-    fn tempdir(name: &str) -> std::path::PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("millpond-cli-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A directory removed when dropped, even by a failing test.
+    fn tempdir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("millpond-cli-test-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// Polls `f` until it returns `want`, for up to a minute (a bound
@@ -1277,16 +1278,14 @@ mod tests {
 
     #[test]
     fn every_target_expires_keys_the_same_way() {
-        ttl_script::<MemoryTarget>(&tempdir("ttl-mem"));
+        ttl_script::<MemoryTarget>(tempdir("ttl-mem").path());
         for (name, run) in [
             ("ttl-millpond", ttl_script::<MillpondTarget> as fn(&Path)),
             ("ttl-sled", ttl_script::<SledTarget>),
             ("ttl-fjall", ttl_script::<FjallTarget>),
             ("ttl-redb", ttl_script::<RedbTarget>),
         ] {
-            let d = tempdir(name);
-            run(&d);
-            std::fs::remove_dir_all(&d).unwrap();
+            run(tempdir(name).path());
         }
         // The disk-backed emulations keep TTL keys in their own tree, under
         // their own prefix.
@@ -1297,25 +1296,22 @@ mod tests {
                 .unwrap_err();
             assert!(err.downcast_ref::<Unsupported>().is_some());
             t.close().unwrap();
-            std::fs::remove_dir_all(d).unwrap();
         }
-        refuses_other_keys::<SledTarget>(&tempdir("ttl-sled-prefix"));
-        refuses_other_keys::<FjallTarget>(&tempdir("ttl-fjall-prefix"));
-        refuses_other_keys::<RedbTarget>(&tempdir("ttl-redb-prefix"));
+        refuses_other_keys::<SledTarget>(tempdir("ttl-sled-prefix").path());
+        refuses_other_keys::<FjallTarget>(tempdir("ttl-fjall-prefix").path());
+        refuses_other_keys::<RedbTarget>(tempdir("ttl-redb-prefix").path());
     }
 
     #[test]
     fn every_target_runs_the_same_script() {
-        script::<MemoryTarget>(&tempdir("mem"));
+        script::<MemoryTarget>(tempdir("mem").path());
         for (name, run) in [
             ("millpond", script::<MillpondTarget> as fn(&Path)),
             ("sled", script::<SledTarget>),
             ("fjall", script::<FjallTarget>),
             ("redb", script::<RedbTarget>),
         ] {
-            let d = tempdir(name);
-            run(&d);
-            std::fs::remove_dir_all(&d).unwrap();
+            run(tempdir(name).path());
         }
     }
 }

@@ -1580,13 +1580,16 @@ mod tests {
                 .any(|n| n.contains("expired entries still held")));
             t.close().unwrap();
         }
-        let base = std::env::temp_dir().join(format!("millpond-ttl-churn-{}", std::process::id()));
+        let tmp = tempfile::Builder::new()
+            .prefix("millpond-ttl-churn-")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path();
         on::<MemoryTarget>(&base.join("mem"));
         on::<MillpondTarget>(&base.join("millpond"));
         on::<SledTarget>(&base.join("sled"));
         on::<FjallTarget>(&base.join("fjall"));
         on::<RedbTarget>(&base.join("redb"));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
