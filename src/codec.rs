@@ -12,6 +12,7 @@
 //! record, a checksum mismatch, an unknown tag or a body that does not decode
 //! (or leaves bytes over) is an [`Error::Corrupt`].
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{Error, Result};
@@ -27,8 +28,15 @@ pub(crate) const FORMAT_VERSION_TREES: u32 = 2;
 /// (blob keys `id ++ part`, see `storage::sled::BLOB_PART`): written before
 /// the first part, so that a build that knows no parts refuses the store
 /// instead of reporting its long values missing. Such a store may hold
-/// trees too. This build reads versions 1 to 3.
+/// trees too.
 pub(crate) const FORMAT_VERSION_PARTS: u32 = 3;
+/// The format version of a store that may hold a value compressed (a
+/// record's `CompressedBlob`, see [`BlobRef::compressed`]): written before
+/// the first such record is committed, so that a build that knows no
+/// compression refuses the store instead of reporting its records corrupt.
+/// Such a store may hold trees and parts too. This build reads versions 1
+/// to 4.
+pub(crate) const FORMAT_VERSION_COMPRESSION: u32 = 4;
 
 /// First bytes of the format record: marks a directory as a millpond store.
 pub(crate) const MAGIC: [u8; 8] = *b"millpond";
@@ -46,17 +54,21 @@ const TAG_UNDO_LOG_V1: u8 = 0x16;
 const CRC_LEN: usize = 4;
 
 /// Where a stored value lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On disk (see [`Wire`]) a blob whose value is kept compressed is a third
+/// variant, `CompressedBlob`, appended after the two of format version 1, so
+/// records of uncompressed values encode exactly as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ValueRef<'a> {
     /// Inside the metadata record itself (values up to `inline_threshold`).
-    Inline(#[serde(borrow, serialize_with = "bytes")] &'a [u8]),
+    Inline(&'a [u8]),
     /// In the blob tree, under `id`.
     Blob(BlobRef),
 }
 
 /// A pointer from a metadata record to a value in the blob tree, with what is
 /// needed to check the value when it is read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlobRef {
     /// Key of the value in the blob tree. Unique for the life of the store.
     pub id: u64,
@@ -64,19 +76,103 @@ pub(crate) struct BlobRef {
     pub len: u64,
     /// CRC-32 of the value.
     pub crc: u32,
+    /// `Some(n)`: the blob tree holds the value compressed, LZ4 block format
+    /// (`lz4_flex`), in `n` bytes. `len` and `crc` are the value's.
+    pub compressed: Option<u64>,
 }
 
+/// A compressed value must save at least this share of its length (one
+/// eighth), else it is stored as it is: the blob tree then holds what the
+/// reader returns, with no decompression on each read of a value that
+/// hardly shrinks.
+const MIN_SAVING_SHIFT: u32 = 3;
+
+/// Only the first this many bytes of a value are compressed as a trial
+/// before the whole: values that do not compress (random bytes, media,
+/// values compressed already) cost a fifth of a full attempt.
+const PROBE: usize = 1024;
+
+/// More than LZ4's largest expansion of a block (255 bytes out per byte in).
+const LZ4_MAX_RATIO: usize = 256;
+
 impl BlobRef {
+    /// The pointer to `value`, stored as it is under `id`.
     pub(crate) fn for_value(id: u64, value: &[u8]) -> BlobRef {
         BlobRef {
             id,
             len: value.len() as u64,
             crc: crc32fast::hash(value),
+            compressed: None,
         }
     }
 
-    /// Checks a value read from the blob tree against this pointer.
-    pub(crate) fn check(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// The pointer to `value` under `id` and what the blob tree is to hold:
+    /// `value` compressed if that saves at least an eighth of it (and of its
+    /// first KiB, tried first), else `value` itself.
+    pub(crate) fn compress(id: u64, value: &Bytes) -> (BlobRef, Bytes) {
+        let plain = || (BlobRef::for_value(id, value), value.clone());
+        let saves = |from: usize, to: usize| to <= from - (from >> MIN_SAVING_SHIFT);
+        if value.len() > 2 * PROBE {
+            let probe = &value[..PROBE];
+            if !saves(probe.len(), lz4_flex::block::compress(probe).len()) {
+                return plain();
+            }
+        }
+        let packed = lz4_flex::block::compress(value);
+        if !saves(value.len(), packed.len()) {
+            return plain();
+        }
+        let blob = BlobRef {
+            compressed: Some(packed.len() as u64),
+            ..BlobRef::for_value(id, value)
+        };
+        (blob, Bytes::from(packed))
+    }
+
+    /// The value, from what the blob tree holds for this pointer: checked
+    /// against length and checksum, decompressed first if it is stored
+    /// compressed. Damage of any kind is [`Error::Corrupt`], never a panic.
+    pub(crate) fn value(&self, key: &[u8], stored: Bytes) -> Result<Bytes> {
+        let value = match self.compressed {
+            None => stored,
+            Some(n) => {
+                if stored.len() as u64 != n {
+                    return Err(Error::corrupt(
+                        Some(key),
+                        format!(
+                            "blob {} is {} bytes, its record says {n} compressed",
+                            self.id,
+                            stored.len()
+                        ),
+                    ));
+                }
+                // LZ4 expands at most 255-fold: a length past that is
+                // damage, and must not become an allocation that aborts.
+                let len = usize::try_from(self.len)
+                    .ok()
+                    .filter(|&len| len <= stored.len().saturating_mul(LZ4_MAX_RATIO))
+                    .ok_or_else(|| {
+                        Error::corrupt(
+                            Some(key),
+                            format!(
+                                "blob {} claims {} bytes from {} compressed",
+                                self.id,
+                                self.len,
+                                stored.len()
+                            ),
+                        )
+                    })?;
+                match lz4_flex::block::decompress(&stored, len) {
+                    Ok(v) => Bytes::from(v),
+                    Err(e) => {
+                        return Err(Error::corrupt(
+                            Some(key),
+                            format!("blob {} does not decompress: {e}", self.id),
+                        ))
+                    }
+                }
+            }
+        };
         if value.len() as u64 != self.len {
             return Err(Error::corrupt(
                 Some(key),
@@ -88,13 +184,65 @@ impl BlobRef {
                 ),
             ));
         }
-        if crc32fast::hash(value) != self.crc {
+        if crc32fast::hash(&value) != self.crc {
             return Err(Error::corrupt(
                 Some(key),
                 format!("blob {} fails its checksum", self.id),
             ));
         }
-        Ok(())
+        Ok(value)
+    }
+}
+
+/// How a [`ValueRef`] is encoded: the variants in their on-disk order.
+#[derive(Serialize, Deserialize)]
+enum Wire<'a> {
+    Inline(#[serde(borrow, serialize_with = "bytes")] &'a [u8]),
+    Blob(WireBlob),
+    /// Format version 4: the blob and its compressed length.
+    CompressedBlob(WireBlob, u64),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireBlob {
+    id: u64,
+    len: u64,
+    crc: u32,
+}
+
+impl Serialize for ValueRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            ValueRef::Inline(v) => Wire::Inline(v),
+            ValueRef::Blob(b) => {
+                let w = WireBlob {
+                    id: b.id,
+                    len: b.len,
+                    crc: b.crc,
+                };
+                match b.compressed {
+                    None => Wire::Blob(w),
+                    Some(n) => Wire::CompressedBlob(w, n),
+                }
+            }
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ValueRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let blob = |w: WireBlob, compressed| BlobRef {
+            id: w.id,
+            len: w.len,
+            crc: w.crc,
+            compressed,
+        };
+        Ok(match Wire::deserialize(d)? {
+            Wire::Inline(v) => ValueRef::Inline(v),
+            Wire::Blob(w) => ValueRef::Blob(blob(w, None)),
+            Wire::CompressedBlob(w, n) => ValueRef::Blob(blob(w, Some(n))),
+        })
     }
 }
 
@@ -666,9 +814,121 @@ mod tests {
         })
         .unwrap();
         assert_eq!(decode_meta(b"k", &raw).unwrap().value, ValueRef::Blob(blob));
-        blob.check(b"k", b"big value").unwrap();
-        assert!(blob.check(b"k", b"big valuf").is_err());
-        assert!(blob.check(b"k", b"big").is_err());
+        let stored = |v: &'static [u8]| Bytes::from_static(v);
+        assert_eq!(
+            blob.value(b"k", stored(b"big value")).unwrap(),
+            b"big value"[..]
+        );
+        assert!(blob.value(b"k", stored(b"big valuf")).is_err());
+        assert!(blob.value(b"k", stored(b"big")).is_err());
+    }
+
+    /// A record of a plain blob encodes as format version 1 wrote it (the
+    /// `Blob` variant of two, then id, len, crc); a compressed one is the
+    /// appended third variant.
+    #[test]
+    fn blob_records_encode_as_before_and_compressed_ones_after() {
+        #[derive(Serialize)]
+        enum OldValue<'a> {
+            #[allow(dead_code)]
+            Inline(&'a [u8]),
+            Blob {
+                id: u64,
+                len: u64,
+                crc: u32,
+            },
+        }
+        let blob = BlobRef::for_value(7, b"big value");
+        let old = postcard::to_allocvec(&OldValue::Blob {
+            id: 7,
+            len: 9,
+            crc: blob.crc,
+        })
+        .unwrap();
+        assert_eq!(postcard::to_allocvec(&ValueRef::Blob(blob)).unwrap(), old);
+        let packed = BlobRef {
+            compressed: Some(5),
+            ..blob
+        };
+        let new = postcard::to_allocvec(&ValueRef::Blob(packed)).unwrap();
+        assert_eq!(new[0], 2);
+        assert_eq!(new[1..new.len() - 1], old[1..]);
+        assert_eq!(new[new.len() - 1], 5);
+        let raw = encode_meta(&MetaRecord {
+            seq: 3,
+            deadline: None,
+            value: ValueRef::Blob(packed),
+        })
+        .unwrap();
+        assert_eq!(
+            decode_meta(b"k", &raw).unwrap().value,
+            ValueRef::Blob(packed)
+        );
+    }
+
+    #[test]
+    fn a_value_is_compressed_only_when_that_saves_an_eighth() {
+        let text: Bytes = br#"{"user":"someone","cart":[1,2,3],"path":"/products/"}"#
+            .repeat(100)
+            .into();
+        let (blob, stored) = BlobRef::compress(1, &text);
+        let n = blob.compressed.expect("text compresses");
+        assert_eq!(n, stored.len() as u64);
+        assert!(stored.len() < text.len() / 2);
+        assert_eq!(
+            (blob.len, blob.crc),
+            (text.len() as u64, crc32fast::hash(&text))
+        );
+        assert_eq!(blob.value(b"k", stored.clone()).unwrap(), text);
+
+        // Random bytes (here xorshift's) do not: stored as they are, the
+        // same Bytes, not a copy.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Bytes = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+            .into();
+        let (blob, stored) = BlobRef::compress(2, &random);
+        assert_eq!(blob, BlobRef::for_value(2, &random));
+        assert_eq!(stored.as_ptr(), random.as_ptr());
+        // A value whose first KiB is random is not tried whole.
+        let mut mixed = random[..1500].to_vec();
+        mixed.extend_from_slice(&text);
+        let mixed = Bytes::from(mixed);
+        assert_eq!(BlobRef::compress(3, &mixed).0.compressed, None);
+
+        // Damage to a compressed blob is an error, never a panic: every
+        // byte flipped, every truncation, a wrong stated length.
+        for i in 0..stored.len() {
+            let mut bad = stored.to_vec();
+            bad[i] ^= 0x55;
+            let _ = blob.value(b"k", bad.into());
+        }
+        let (blob, stored) = BlobRef::compress(1, &text);
+        for i in 0..stored.len() {
+            let mut bad = stored.to_vec();
+            bad[i] ^= 0x55;
+            assert!(blob.value(b"k", bad.into()).is_err(), "flip at {i}");
+            assert!(blob.value(b"k", stored.slice(..i)).is_err());
+        }
+        let wrong_len = BlobRef {
+            len: blob.len + 1,
+            ..blob
+        };
+        assert!(matches!(
+            wrong_len.value(b"k", stored.clone()),
+            Err(Error::Corrupt { .. })
+        ));
+        let huge = BlobRef {
+            len: u64::MAX,
+            ..blob
+        };
+        assert!(huge.value(b"k", stored).is_err());
     }
 
     #[test]

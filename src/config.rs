@@ -48,6 +48,7 @@ pub struct Config {
     /// `None`: the default, which depends on `max_dirty_bytes`.
     max_value_len: Option<usize>,
     pub(crate) inline_threshold: usize,
+    pub(crate) compression: Compression,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) faults: Option<Arc<Faults>>,
@@ -60,6 +61,22 @@ pub struct Config {
     /// How keys are grouped into partitions (the PostgreSQL backend).
     #[cfg(feature = "postgres")]
     pub(crate) partitioning: Partitioning,
+}
+
+/// How values longer than [`Config::inline_threshold`] are kept in the blob
+/// tree ([`Config::compression`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Stored as written.
+    None,
+    /// Compressed with LZ4 (block format) in the flush workers, when that
+    /// saves at least an eighth of the value; a value whose first KiB does
+    /// not compress so is stored as written without a full attempt. Reads
+    /// decompress (and check the value's checksum). Text such as JSON
+    /// typically shrinks to a half or less; random or already compressed
+    /// bytes are stored as written at the cost of the trial.
+    Lz4,
 }
 
 /// Where a store is, and so which storage backend opens it.
@@ -242,6 +259,7 @@ impl Config {
             max_key_len: 16 * KIB,
             max_value_len: None,
             inline_threshold: KIB,
+            compression: Compression::Lz4,
             default_ttl: None,
             clock: Arc::new(SystemClock),
             faults: None,
@@ -340,6 +358,17 @@ impl Config {
     /// DESIGN.md, "On-disk format").
     pub fn inline_threshold(mut self, bytes: usize) -> Config {
         self.inline_threshold = bytes;
+        self
+    }
+
+    /// How values longer than [`Config::inline_threshold`] are kept in the
+    /// blob tree. Default: [`Compression::Lz4`]. The choice applies to
+    /// values flushed from now on; a store holds each value as it was
+    /// written, so either setting reads every store. The first compressed
+    /// value raises the store's format version to 4, which builds without
+    /// compression refuse to open.
+    pub fn compression(mut self, compression: Compression) -> Config {
+        self.compression = compression;
         self
     }
 
@@ -559,6 +588,7 @@ impl fmt::Debug for Config {
             .field("max_key_len", &self.max_key_len)
             .field("max_value_len", &self.value_limit())
             .field("inline_threshold", &self.inline_threshold)
+            .field("compression", &self.compression)
             .field("default_ttl", &self.default_ttl)
             .field("clock", &self.clock)
             .field("retry_backoff", &self.retry_backoff)

@@ -140,7 +140,7 @@ mod verify;
 mod watch;
 
 pub use clock::{Clock, MockClock, SystemClock};
-pub use config::Config;
+pub use config::{Compression, Config};
 pub use durability::Durability;
 pub use engine::Engine;
 pub use error::{Error, Result};
@@ -164,12 +164,24 @@ pub mod testing {
 
     /// Decodes `bytes` as every system record (format, state, gc, deadline,
     /// redo log, undo log, durable record, journal segment header, journal
-    /// record);
+    /// record) and as a compressed blob (after a 4-byte little-endian
+    /// length of the value it claims to hold);
     /// returns how many accepted it. Never panics.
     pub fn decode_system_records(bytes: &[u8]) -> usize {
         use crate::codec;
         use crate::journal::format;
         let shared = bytes::Bytes::copy_from_slice(bytes);
+        let compressed = bytes.get(4..).map(|stored| {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&bytes[..4]);
+            let blob = codec::BlobRef {
+                id: 0,
+                len: u64::from(u32::from_le_bytes(len)),
+                crc: 0,
+                compressed: Some(stored.len() as u64),
+            };
+            blob.value(b"key", bytes::Bytes::copy_from_slice(stored))
+        });
         [
             codec::decode_format(bytes).is_ok(),
             codec::decode_state(bytes).is_ok(),
@@ -180,6 +192,7 @@ pub mod testing {
             codec::decode_durable(bytes).is_some(),
             format::decode_header(bytes).is_ok(),
             matches!(format::read_record(&shared, 0), format::Next::Record(..)),
+            matches!(compressed, Some(Ok(_))),
         ]
         .into_iter()
         .filter(|ok| *ok)

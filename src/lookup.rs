@@ -334,14 +334,12 @@ impl Shared {
         }
     }
 
-    /// The blob step of the read path: a blob, checked against its pointer;
-    /// `None` if it is not there.
+    /// The blob step of the read path: a blob's value, checked against its
+    /// pointer (and decompressed, if stored compressed); `None` if the blob
+    /// is not there.
     pub(crate) fn load_blob(&self, key: &[u8], b: &BlobRef) -> Result<Option<Bytes>> {
         match self.storage()?.get_blob(b.id)? {
-            Some(v) => {
-                b.check(key, &v)?;
-                Ok(Some(v))
-            }
+            Some(stored) => b.value(key, stored).map(Some),
             None => Ok(None),
         }
     }

@@ -277,10 +277,10 @@ fn check_format(storage: &dyn Storage) -> Result<Format> {
                     reason: "its format record has a foreign marker".into(),
                 });
             }
-            if !(FORMAT_VERSION..=codec::FORMAT_VERSION_PARTS).contains(&format.version) {
+            if !(FORMAT_VERSION..=codec::FORMAT_VERSION_COMPRESSION).contains(&format.version) {
                 return Err(Error::UnsupportedFormat {
                     found: format.version,
-                    supported: codec::FORMAT_VERSION_PARTS,
+                    supported: codec::FORMAT_VERSION_COMPRESSION,
                 });
             }
             Ok(Format::Present)

@@ -42,7 +42,6 @@ use crate::error::{Error, Result};
 use crate::iter::{key_range, prefix_end, Iter, KeyRange};
 use crate::lookup::Found;
 use crate::shared::Shared;
-use crate::storage::SysKey;
 use crate::value::Value;
 use crate::watch::Subscriber;
 
@@ -272,15 +271,7 @@ fn mark_trees(s: &Shared) -> Result<()> {
     if s.trees_marked.load(Ordering::Acquire) {
         return Ok(());
     }
-    let storage = s.storage()?;
-    let current = match storage.get_sys(SysKey::Format)? {
-        Some(raw) => codec::decode_format(&raw)?.version,
-        None => codec::FORMAT_VERSION,
-    };
-    if current < codec::FORMAT_VERSION_TREES {
-        let raw = codec::encode_format_version(codec::FORMAT_VERSION_TREES)?;
-        storage.put_sys(SysKey::Format, Some(&raw))?;
-    }
+    crate::storage::raise_format(&*s.storage()?, codec::FORMAT_VERSION_TREES)?;
     s.trees_marked.store(true, Ordering::Release);
     Ok(())
 }

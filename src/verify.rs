@@ -162,7 +162,8 @@ pub struct VerifyReport {
     pub metadata_bytes: u64,
     /// Blobs in the blob tree.
     pub blobs: u64,
-    /// Bytes of blobs.
+    /// Bytes of blobs, as stored (compressed values at their compressed
+    /// length).
     pub blob_bytes: u64,
     /// Stored records with a deadline.
     pub ttl_records: u64,
@@ -243,7 +244,7 @@ impl Shared {
                                 blob: b.id,
                             }),
                             Some(v) => {
-                                if let Err(e) = b.check(key, &v) {
+                                if let Err(e) = b.value(key, v) {
                                     r.problems.push(Problem::CorruptBlob {
                                         key: shown_key(key).to_vec(),
                                         blob: b.id,

@@ -264,7 +264,10 @@ fn long_values_never_become_files_of_sleds_own() {
         130 * 1024,
         1 << 20,
     ];
-    let value = |round: u8, k: usize| vec![round ^ k as u8; sizes[k % sizes.len()]];
+    // Values that do not compress: stored at their full length.
+    let value = |round: u8, k: usize| {
+        common::noise(u64::from(round) << 8 | k as u64, sizes[k % sizes.len()])
+    };
     for round in 0..3u8 {
         for k in 0..60usize {
             e.set(&(k as u32).to_be_bytes(), &value(round, k)).unwrap();

@@ -7,18 +7,29 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::Store;
-use millpond::{Clock, Engine, MockClock, Problem};
+use millpond::{Clock, Compression, Engine, MockClock, Problem};
 
 fn filled(store: &Store, clock: &Arc<MockClock>) -> Engine {
     let e = store.open(store.quiet().clock(clock.clone()));
+    // Long values that do not compress, so the blob tree holds them as
+    // written, each starting with its key's last byte.
     for i in 0..30u8 {
-        let len = if i % 3 == 0 { 4000 } else { 20 };
-        e.set(&[b'k', i], &vec![i; len]).unwrap();
+        let mut v = if i % 3 == 0 {
+            common::noise(u64::from(i), 4000)
+        } else {
+            vec![i; 20]
+        };
+        v[0] = i;
+        e.set(&[b'k', i], &v).unwrap();
     }
     e.set_with_ttl(b"ttl-soon", b"x", Duration::from_secs(10))
         .unwrap();
-    e.set_with_ttl(b"ttl-late", &[7; 5000], Duration::from_secs(100))
-        .unwrap();
+    e.set_with_ttl(
+        b"ttl-late",
+        &common::noise(7, 5000),
+        Duration::from_secs(100),
+    )
+    .unwrap();
     e
 }
 
@@ -172,4 +183,122 @@ fn repair_purges_expired_keys() {
         (after.expired_records, after.ttl_records, after.records),
         (0, 1, 31)
     );
+}
+
+/// A JSON-like document of about `len` bytes, which compresses well.
+fn document(n: u64, len: usize) -> Vec<u8> {
+    let mut d = format!("{{\"id\":{n},\"events\":[");
+    let mut i = 0u64;
+    while d.len() + 60 < len {
+        d.push_str(&format!(
+            "{{\"at\":{},\"path\":\"/products/{}\",\"ok\":true}},",
+            1_700_000_000 + i * 7 + n,
+            i % 13
+        ));
+        i += 1;
+    }
+    d.push_str("null]}");
+    d.into_bytes()
+}
+
+#[test]
+fn compressible_values_are_stored_compressed_and_read_back_whole() {
+    for compression in [Compression::Lz4, Compression::None] {
+        let store = Store::new();
+        let config = || store.quiet().compression(compression);
+        let e = store.open(config());
+        let docs: Vec<Vec<u8>> = (0..20)
+            .map(|n| document(n, 2000 + 500 * n as usize))
+            .collect();
+        for (n, d) in docs.iter().enumerate() {
+            e.set(&[b'd', n as u8], d).unwrap();
+        }
+        // Random bytes: never worth compressing.
+        e.set(b"noise", &common::noise(3, 6000)).unwrap();
+        e.checkpoint().unwrap();
+        let logical: usize = docs.iter().map(Vec::len).sum::<usize>() + 6000;
+        let r = e.verify().unwrap();
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!(r.blobs, 21);
+        match compression {
+            Compression::Lz4 => {
+                assert!(
+                    r.blob_bytes < 6000 + logical as u64 / 3,
+                    "{} of {logical}",
+                    r.blob_bytes
+                );
+                // Builds without compression refuse the store.
+                assert_eq!(r.format_version, 4);
+            }
+            _ => {
+                assert_eq!(r.blob_bytes, logical as u64);
+                // Values over 6 KiB are stored in parts (version 3).
+                assert_eq!(r.format_version, 3);
+            }
+        }
+        e.shutdown().unwrap();
+        drop(e);
+        // Read back whole after reopening, with either setting: a store
+        // holds each value as it was written.
+        for reopen in [Compression::None, Compression::Lz4] {
+            let e = store.open(store.quiet().compression(reopen));
+            for (n, d) in docs.iter().enumerate() {
+                assert_eq!(e.get(&[b'd', n as u8]).unwrap().unwrap(), d[..]);
+            }
+            assert_eq!(e.get(b"noise").unwrap().unwrap(), common::noise(3, 6000));
+            // A metadata-only change keeps the stored (compressed) blob.
+            e.expire(b"d\x05", Duration::from_secs(3600)).unwrap();
+            e.shutdown().unwrap();
+            drop(e);
+        }
+        let e = store.open(config());
+        assert_eq!(e.get(b"d\x05").unwrap().unwrap(), docs[5][..]);
+        assert!(e.ttl(b"d\x05").unwrap().is_some());
+        assert!(e.verify().unwrap().is_clean());
+    }
+}
+
+#[test]
+fn a_damaged_compressed_blob_is_corrupt_and_never_returned_as_data() {
+    let store = Store::new();
+    let e = store.open(store.quiet());
+    let doc = document(1, 5000);
+    e.set(b"doc", &doc).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    for at in [0usize, 7, 100] {
+        with_trees(&store, |_, blob| {
+            let (id, v) = blob.iter().next().unwrap().unwrap();
+            assert!(v.len() < doc.len() / 2, "stored compressed");
+            let mut v = v.to_vec();
+            let at = at % v.len();
+            v[at] ^= 0x5a;
+            blob.insert(id, v).unwrap();
+        });
+        let e = store.open(store.quiet());
+        match e.get(b"doc") {
+            Err(millpond::Error::Corrupt { key: Some(k), .. }) => assert_eq!(k, b"doc"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let r = e.verify().unwrap();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| matches!(p, Problem::CorruptBlob { key, .. } if key == b"doc")),
+            "{:?}",
+            r.problems
+        );
+        e.shutdown().unwrap();
+        drop(e);
+        // Undo the damage for the next position.
+        with_trees(&store, |_, blob| {
+            let (id, v) = blob.iter().next().unwrap().unwrap();
+            let mut v = v.to_vec();
+            let at = at % v.len();
+            v[at] ^= 0x5a;
+            blob.insert(id, v).unwrap();
+        });
+    }
+    let e = store.open(store.quiet());
+    assert_eq!(e.get(b"doc").unwrap().unwrap(), doc);
 }

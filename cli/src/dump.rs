@@ -129,8 +129,8 @@ pub fn dump(args: DumpArgs) -> Result<ExitCode> {
     // The dump format holds only the default keyspace, so an incomplete
     // dump is refused rather than written: a store with records in named
     // trees, or marked as one in which trees were opened (format version 2;
-    // version 3, a store with values in parts, may have trees too, and
-    // then has their records if they hold anything).
+    // versions 3 and 4, a store with values in parts or compressed, may
+    // have trees too, and then has their records if they hold anything).
     let report = e.verify()?;
     if report.format_version == 2 || report.tree_records > 0 {
         e.shutdown()?;

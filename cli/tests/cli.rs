@@ -302,10 +302,20 @@ fn a_store_on_which_sled_panics_gets_one_error_line_and_no_panic_output() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     {
-        // About 1.6 MB of values: several of sled's 512 KiB segments.
+        // About 1.6 MB of values that do not compress (so they are stored
+        // at their length): several of sled's 512 KiB segments.
         let e = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..16u8 {
-            e.set(&[i], &vec![i; 100_000]).unwrap();
+            let v: Vec<u8> = (0..100_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            e.set(&[i], &v).unwrap();
         }
         e.shutdown().unwrap();
     }
@@ -348,14 +358,14 @@ fn dump_refuses_a_store_with_named_trees_rather_than_leave_them_out() {
     {
         let e = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
         e.set(b"plain", b"1").unwrap();
-        // A long value makes the store format version 3 (values in parts):
-        // the tree is found by its records, not only by version 2.
+        // A compressed value makes the store format version 4: the tree is
+        // found by its records, not only by version 2.
         e.tree("sessions")
             .unwrap()
             .set(b"s1", &[2; 20_000])
             .unwrap();
         let r = e.verify().unwrap();
-        assert_eq!((r.format_version, r.tree_records), (3, 1));
+        assert_eq!((r.format_version, r.tree_records), (4, 1));
         e.shutdown().unwrap();
     }
     let out = millpond(&["dump", p(&dir)]);

@@ -78,6 +78,8 @@ pub(crate) struct Cycles {
     synced: Seq,
     /// A commit happened since the last sync.
     unsynced: bool,
+    /// The store's format version is known to allow compressed values.
+    compression_marked: bool,
 }
 
 /// What a run of [`Cycles::run`] did.
@@ -101,6 +103,7 @@ impl Cycles {
             digest: Some(recovered.digest),
             synced: recovered.last_seq,
             unsynced: false,
+            compression_marked: false,
         }
     }
 
@@ -214,6 +217,7 @@ impl Cycles {
             prepared.written.extend(part.written);
             prepared.superseded.extend(part.superseded);
             prepared.digest.merge(part.digest);
+            prepared.compressed |= part.compressed;
             if prepared.error.is_none() {
                 prepared.error = part.error;
             }
@@ -255,7 +259,12 @@ impl Cycles {
         if !prepared.written.is_empty() {
             storage.flush()?;
         }
-        // 4. Commit.
+        // 4. Commit, in a store whose format version says it may hold
+        // what the commit stores.
+        if prepared.compressed && !self.compression_marked {
+            crate::storage::raise_format(&*storage, codec::FORMAT_VERSION_COMPRESSION)?;
+            self.compression_marked = true;
+        }
         crash_point("flush-before-commit");
         let mut gc_blobs = prepared.superseded;
         gc_blobs.extend(orphans);

@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::buffer::{Entry, Frozen, Slot};
 use crate::codec::{self, BlobRef, DigestDelta, MetaRecord, ValueRef};
+use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -36,6 +37,9 @@ pub(crate) struct Prepared {
     pub superseded: Vec<BlobId>,
     /// What the new records change in the store digest.
     pub digest: DigestDelta,
+    /// Whether a new record points at a compressed blob (the cycle raises
+    /// the format version before it commits one).
+    pub compressed: bool,
     /// The first error met; the share is then incomplete.
     pub error: Option<Error>,
 }
@@ -184,8 +188,13 @@ fn prepare_entry(
         Slot::Value(v) if v.len() <= shared.config.inline_threshold => ValueRef::Inline(v),
         Slot::Value(v) => {
             let id = shared.keeper.blobs().allocate();
-            blobs.push((id, v.clone()));
-            ValueRef::Blob(BlobRef::for_value(id, v))
+            let (blob, stored) = match shared.config.compression {
+                Compression::Lz4 => BlobRef::compress(id, v),
+                Compression::None => (BlobRef::for_value(id, v), v.clone()),
+            };
+            blobs.push((id, stored));
+            out.compressed |= blob.compressed.is_some();
+            ValueRef::Blob(blob)
         }
         // A metadata-only change: the record points at the stored blob.
         Slot::Blob(b) => ValueRef::Blob(*b),

@@ -15,8 +15,11 @@
 //! body is `count: u32` then `count` writes, each
 //! `seq: u64, flags: u8, [deadline: u64], key_len: u32, key, slot`, where
 //! flags bits 0-1 are the slot's kind (0 tombstone, 1 value, 2 blob
-//! pointer), bit 2 says a deadline follows; a value slot is `len: u32,
-//! bytes`, a blob pointer `id: u64, len: u64, crc: u32`. Every integer is
+//! pointer, 3 pointer to a compressed blob), bit 2 says a deadline follows;
+//! a value slot is `len: u32, bytes`, a blob pointer `id: u64, len: u64,
+//! crc: u32`, a compressed blob's pointer the same then `compressed: u64`
+//! (kind 3 exists only in stores of format version 4, which builds that
+//! know no compression refuse before they read the journal). Every integer is
 //! little-endian. A record holds one write, or every write of one
 //! transaction: it is applied whole or not at all.
 //!
@@ -43,6 +46,7 @@ pub(crate) const MAX_BODY: usize = u32::MAX as usize;
 const KIND_TOMBSTONE: u8 = 0;
 const KIND_VALUE: u8 = 1;
 const KIND_BLOB: u8 = 2;
+const KIND_COMPRESSED_BLOB: u8 = 3;
 const HAS_DEADLINE: u8 = 4;
 
 /// A segment's header.
@@ -120,6 +124,7 @@ pub(crate) fn append_record<'a>(
         let kind = match slot {
             Slot::Tombstone => KIND_TOMBSTONE,
             Slot::Value(_) => KIND_VALUE,
+            Slot::Blob(b) if b.compressed.is_some() => KIND_COMPRESSED_BLOB,
             Slot::Blob(_) => KIND_BLOB,
         };
         out.push(kind | if deadline.is_some() { HAS_DEADLINE } else { 0 });
@@ -138,6 +143,9 @@ pub(crate) fn append_record<'a>(
                 out.extend_from_slice(&b.id.to_le_bytes());
                 out.extend_from_slice(&b.len.to_le_bytes());
                 out.extend_from_slice(&b.crc.to_le_bytes());
+                if let Some(n) = b.compressed {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
             }
         }
     }
@@ -234,12 +242,16 @@ fn decode_body(data: &Bytes, body_at: usize, body: &[u8]) -> Option<Vec<JournalW
                 r.take(len)?;
                 Slot::Value(data.slice(from..from + len))
             }
-            KIND_BLOB => Slot::Blob(BlobRef {
+            kind => Slot::Blob(BlobRef {
                 id: r.u64()?,
                 len: r.u64()?,
                 crc: r.u32()?,
+                compressed: if kind == KIND_COMPRESSED_BLOB {
+                    Some(r.u64()?)
+                } else {
+                    None
+                },
             }),
-            _ => return None,
         };
         writes.push(JournalWrite {
             seq,
@@ -305,8 +317,20 @@ mod tests {
                     id: 3,
                     len: 4,
                     crc: 5,
+                    compressed: None,
                 }),
                 Some(UnixMillis(u64::MAX)),
+            ),
+            (
+                Seq(13),
+                b"k3".to_vec(),
+                Slot::Blob(BlobRef {
+                    id: 4,
+                    len: 9000,
+                    crc: 6,
+                    compressed: Some(3000),
+                }),
+                None,
             ),
         ]
     }
@@ -329,7 +353,7 @@ mod tests {
         let Next::Record(read, next) = read_record(&data, 0) else {
             panic!("not a record");
         };
-        assert_eq!(read.len(), 3);
+        assert_eq!(read.len(), writes.len());
         for (w, (seq, key, slot, deadline)) in read.iter().zip(&writes) {
             assert_eq!(w.seq, *seq);
             assert_eq!(&*w.key, key.as_slice());

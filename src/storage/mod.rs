@@ -90,6 +90,23 @@ pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
     })
 }
 
+/// Raises the store's format version to `version` (never lowers it): the
+/// one writer of the format record after a store's creation. Called before
+/// the first record that needs the version is written (a tree's, a value
+/// in parts, a compressed value), so that a store holding one always says
+/// so; callers serialize (the cycle lock, or a flush cycle's own thread).
+pub(crate) fn raise_format(storage: &dyn Storage, version: u32) -> Result<()> {
+    let current = match storage.get_sys(SysKey::Format)? {
+        Some(raw) => crate::codec::decode_format(&raw)?.version,
+        None => crate::codec::FORMAT_VERSION,
+    };
+    if current < version {
+        let raw = crate::codec::encode_format_version(version)?;
+        storage.put_sys(SysKey::Format, Some(&raw))?;
+    }
+    Ok(())
+}
+
 /// How a storage backend is opened: once by `Engine::open`, again by the
 /// keeper after a storage failure (see `Keeper::reopen`).
 pub(crate) trait Backend: Send + Sync + 'static {

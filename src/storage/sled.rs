@@ -867,15 +867,7 @@ impl SledStorage {
         if self.parts_marked.load(Ordering::Acquire) {
             return Ok(());
         }
-        let key = sys_key(SysKey::Format);
-        let current = match self.meta.get(&key).map_err(storage_error)? {
-            Some(raw) => codec::decode_format(&raw)?.version,
-            None => codec::FORMAT_VERSION,
-        };
-        if current < codec::FORMAT_VERSION_PARTS {
-            let raw = codec::encode_format_version(codec::FORMAT_VERSION_PARTS)?;
-            self.meta.insert(key, raw).map_err(storage_error)?;
-        }
+        super::raise_format(self, codec::FORMAT_VERSION_PARTS)?;
         self.parts_marked.store(true, Ordering::Release);
         Ok(())
     }

@@ -125,6 +125,13 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
+/// `len` bytes that do not compress (a value the engine stores as written,
+/// for tests of how stored values are laid out).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.next() as u8).collect()
+}
+
 pub fn u64_value(v: &[u8]) -> u64 {
     u64::from_le_bytes(v.try_into().expect("an 8-byte counter"))
 }

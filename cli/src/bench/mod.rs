@@ -71,6 +71,35 @@ pub struct RunOptions {
     /// their metadata record) [default: the engine's default].
     #[arg(long)]
     pub inline_threshold: Option<usize>,
+    /// millpond's compression of values longer than inline_threshold
+    /// [default: the engine's default, lz4].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+}
+
+/// `--compression`: millpond's `Compression`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionArg {
+    /// Values stored as written.
+    None,
+    /// LZ4 where it saves an eighth.
+    Lz4,
+}
+
+impl CompressionArg {
+    fn engine(self) -> millpond::Compression {
+        match self {
+            CompressionArg::None => millpond::Compression::None,
+            CompressionArg::Lz4 => millpond::Compression::Lz4,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CompressionArg::None => "none",
+            CompressionArg::Lz4 => "lz4",
+        }
+    }
 }
 
 impl RunOptions {
@@ -80,6 +109,7 @@ impl RunOptions {
             max_dirty_bytes: self.max_dirty_mib.map(|m| m << 20),
             flush_threads: self.flush_threads,
             inline_threshold: self.inline_threshold,
+            compression: self.compression.map(CompressionArg::engine),
         }
     }
 
@@ -108,6 +138,10 @@ impl RunOptions {
         if let Some(t) = self.inline_threshold {
             args.push("--inline-threshold".into());
             args.push(t.to_string());
+        }
+        if let Some(c) = self.compression {
+            args.push("--compression".into());
+            args.push(c.name().into());
         }
         args
     }
@@ -461,6 +495,7 @@ pub fn run_child(args: ChildArgs) -> Result<ExitCode> {
     let (t, dir) = (args.target, args.dir.as_path());
     let report = match args.workload {
         WorkloadKind::Sessions => on_target(Sessions::new(p), args.workload, t, dir, tuning),
+        WorkloadKind::SessionsJson => on_target(Sessions::json(p), args.workload, t, dir, tuning),
         WorkloadKind::Tasks => on_target(Tasks::new(p), args.workload, t, dir, tuning),
         WorkloadKind::Journal => on_target(Journal::new(p), args.workload, t, dir, tuning),
         WorkloadKind::UniformInsert => {

@@ -832,6 +832,7 @@ mod imp {
         let p = args.options.params();
         let report = match args.workload {
             WorkloadKind::Sessions => on_side(Sessions::new(p), &args),
+            WorkloadKind::SessionsJson => on_side(Sessions::json(p), &args),
             WorkloadKind::Tasks => on_side(Tasks::new(p), &args),
             WorkloadKind::Journal => on_side(Journal::new(p), &args),
             WorkloadKind::UniformInsert => on_side(UniformInsert::new(p), &args),

@@ -781,6 +781,7 @@ mod tests {
                 max_dirty_bytes: Some(64 << 20),
                 flush_threads: 1,
                 inline_threshold: None,
+                compression: None,
             },
             seed: 1,
         };

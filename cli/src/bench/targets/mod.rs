@@ -94,6 +94,8 @@ pub struct Tuning {
     pub flush_threads: usize,
     /// millpond's `inline_threshold` (`None`: the engine's default).
     pub inline_threshold: Option<usize>,
+    /// millpond's `compression` (`None`: the engine's default).
+    pub compression: Option<millpond::Compression>,
 }
 
 /// Keys starting with this prefix live in the second tree of sled (and the
@@ -410,6 +412,9 @@ fn millpond_config(dir: &Path, tuning: &Tuning) -> millpond::Config {
         .flush_threads(tuning.flush_threads);
     if let Some(max) = tuning.max_dirty_bytes {
         config = config.max_dirty_bytes(max);
+    }
+    if let Some(c) = tuning.compression {
+        config = config.compression(c);
     }
     match tuning.inline_threshold {
         Some(t) => config.inline_threshold(t),
@@ -1156,6 +1161,7 @@ mod tests {
             max_dirty_bytes: Some(1 << 20),
             flush_threads: 1,
             inline_threshold: None,
+            compression: None,
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+mod session_doc;
 mod ycsb;
 
 pub use ycsb::{Phase, Ycsb};
@@ -142,6 +143,8 @@ pub fn permutation(n: usize, seed: u64) -> Vec<u32> {
 pub enum WorkloadKind {
     /// Session state: Zipf-skewed read-modify-writes of 2-8 KiB values.
     Sessions,
+    /// sessions with JSON documents for values (they compress about 2x).
+    SessionsJson,
     /// Task states: pending -> processing -> done, each a 2-key change.
     Tasks,
     /// An append-only journal of 200-byte events with sequence keys.
@@ -165,8 +168,9 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 11] = [
+    pub const ALL: [WorkloadKind; 12] = [
         WorkloadKind::Sessions,
+        WorkloadKind::SessionsJson,
         WorkloadKind::Tasks,
         WorkloadKind::Journal,
         WorkloadKind::UniformInsert,
@@ -182,6 +186,7 @@ impl WorkloadKind {
     pub fn name(self) -> &'static str {
         match self {
             WorkloadKind::Sessions => "sessions",
+            WorkloadKind::SessionsJson => "sessions-json",
             WorkloadKind::Tasks => "tasks",
             WorkloadKind::Journal => "journal",
             WorkloadKind::UniformInsert => "uniform-insert",
@@ -364,9 +369,13 @@ fn key_u64(prefix: &[u8], id: u64) -> Vec<u8> {
 
 /// Web-framework session state: `KEYS` sessions of 2-8 KiB, updated by
 /// `modify` (read, bump a version, rewrite a 64-byte field) with Zipf-skewed
-/// key choice from 2 threads. Preloaded before the timed phase.
+/// key choice from 2 threads. Preloaded before the timed phase. The values
+/// are random bytes, which no store can compress; with [`Sessions::json`]
+/// (`sessions-json`) they are JSON documents ([`session_doc`]) instead,
+/// updated in place the same way.
 pub struct Sessions {
     seed: u64,
+    json: bool,
     keys: usize,
     updates: u64,
     threads: usize,
@@ -383,11 +392,20 @@ impl Sessions {
     pub fn new(p: Params) -> Sessions {
         Sessions {
             seed: p.seed,
+            json: false,
             keys: Sessions::KEYS,
             updates: p.scaled(Sessions::UPDATES, 1_000),
             threads: 2,
             zipf_s: 0.99,
             counts: Vec::new(),
+        }
+    }
+
+    /// The same workload with JSON session documents for values.
+    pub fn json(p: Params) -> Sessions {
+        Sessions {
+            json: true,
+            ..Sessions::new(p)
         }
     }
 
@@ -400,10 +418,22 @@ impl Sessions {
     }
 
     pub(crate) fn initial(&self, i: usize) -> Vec<u8> {
+        if self.json {
+            return session_doc::initial(self.seed, i, self.size(i));
+        }
         let mut v = vec![0; self.size(i)];
         fill(&mut v, hash3(self.seed, 2, i as u64));
         v[..8].copy_from_slice(&0u64.to_le_bytes());
         v
+    }
+
+    /// One update of session `i`'s value, random or JSON.
+    fn change(json: bool, seed: u64, i: usize, v: &mut [u8]) {
+        if json {
+            session_doc::update(seed, i, v);
+        } else {
+            Sessions::update(seed, i, v);
+        }
     }
 
     /// One update: version + 1, and a 64-byte field rewritten (where and
@@ -421,8 +451,11 @@ impl Sessions {
 impl Workload for Sessions {
     fn describe(&self) -> String {
         format!(
-            "{} keys of 2-8 KiB, {} modify ops, Zipf s={} (preloaded)",
-            self.keys, self.updates, self.zipf_s
+            "{} keys of 2-8 KiB{}, {} modify ops, Zipf s={} (preloaded)",
+            self.keys,
+            if self.json { " (JSON)" } else { "" },
+            self.updates,
+            self.zipf_s
         )
     }
 
@@ -443,7 +476,7 @@ impl Workload for Sessions {
         let keys: Vec<Vec<u8>> = (0..self.keys).map(Sessions::key).collect();
         let per_thread = self.updates / self.threads as u64;
         let extra = self.updates % self.threads as u64;
-        let seed = self.seed;
+        let (seed, json) = (self.seed, self.json);
         let results = in_threads(self.threads, |th| {
             let ops = per_thread + u64::from((th as u64) < extra);
             let mut rng = Rng::new(hash3(seed, 4, th as u64));
@@ -455,7 +488,7 @@ impl Workload for Sessions {
                 let len = meter.op(|| {
                     t.modify(key, |v| {
                         v.as_mut().map(|v| {
-                            Sessions::update(seed, i, v);
+                            Sessions::change(json, seed, i, v);
                             v.len()
                         })
                     })
@@ -490,7 +523,7 @@ impl Workload for Sessions {
         for i in 0..self.keys {
             let mut want = self.initial(i);
             for _ in 0..self.counts.get(i).copied().unwrap_or(0) {
-                Sessions::update(self.seed, i, &mut want);
+                Sessions::change(self.json, self.seed, i, &mut want);
             }
             checker.check_get(t, &Sessions::key(i), Some(&want))?;
         }
@@ -1480,6 +1513,7 @@ mod tests {
             max_dirty_bytes: Some(1 << 20),
             flush_threads: 1,
             inline_threshold: None,
+            compression: None,
         }
     }
 

@@ -508,6 +508,7 @@ mod tests {
             max_dirty_bytes: Some(1 << 20),
             flush_threads: 1,
             inline_threshold: None,
+            compression: None,
         }
     }
 
