@@ -118,10 +118,13 @@ impl BlobRef {
                 return plain();
             }
         }
-        let packed = lz4_flex::block::compress(value);
+        let mut packed = lz4_flex::block::compress(value);
         if !saves(value.len(), packed.len()) {
             return plain();
         }
+        // `compress` allocates for the worst case: held until the blob is
+        // written, outside `max_dirty_bytes`, so cut to what it holds.
+        packed.shrink_to_fit();
         let blob = BlobRef {
             compressed: Some(packed.len() as u64),
             ..BlobRef::for_value(id, value)

@@ -271,7 +271,7 @@ fn mark_trees(s: &Shared) -> Result<()> {
     if s.trees_marked.load(Ordering::Acquire) {
         return Ok(());
     }
-    crate::storage::raise_format(&*s.storage()?, codec::FORMAT_VERSION_TREES)?;
+    s.storage()?.raise_format(codec::FORMAT_VERSION_TREES)?;
     s.trees_marked.store(true, Ordering::Release);
     Ok(())
 }

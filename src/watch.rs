@@ -232,7 +232,12 @@ impl Watchers {
                 let value = if live(entry.deadline, || now) {
                     match &entry.slot {
                         Slot::Value(v) => Some(v.clone()),
-                        Slot::Blob(b) => match storage.get_blob(b.id) {
+                        // What storage holds, as any read returns it:
+                        // decompressed and checked.
+                        Slot::Blob(b) => match storage
+                            .get_blob(b.id)
+                            .and_then(|v| v.map(|stored| b.value(key, stored)).transpose())
+                        {
                             Ok(v) => v,
                             Err(e) => {
                                 log::warn!("millpond: a watched blob value could not be read: {e}");

@@ -66,6 +66,32 @@ fn events_come_only_after_the_change_is_flushed() {
     assert!(sub.next_timeout(QUIET).is_none());
 }
 
+/// A metadata-only change of a value that only storage holds, compressed:
+/// the event carries the value, as a read returns it.
+#[test]
+fn a_new_deadline_for_a_stored_compressed_value_is_told_with_the_value() {
+    let store = Store::new();
+    let doc: Vec<u8> = br#"{"user":"ada","cart":[1,2,3],"path":"/products/9"}"#.repeat(100);
+    let e = store.open(store.quiet());
+    e.set(b"user/9", &doc).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    // Reopened: nothing of it in memory.
+    let e = store.open(store.quiet());
+    assert!(
+        e.verify().unwrap().blob_bytes < doc.len() as u64 / 4,
+        "stored compressed"
+    );
+    let mut sub = e.watch_prefix(b"user/", Durability::Flushed).unwrap();
+    e.expire(b"user/9", Duration::from_secs(3600)).unwrap();
+    e.checkpoint().unwrap();
+    assert_eq!(
+        changed(&sub.next_timeout(HANG_LIMIT).expect("an event")),
+        (b"user/9".to_vec(), Some(doc.clone()))
+    );
+    assert_eq!(e.get(b"user/9").unwrap().unwrap(), doc);
+}
+
 #[test]
 fn synced_subscribers_wait_for_a_sync() {
     let store = Store::new();

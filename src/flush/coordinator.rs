@@ -168,6 +168,21 @@ fn reopen(shared: &Shared, cycles: &mut Cycles) {
                 recovered.last_seq.0
             );
             cycles.reopened(&recovered);
+            // The store may have lost the raise of its format for trees
+            // (never flushed before the failure): made again before any
+            // cycle can commit a tree's record. (Compression's raise is
+            // the cycle's own, `Cycles::reopened`.)
+            if shared
+                .trees_marked
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                let raised = shared
+                    .storage()
+                    .and_then(|s| s.raise_format(crate::codec::FORMAT_VERSION_TREES));
+                if let Err(e) = raised {
+                    log::warn!("millpond: raising the store's format after a reopen failed: {e}");
+                }
+            }
         }
         // The medium still refuses writes: try again after the next failure.
         Ok(None) => {}

@@ -111,6 +111,10 @@ impl Cycles {
     /// store holds. A pending cycle is kept (it is retried whole), and the
     /// next durable cycle syncs whatever the state is.
     pub(crate) fn reopened(&mut self, recovered: &Recovered) {
+        // A reopened store may have lost writes that were never flushed,
+        // the format record's raise among them: raised again before the
+        // next commit that needs it.
+        self.compression_marked = false;
         self.committed = recovered.last_seq;
         self.digest = None;
         self.next_gc_id = self.next_gc_id.max(recovered.next_gc_id);
@@ -262,7 +266,7 @@ impl Cycles {
         // 4. Commit, in a store whose format version says it may hold
         // what the commit stores.
         if prepared.compressed && !self.compression_marked {
-            crate::storage::raise_format(&*storage, codec::FORMAT_VERSION_COMPRESSION)?;
+            storage.raise_format(codec::FORMAT_VERSION_COMPRESSION)?;
             self.compression_marked = true;
         }
         crash_point("flush-before-commit");

@@ -197,7 +197,10 @@ fn prepare_entry(
             ValueRef::Blob(blob)
         }
         // A metadata-only change: the record points at the stored blob.
-        Slot::Blob(b) => ValueRef::Blob(*b),
+        Slot::Blob(b) => {
+            out.compressed |= b.compressed.is_some();
+            ValueRef::Blob(*b)
+        }
         Slot::Tombstone => {
             out.ops.push(MetaOp::Remove {
                 key: Box::from(key),

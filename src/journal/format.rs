@@ -18,8 +18,9 @@
 //! pointer, 3 pointer to a compressed blob), bit 2 says a deadline follows;
 //! a value slot is `len: u32, bytes`, a blob pointer `id: u64, len: u64,
 //! crc: u32`, a compressed blob's pointer the same then `compressed: u64`
-//! (kind 3 exists only in stores of format version 4, which builds that
-//! know no compression refuse before they read the journal). Every integer is
+//! (no build writes kind 2 or 3 now: with a journal, `expire` and `persist`
+//! of a stored long value write the value itself; both are read). Every
+//! integer is
 //! little-endian. A record holds one write, or every write of one
 //! transaction: it is applied whole or not at all.
 //!

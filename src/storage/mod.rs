@@ -90,23 +90,6 @@ pub(crate) fn backend(config: &Config) -> Result<(PathBuf, Box<dyn Backend>)> {
     })
 }
 
-/// Raises the store's format version to `version` (never lowers it): the
-/// one writer of the format record after a store's creation. Called before
-/// the first record that needs the version is written (a tree's, a value
-/// in parts, a compressed value), so that a store holding one always says
-/// so; callers serialize (the cycle lock, or a flush cycle's own thread).
-pub(crate) fn raise_format(storage: &dyn Storage, version: u32) -> Result<()> {
-    let current = match storage.get_sys(SysKey::Format)? {
-        Some(raw) => crate::codec::decode_format(&raw)?.version,
-        None => crate::codec::FORMAT_VERSION,
-    };
-    if current < version {
-        let raw = crate::codec::encode_format_version(version)?;
-        storage.put_sys(SysKey::Format, Some(&raw))?;
-    }
-    Ok(())
-}
-
 /// How a storage backend is opened: once by `Engine::open`, again by the
 /// keeper after a storage failure (see `Keeper::reopen`).
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -350,6 +333,26 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// Writes (`Some`) or removes (`None`) one system record outside any
     /// commit: the format record of a new store, a processed gc record.
     fn put_sys(&self, key: SysKey, value: Option<&[u8]>) -> Result<()>;
+
+    /// Raises the store's format version to `version` (never lowers it):
+    /// the one writer of the format record after a store's creation.
+    /// Called before the first record that needs the version is written (a
+    /// tree's, a value in parts, a compressed value), so that a store
+    /// holding one always says so. Callers in one engine serialize (the
+    /// cycle lock, or a flush cycle's own thread); a backend that several
+    /// engines write (PostgreSQL) makes the read and the write one atomic
+    /// step.
+    fn raise_format(&self, version: u32) -> Result<()> {
+        let current = match self.get_sys(SysKey::Format)? {
+            Some(raw) => crate::codec::decode_format(&raw)?.version,
+            None => crate::codec::FORMAT_VERSION,
+        };
+        if current < version {
+            let raw = crate::codec::encode_format_version(version)?;
+            self.put_sys(SysKey::Format, Some(&raw))?;
+        }
+        Ok(())
+    }
 
     /// Ids of every gc record present.
     fn gc_ids(&self) -> Result<Vec<u64>>;

@@ -2093,6 +2093,49 @@ impl Storage for PostgresStorage {
         })
     }
 
+    /// The read and the write in one transaction, the format row locked:
+    /// engines sharing the database raise it concurrently (one opening its
+    /// first tree, another committing its first compressed value), and a
+    /// lower version written over a higher one would let a build that
+    /// cannot read the store open it.
+    fn raise_format(&self, version: u32) -> Result<()> {
+        let key = self.sys_key(SysKey::Format);
+        let raw = codec::encode_format_version(version)?;
+        let mut found = None;
+        self.pool.write(|c| {
+            let mut tx = c.transaction()?;
+            let row = tx.query_opt(
+                "SELECT value FROM millpond_sys WHERE key = $1 FOR UPDATE",
+                &[&key],
+            )?;
+            let current = match row {
+                Some(row) => {
+                    let value: Vec<u8> = row.try_get(0)?;
+                    match codec::decode_format(&value) {
+                        Ok(f) => f.version,
+                        Err(e) => {
+                            found = Some(e);
+                            return Ok(());
+                        }
+                    }
+                }
+                None => codec::FORMAT_VERSION,
+            };
+            if current < version {
+                tx.execute(
+                    "INSERT INTO millpond_sys (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&key, &raw],
+                )?;
+            }
+            tx.commit()
+        })?;
+        match found {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn gc_ids(&self) -> Result<Vec<u64>> {
         let prefix = self.gc_prefix();
         let prefix_len = prefix.len() as i32;

@@ -867,7 +867,7 @@ impl SledStorage {
         if self.parts_marked.load(Ordering::Acquire) {
             return Ok(());
         }
-        super::raise_format(self, codec::FORMAT_VERSION_PARTS)?;
+        self.raise_format(codec::FORMAT_VERSION_PARTS)?;
         self.parts_marked.store(true, Ordering::Release);
         Ok(())
     }

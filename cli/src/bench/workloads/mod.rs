@@ -143,7 +143,7 @@ pub fn permutation(n: usize, seed: u64) -> Vec<u32> {
 pub enum WorkloadKind {
     /// Session state: Zipf-skewed read-modify-writes of 2-8 KiB values.
     Sessions,
-    /// sessions with JSON documents for values (they compress about 2x).
+    /// sessions with JSON documents for values (LZ4 halves them).
     SessionsJson,
     /// Task states: pending -> processing -> done, each a 2-key change.
     Tasks,

@@ -1,7 +1,8 @@
 //! Session documents as a web framework stores them: JSON of 2-8 KiB with a
 //! user, request headers, flags, a cart and a history of page views. Names
 //! and paths repeat and tokens are hex, so the documents compress the way
-//! real ones do (about 3x with LZ4), unlike the random bytes of `sessions`.
+//! real ones do (LZ4 takes them to about 0.55 of their size), unlike the
+//! random bytes of `sessions`.
 //!
 //! Every field an update touches has a fixed width, so an update rewrites
 //! bytes in place and a document keeps its length: the version (20 digits
