@@ -171,12 +171,10 @@ pub mod testing {
         use crate::codec;
         use crate::journal::format;
         let shared = bytes::Bytes::copy_from_slice(bytes);
-        let compressed = bytes.get(4..).map(|stored| {
-            let mut len = [0u8; 4];
-            len.copy_from_slice(&bytes[..4]);
+        let compressed = bytes.split_first_chunk::<4>().map(|(len, stored)| {
             let blob = codec::BlobRef {
                 id: 0,
-                len: u64::from(u32::from_le_bytes(len)),
+                len: u64::from(u32::from_le_bytes(*len)),
                 crc: 0,
                 compressed: Some(stored.len() as u64),
             };

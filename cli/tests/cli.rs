@@ -24,6 +24,20 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// `len` bytes that do not compress (xorshift64 from `seed`): a value the
+/// engine stores at its full length.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().expect("a utf-8 path")
 }
@@ -305,17 +319,8 @@ fn a_store_on_which_sled_panics_gets_one_error_line_and_no_panic_output() {
         // About 1.6 MB of values that do not compress (so they are stored
         // at their length): several of sled's 512 KiB segments.
         let e = millpond::Engine::open(millpond::Config::new(&dir)).unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..16u8 {
-            let v: Vec<u8> = (0..100_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            e.set(&[i], &v).unwrap();
+            e.set(&[i], &noise(u64::from(i), 100_000)).unwrap();
         }
         e.shutdown().unwrap();
     }
@@ -361,16 +366,10 @@ fn dump_refuses_a_store_with_named_trees_rather_than_leave_them_out() {
         // A long value that does not compress is stored in parts, which
         // makes the store format version 3: the tree is found by its
         // records, not only by version 2.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let long: Vec<u8> = (0..20_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        e.tree("sessions").unwrap().set(b"s1", &long).unwrap();
+        e.tree("sessions")
+            .unwrap()
+            .set(b"s1", &noise(99, 20_000))
+            .unwrap();
         let r = e.verify().unwrap();
         assert_eq!((r.format_version, r.tree_records), (3, 1));
         e.shutdown().unwrap();
